@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests needing ``../shared/data`` skip when it is absent, unless
+``MEDLAB_REQUIRE_SHARED=1`` (CI), where they fail instead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(relpath: str) -> Path:
+    """Path of a file in ``../shared/data``; skips (or fails under MEDLAB_REQUIRE_SHARED=1) if absent."""
+    path = SHARED_DATA / relpath
+    if not path.exists():
+        msg = f"shared test data not found: {path}"
+        if os.environ.get("MEDLAB_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + " (MEDLAB_REQUIRE_SHARED=1)")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def shared():
+    """``shared("ct_abdomen/example_ct_sm.nii.gz")`` -> Path, skipping/failing as above."""
+    return shared_file

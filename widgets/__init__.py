@@ -1,0 +1,1 @@
+"""medlab.widgets: the interactive notebook layer (anywidget viewer, stage panels)."""
