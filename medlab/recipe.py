@@ -76,8 +76,7 @@ class Recipe:
             if progress is not None:
                 progress(i, len(self.steps), name)
             spec = get_stage(name)
-            fn = _public_function(spec)
-            out = fn(image, **spec.params_from_json(params))
+            out = spec.function(image, **spec.params_from_json(params))
             image = out[0] if isinstance(out, tuple) else out
         return image
 
@@ -135,7 +134,7 @@ class Recipe:
         calls = []
         for name, params in self.steps:
             spec = get_stage(name)
-            modules.setdefault(spec.func.__module__, []).append(name)
+            modules.setdefault(_public_module(spec), []).append(name)
             args = "".join(f", {k}={_py(v)}" for k, v in params.items() if v != spec.params[k].to_json(spec.params[k].default))
             lhs = "image" if len(spec.outputs) == 1 else ", ".join(spec.outputs)
             calls.append(f"{lhs} = {name}(image{args})")
@@ -152,10 +151,15 @@ class Recipe:
         return len(self.steps)
 
 
-def _public_function(spec):
+def _public_module(spec) -> str:
+    """``medlab.preprocess`` rather than an internal submodule, when it exports the stage."""
     import importlib
 
-    return getattr(importlib.import_module(spec.func.__module__), spec.name)
+    try:
+        public = importlib.import_module(f"medlab.{spec.group}")
+    except ImportError:
+        return spec.func.__module__
+    return public.__name__ if getattr(public, spec.name, None) is spec.function else spec.func.__module__
 
 
 def _py(value) -> str:

@@ -278,6 +278,7 @@ class StageSpec:
     resamples: bool = False
     outputs: tuple[str, ...] = ("image",)
     doc: str = ""
+    function: Callable | None = None  # the public, validating wrapper
 
     @property
     def summary(self) -> str:
@@ -376,6 +377,7 @@ def stage(title: str, *, group: str, preview: str | None = "slice", dims: Sequen
             return result
 
         wrapper.stage = spec
+        spec.function = wrapper
         _REGISTRY[spec.name] = spec
         return wrapper
 
