@@ -268,7 +268,7 @@ def window_level(array, window: float, level: float) -> np.ndarray:
     Examples
     --------
     >>> window_level(np.array([-1000, 40, 1000]), 400, 40)
-    array([  0, 128, 255], dtype=uint8)
+    array([  0, 127, 255], dtype=uint8)
     """
     if not window > 0:
         raise ParameterError(f"window must be positive; got {window}")
@@ -356,7 +356,8 @@ def compose(
     rgb = np.repeat(g[..., None], 3, axis=-1)
     if heat is not None:
         lut = colormap_lut("inferno") if heat_lut is None else heat_lut
-        mask = np.asarray(heat) > heat_threshold
+        heat = np.asarray(heat, np.float64)
+        mask = heat > heat_threshold
         colors = lut[heat_indices(heat[mask], *heat_range)]
         rgb[mask] = np.floor(rgb[mask] * (1.0 - heat_opacity) + colors * heat_opacity + 0.5)
     if labels is not None:
@@ -514,3 +515,38 @@ def thumbnail_html(image: Image, *, size: int = 160) -> str:
         '<div class="medlab-thumbnail">' + "".join(cells)
         + f'<div style="font:12px monospace;margin-top:4px">{caption}</div></div>'
     )
+
+
+def panel_picture(rgb: np.ndarray, spacing: tuple[float, float], mm_per_pixel: float, *,
+                  letters: tuple[str, str, str, str] | None = None,
+                  points: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """One plane for a report: resized to ``mm_per_pixel`` square pixels, with edge letters
+    and point markers (given as ``(row, col)`` slice pixel coordinates) drawn in yellow."""
+    from PIL import Image as PILImage, ImageDraw
+
+    rows, cols = rgb.shape[:2]
+    size = (max(1, int(round(cols * spacing[0] / mm_per_pixel))), max(1, int(round(rows * spacing[1] / mm_per_pixel))))
+    pic = PILImage.fromarray(np.ascontiguousarray(rgb))
+    if size != (cols, rows):
+        pic = pic.resize(size, PILImage.BILINEAR)
+    draw = ImageDraw.Draw(pic)
+    for row, col in points or ():
+        x, y = (col + 0.5) * size[0] / cols, (row + 0.5) * size[1] / rows
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=(255, 255, 0), width=2)
+    if letters:
+        w, h = size
+        for text, (x, y) in zip(letters, ((3, h / 2 - 5), (w - 10, h / 2 - 5), (w / 2 - 3, 2), (w / 2 - 3, h - 13))):
+            draw.text((x, y), text, fill=(255, 255, 0))
+    return np.asarray(pic)
+
+
+def montage(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """RGB panels side by side (top-aligned, black background, ``gap`` pixels apart)."""
+    height = max(p.shape[0] for p in panels)
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    out = np.zeros((height, width, 3), np.uint8)
+    x = 0
+    for p in panels:
+        out[: p.shape[0], x: x + p.shape[1]] = p[..., :3]
+        x += p.shape[1] + gap
+    return out

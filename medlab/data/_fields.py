@@ -5,7 +5,7 @@ Everything takes a ``numpy.random.Generator`` so a seed fixes the result.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,16 +75,24 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: int | Se
     cells = [cells] * len(shape) if np.isscalar(cells) else list(cells)
     weights = [_bump_weights(n, max(1, int(c)), width) for n, c in zip(shape, cells)]
     coeffs = rng.standard_normal([w.shape[1] for w in weights]).astype(np.float32)
+    # Small contractions with einsum, the large last one as one vector-matrix product per
+    # output row: large multi-threaded BLAS calls stall badly on a busy 2-core machine.
     if len(shape) == 2:
-        field = weights[0] @ coeffs @ weights[1].T
+        inner = np.einsum("ij,xj->ix", coeffs, weights[1])                 # (i, x)
     else:
-        field = coeffs @ weights[2].T                      # (i, j, x)
-        field = np.matmul(weights[1], field)                # (i, y, x)
-        ci = field.shape[0]
-        field = (weights[0] @ field.reshape(ci, -1)).reshape(shape)
-    field = field - field.mean()
-    std = float(field.std())
-    return (field / std if std > 0 else field).astype(np.float32)
+        inner = np.einsum("ijk,xk->ijx", coeffs, weights[2])               # (i, j, x)
+        inner = np.einsum("ijx,yj->iyx", inner, weights[1])                # (i, y, x)
+    flat = np.ascontiguousarray(inner.reshape(inner.shape[0], -1))
+    field = np.empty((shape[0], flat.shape[1]), np.float32)
+    for row in range(shape[0]):
+        np.matmul(weights[0][row], flat, out=field[row])
+    field = field.reshape(shape)
+    sample = field[tuple(slice(None, None, 2) for _ in shape)]   # statistics on every other voxel
+    mean, std = float(sample.mean()), float(sample.std())
+    field -= np.float32(mean)
+    if std > 0:
+        field *= np.float32(1.0 / std)
+    return field.astype(np.float32, copy=False)
 
 
 def rician(rng: np.random.Generator, clean: np.ndarray, sigma: float) -> np.ndarray:
@@ -93,16 +101,19 @@ def rician(rng: np.random.Generator, clean: np.ndarray, sigma: float) -> np.ndar
         return clean.astype(np.float32, copy=True)
     real = clean + np.float32(sigma) * rng.standard_normal(clean.shape, dtype=np.float32)
     imag = np.float32(sigma) * rng.standard_normal(clean.shape, dtype=np.float32)
-    return np.sqrt(real * real + imag * imag).astype(np.float32)
+    real *= real
+    imag *= imag
+    real += imag
+    return np.sqrt(real, out=real)
 
 
-def paint_tube(target: np.ndarray, value, a, b, r0: float, r1: float, axes: Sequence[np.ndarray],
-               where: np.ndarray | None = None, mode: str = "set") -> None:
-    """Paint a tube (a segment with linearly varying radius) into a [z, y, x] array, in mm.
+def tube_mask(a, b, r0: float, r1: float, axes: Sequence[np.ndarray]):
+    """Voxels of a tube (a segment with linearly varying radius), all in mm.
 
-    ``a`` and ``b`` are the end points (x, y, z) in mm, ``r0``/``r1`` their radii and
-    ``axes`` the physical coordinates of the x, y, z indices. Only the tube's bounding box
-    is visited, so many small tubes are cheap. ``mode="max"`` keeps the larger value.
+    ``a`` and ``b`` are the end points (x, y, z), ``r0``/``r1`` their radii and ``axes`` the
+    physical coordinates of the x, y, z indices. Only the tube's bounding box is visited,
+    so many small tubes are cheap. Returns ``(box, inside)``: a [z, y, x] tuple of slices
+    and a boolean mask over that box, or None when the tube misses the grid.
     """
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
@@ -112,7 +123,7 @@ def paint_tube(target: np.ndarray, value, a, b, r0: float, r1: float, axes: Sequ
         lo, hi = min(a[d], b[d]) - rmax, max(a[d], b[d]) + rmax
         i0, i1 = np.searchsorted(ax, lo), np.searchsorted(ax, hi, side="right")
         if i0 >= i1:
-            return
+            return None
         box.append(slice(i0, i1))
     x = axes[0][box[0]][None, None, :]
     y = axes[1][box[1]][None, :, None]
@@ -123,12 +134,5 @@ def paint_tube(target: np.ndarray, value, a, b, r0: float, r1: float, axes: Sequ
     t = np.clip(t, 0.0, 1.0)
     d2 = (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2
     radius = r0 + (r1 - r0) * t
-    inside = d2 <= radius * radius
-    sub = (box[2], box[1], box[0])
-    if where is not None:
-        inside &= where[sub]
-    region = target[sub]
-    if mode == "max":
-        np.maximum(region, np.where(inside, value, region), out=region)
-    else:
-        region[inside] = value
+    return (box[2], box[1], box[0]), d2 <= radius * radius
+

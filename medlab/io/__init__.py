@@ -1,5 +1,224 @@
-"""Reading and writing clinical image formats: :func:`load`, :func:`save`."""
+"""Reading and writing clinical image formats: :func:`load`, :func:`save`, :func:`list_series`.
 
+=====================  ===================================================================
+format                 read / write
+=====================  ===================================================================
+DICOM file or folder   read: one or several series, multi-frame, compressed (JPEG-2000,
+                       JPEG lossless, RLE), rescaled (CT in HU), MONOCHROME1 made bright-bone
+NIfTI .nii / .nii.gz   read (big-endian too) / write (label maps keep NIFTI_INTENT_LABEL)
+NRRD .nrrd / .nhdr     read / write .nrrd
+MetaImage .mha / .mhd  read / write .mha
+PNG, JPEG, TIFF, BMP   read 2D (an RGB photograph stays a colour 2D image) / write PNG
+=====================  ===================================================================
+
+Every write is atomic (temporary file, then rename) and never replaces an existing file
+unless ``overwrite=True``; reading never modifies a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ImageError, ParameterError, ReadError, WriteError
+from ..image import Image, as_image
 from .atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
+from .dicom import SeriesInfo, list_series
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "load", "save", "list_series", "SeriesInfo", "read_labels",
+    "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+]
+
+
+def load(
+    path,
+    *,
+    series=None,
+    kind: str | None = None,
+    labels: Mapping[int, Any] | str | Path | None = None,
+    allow_nonfinite: bool = False,
+    volume: int | None = None,
+) -> Image:
+    """Read a medical image (DICOM, NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF) as an :class:`Image`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A DICOM file, a folder of DICOM files (searched recursively; any file names), or a
+        ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``, ``.jpg``,
+        ``.tif`` or ``.bmp`` file.
+    series : int, str or SeriesInfo, optional
+        For a folder holding several series: a SeriesNumber, a SeriesInstanceUID, part of the
+        SeriesDescription (case-insensitive), or an item of :func:`list_series`. Without it, a
+        folder with several series raises a :class:`ReadError` listing them.
+    kind : {'intensity', 'label'}, optional
+        ``'label'`` for a label map (integer classes, nearest-neighbour, overlay). By default
+        the kind saved in the file by :func:`save` (or ``'label'`` when ``labels`` is given).
+    labels : mapping or path, optional
+        Label names, ``{value: name}``, or the path of a JSON file holding ``{"1": "spleen", ...}``.
+    allow_nonfinite : bool
+        Accept NaN or infinite voxels (refused by default, as most processing breaks on them).
+    volume : int, optional
+        For a 4D file (time series, diffusion): which 3D volume to load.
+
+    Returns
+    -------
+    Image
+        Voxels ``[z, y, x]`` with spacing, origin and direction in LPS, and metadata:
+        ``source`` (the path), ``format``, ``modality`` ('CT', 'MR', ... for DICOM), ``units``
+        ('HU' for CT), ``dicom`` (a safe subset of tags: no patient identity), and for DICOM
+        series ``slice_step`` (the measured z spacing), ``slice_thickness`` and ``notes``.
+
+    Raises
+    ------
+    ReadError
+        The path does not exist, is not a readable image, is corrupt, or is an inconsistent
+        DICOM series (mixed orientations, missing slices, different sizes); the message says
+        which file and what to do.
+    ImageError
+        NaN/infinite voxels (unless ``allow_nonfinite``), a single-voxel image, or a label map
+        that does not hold integers.
+
+    Examples
+    --------
+    >>> import medlab
+    >>> ct = medlab.load("ct_abdomen/example_ct_dicom")            # doctest: +SKIP
+    >>> ct.size, ct.spacing, ct.metadata["units"]                  # doctest: +SKIP
+    ((512, 512, 20), (0.977, 0.977, 2.0), 'HU')
+    >>> seg = medlab.load("example_seg.nii.gz", kind="label", labels="labels_total.json")  # doctest: +SKIP
+    >>> seg.labels[5].name                                         # doctest: +SKIP
+    'liver'
+    """
+    path = Path(path)
+    if kind not in (None, "intensity", "label"):
+        raise ParameterError(f"kind must be 'intensity' or 'label'; got {kind!r}")
+    names = read_labels(labels) if isinstance(labels, (str, Path)) else labels
+    if names is not None and not isinstance(names, Mapping):
+        raise ParameterError(f"labels must be a mapping {{value: name}} or the path of a JSON file; got {type(labels).__name__}")
+    image = _read(path, series=series, kind=kind, labels=names, volume=volume)
+    _check_loaded(image, path, allow_nonfinite)
+    return image
+
+
+def _read(path: Path, *, series, kind, labels, volume) -> Image:
+    from . import dicom, formats
+
+    if not path.exists():
+        raise ReadError(f"{path} does not exist; check the path (relative paths start at {Path.cwd()})")
+    if path.is_dir():
+        image = dicom.read_dicom(path, series=series)
+    else:
+        suffix = formats.suffix_of(path)
+        fmt = formats.READ_SUFFIXES.get(suffix)
+        if fmt is None:
+            if suffix in dicom.DICOM_SUFFIXES or suffix == "" or dicom.is_dicom_file(path) or suffix[1:].isdigit():
+                image = dicom.read_dicom(path, series=series)
+            else:
+                raise ReadError(
+                    f"{path}: unsupported file type {suffix!r}. medlab reads DICOM (a file or a folder), "
+                    f"{', '.join(sorted(formats.READ_SUFFIXES))}; convert the file to one of these"
+                )
+        else:
+            if series is not None:
+                raise ParameterError(f"series= applies to DICOM folders; {path} is a {fmt} file")
+            if fmt == "NIfTI":
+                return formats.read_nifti(path, volume=volume, kind=kind, labels=labels)
+            sitk_image = formats.split_volume(formats.read_sitk(path, fmt), path, volume)
+            return formats.image_from_sitk(sitk_image, path, fmt, kind=kind, labels=labels)
+    if volume is not None:
+        raise ParameterError(f"volume= applies to 4D NIfTI/NRRD/MetaImage files; {path} is DICOM")
+    if kind == "label" or labels is not None:
+        try:
+            image = image.with_array(image.array, kind="label", labels=labels or {})
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc} (load it with kind='intensity')") from exc
+    return image
+
+
+def read_labels(path) -> dict[int, str]:
+    """Label names from a JSON file holding ``{"1": "spleen", "5": "liver", ...}``.
+
+    Values may also be ``{"name": ..., "color": [r, g, b]}``.
+
+    Examples
+    --------
+    >>> from medlab.io import read_labels
+    >>> read_labels("labels_total.json")[5]        # doctest: +SKIP
+    'liver'
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ReadError(f"label names file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ReadError(f"{path} is not a JSON file of label names ({exc}); it should hold {{\"1\": \"name\", ...}}") from exc
+    if not isinstance(data, dict):
+        raise ReadError(f"{path} should hold a JSON object {{\"1\": \"name\", ...}}; it holds a {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        try:
+            out[int(key)] = value
+        except ValueError as exc:
+            raise ReadError(f"{path}: label values must be integers; found key {key!r}") from exc
+    return out
+
+
+def _check_loaded(image: Image, path: Path, allow_nonfinite: bool) -> None:
+    if math.prod(image.size) == 1:
+        raise ImageError(
+            f"{path} holds a single voxel; there is nothing to show or process. Check that it is the image you meant"
+        )
+    a = image.array
+    if not allow_nonfinite and a.dtype.kind == "f":
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise ImageError(
+                f"{path} holds {bad} NaN/infinite voxel(s); most processing fails on them. Load it with "
+                "allow_nonfinite=True and replace them, e.g. image.with_array(np.nan_to_num(image.array))"
+            )
+
+
+def save(image, path, *, overwrite: bool = False) -> Path:
+    """Write an image to NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage (``.mha``), or PNG (2D).
+
+    The file is written to a temporary name in the same folder and renamed when complete,
+    so a failure never leaves a half-written file. Geometry (spacing, origin, direction) is
+    kept; so is the kind (label maps), with label names in NRRD/MHA, and modality/units.
+
+    Parameters
+    ----------
+    image : Image
+        What to write (a SimpleITK image or a numpy array are accepted too). It is not modified.
+    path : str or Path
+        Target file; its extension picks the format. PNG takes 2D uint8/uint16 grey or uint8 RGB.
+    overwrite : bool
+        Replace an existing file. Without it, an existing ``path`` raises :class:`WriteError`.
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Examples
+    --------
+    >>> import medlab, numpy as np
+    >>> img = medlab.Image(np.zeros((4, 8, 8), np.int16), spacing=(0.5, 0.5, 2.0))
+    >>> medlab.save(img, "out.nii.gz")                 # doctest: +SKIP
+    PosixPath('out.nii.gz')
+    """
+    from . import formats
+
+    image = as_image(image)
+    path = Path(path)
+    fmt = formats.write_format(path)
+    if path.exists() and not overwrite:
+        raise WriteError(f"{path} exists already; pass overwrite=True to replace it, or choose another name")
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder; give a file name such as {path / 'image.nii.gz'}")
+    return formats.write_image(image, path, fmt, overwrite=overwrite)

@@ -1,0 +1,336 @@
+"""medlab.widgets.Viewer, Python side: traits, messages with raw slices, layers, points, link,
+snapshot and errors. (The real-browser test lives in tests/browser/.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image as PILImage
+
+from medlab import Image, render
+from medlab.errors import GeometryError, MedlabError, ParameterError
+from medlab.widgets import Viewer, link
+
+WIDGETS = Path(__file__).resolve().parents[1] / "widgets"
+
+
+class CaptureComm:
+    """A comm that records what would be sent to the browser."""
+
+    kernel = True
+    comm_id = "test"
+
+    def __init__(self):
+        self.messages: list[tuple[dict, list]] = []
+
+    def on_msg(self, callback):
+        pass
+
+    def send(self, data=None, buffers=None, **kwargs):
+        json.dumps(data)  # must be JSON-serialisable once buffers are removed
+        self.messages.append((data, list(buffers or [])))
+
+    def close(self):
+        pass
+
+
+def cube_ct(direction=None) -> Image:
+    """CT-like int16 volume 30x20x10 (x, y, z), anisotropic, a bright cube off-centre."""
+    arr = np.full((10, 20, 30), -1000, np.int16)
+    arr += np.arange(30, dtype=np.int16)[None, None, :] * 10
+    arr[7:9, 2:5, 22:27] = 1000
+    img = Image(arr, (0.8, 0.6, 3.0), origin=(-10.0, 5.0, 40.0), metadata={"modality": "CT", "units": "HU"})
+    if direction is None:
+        return img
+    return Image.from_sitk(sitk.DICOMOrient(img.to_sitk(), direction), metadata=img.metadata)
+
+
+def payload_array(viewer: Viewer, plane: str, key: str = "data") -> np.ndarray:
+    p = getattr(viewer, f"_{plane}")
+    return np.frombuffer(p[key], dtype=p["dtype" if key == "data" else key + "_dtype"]).reshape(p["rows"], p["cols"])
+
+
+def cube_mask(img: Image) -> Image:
+    return img.with_array((img.array >= 1000).astype(np.uint8), kind="label", labels={1: "cube"})
+
+
+# ---------------------------------------------------------------------------- construction
+def test_initial_state_for_ct():
+    img = cube_ct()
+    v = Viewer(img, layout="three")
+    assert v.layout_mode == "three" and v.plane == "axial"
+    assert (v.window, v.level) == render.CT_PRESETS["abdomen"]
+    assert set(render.CT_PRESETS) <= set(v._presets)
+    assert v._geometry["units"] == "HU" and v._geometry["shape"] == [30, 20, 10]
+    assert v._cursor == [15, 10, 5] and v.slice_index == 5
+    assert np.allclose(v.position, render.display_image(img).index_to_physical([15, 10, 5]))
+    for plane in render.PLANES:
+        np.testing.assert_array_equal(payload_array(v, plane),
+                                      render.extract_slice(img, plane, getattr(v, f"_{plane}")["index"]).array)
+        assert getattr(v, f"_{plane}")["dtype"] == "int16"
+    assert "30×20×10" in v.status
+
+
+def test_mr_presets_are_percentiles():
+    rng = np.random.default_rng(0)
+    img = Image(rng.normal(100, 10, (6, 12, 12)).astype(np.float32), metadata={"modality": "MR"})
+    v = Viewer(img)
+    assert "brain" not in v._presets and "auto" in v._presets
+    assert (v.window, v.level) == pytest.approx(render.auto_window(img))
+    assert v._axial["dtype"] == "float32"
+
+
+def test_int32_and_bool_voxels_are_sent_compactly():
+    v = Viewer(Image(np.arange(64, dtype=np.int64).reshape(4, 4, 4)))
+    assert v._axial["dtype"] == "int16"
+    v = Viewer(Image(np.full((2, 4, 4), 1e6, np.float64)))
+    assert v._axial["dtype"] == "float32"
+
+
+# ---------------------------------------------------------------------------- slices and position
+@pytest.mark.parametrize("code", ["LPS", "RAS", "PIR"])
+def test_slice_change_sends_the_right_raw_slice(code):
+    img = cube_ct(code)
+    v = Viewer(img)
+    v.comm = CaptureComm()
+    for plane in render.PLANES:
+        v.plane = plane
+        n = render.slice_count(img, plane)
+        v.slice_index = n - 2
+        np.testing.assert_array_equal(payload_array(v, plane), render.extract_slice(img, plane, n - 2).array)
+        np.testing.assert_array_equal(v.current_slice().array, render.extract_slice(img, plane, n - 2).array)
+        axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+        assert v._cursor[axis] == n - 2
+    sent = [buf for _, bufs in v.comm.messages for buf in bufs]
+    assert sent and all(isinstance(b, memoryview) for b in sent), "slices travel as binary buffers"
+
+
+def test_position_moves_all_three_planes_to_the_voxel():
+    img = cube_ct("RAS")
+    v = Viewer(img, layout="three")
+    target_index = tuple(np.argwhere(img.array >= 1000)[0][::-1])
+    v.position = list(img.index_to_physical(target_index))
+    for plane in render.PLANES:
+        pix = payload_array(v, plane)
+        idx = getattr(v, f"_{plane}")["index"]
+        np.testing.assert_array_equal(pix, render.extract_slice(img, plane, idx).array)
+        assert (pix >= 1000).any(), f"{plane} slice must pass through the cube"
+    to_index = np.array(v._geometry["to_index"])
+    assert tuple(np.rint(to_index @ [*v._cursor, 1])[:3].astype(int)) == target_index
+
+
+def test_slice_index_out_of_range_is_shown_not_raised():
+    v = Viewer(cube_ct())
+    v.slice_index = 99
+    assert v.status_kind == "error" and "outside 0..9" in v.status
+    assert v.slice_index == 9
+    v.position = [1.0, 2.0]
+    assert "position" in v.status
+
+
+def test_window_level_change_sends_no_pixels():
+    v = Viewer(cube_ct())
+    v.comm = CaptureComm()
+    v.window, v.level = 80.0, 40.0
+    assert v.comm.messages and all(not bufs for _, bufs in v.comm.messages)
+    assert {k for data, _ in v.comm.messages for k in data["state"]} == {"window", "level"}
+    v.window = -5
+    assert v.status_kind == "error" and "window" in v.status
+
+
+def test_plane_and_layout_errors():
+    v = Viewer(cube_ct())
+    v.plane = "oblique"
+    assert v.status_kind == "error" and "plane" in v.status
+    with pytest.raises(ParameterError):
+        Viewer(cube_ct(), layout="four")
+
+
+# ---------------------------------------------------------------------------- layers
+def test_label_layer_with_other_direction_lands_on_the_cube():
+    img = cube_ct()
+    mask_flipped = Image.from_sitk(sitk.DICOMOrient(cube_mask(img).to_sitk(), "LAS"), kind="label",
+                                   labels={1: "cube"})
+    assert mask_flipped.orientation == "LAS"
+    v = Viewer(img, labels=mask_flipped, layout="three")
+    v.position = list(img.index_to_physical((24, 3, 7)))
+    for plane in render.PLANES:
+        labels = payload_array(v, plane, "labels")
+        np.testing.assert_array_equal(labels == 1, payload_array(v, plane) >= 1000)
+    assert v._labels_info["legend"] == [{"value": 1, "name": "cube", "color": list(render._default_color(1))}]
+
+
+def test_layer_errors_reach_the_status_line():
+    img = cube_ct()
+    v = Viewer(img)
+    far = Image(np.ones((4, 4, 4), np.uint8), origin=(900, 900, 900), kind="label")
+    with pytest.raises(GeometryError):
+        v.set_labels(far)
+    assert v.status_kind == "error" and "overlap" in v.status
+    with pytest.raises(ParameterError):
+        v.set_labels(cube_mask(img), opacity=2)
+    with pytest.raises(ParameterError):
+        v.set_second_image(img, mode="swirl")
+    with pytest.raises(ParameterError):
+        Viewer().set_heatmap(img)
+
+
+def test_heatmap_and_second_image_layers():
+    img = cube_ct()
+    heat = img.with_array(np.linspace(0, 1, img.array.size, dtype=np.float32).reshape(img.shape), kind="intensity")
+    v = Viewer(img)
+    v.set_heatmap(heat, cmap="viridis", opacity=0.7, threshold=0.25)
+    assert v._heat_info["range"] == pytest.approx([0.0, 1.0]) and len(v._heat_info["lut"]) == 768
+    np.testing.assert_allclose(payload_array(v, "axial", "heat"), render.extract_slice(heat, "axial", v.slice_index).array)
+    shifted = Image(img.array, img.spacing, origin=np.add(img.origin, (0.8, 0, 0)), metadata=img.metadata)
+    v.set_second_image(shifted, mode="checkerboard")
+    second = payload_array(v, "axial", "second")
+    base = payload_array(v, "axial")
+    np.testing.assert_allclose(second[:, 1:], base[:, :-1], atol=1e-3)  # one voxel to the left
+    v.set_heatmap(None)
+    v.set_second_image(None)
+    assert "heat" not in v._axial and "second" not in v._axial
+
+
+# ---------------------------------------------------------------------------- points
+def test_points_change_events_and_validation():
+    v = Viewer(cube_ct())
+    seen = []
+    v.observe(lambda ch: seen.append(ch["new"]), "points")
+    v.points = [[1.0, 2.0, 3.0]]
+    assert seen == [[[1.0, 2.0, 3.0]]]
+    v.points = [[1.0, 2.0]]
+    assert v.status_kind == "error" and "(x, y, z)" in v.status
+
+
+# ---------------------------------------------------------------------------- snapshot
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_snapshot_planes_match_the_documented_canvas_formula():
+    img = cube_ct()
+    v = Viewer(img, layout="three")
+    v.window, v.level = 500.0, 100.0
+    planes = v.snapshot_planes()
+    for plane, rgb in planes.items():
+        s = render.extract_slice(img, plane, getattr(v, f"_{plane}")["index"]).array
+        grey = render.window_level(s, v.window, v.level)
+        np.testing.assert_array_equal(rgb, np.repeat(grey[..., None], 3, axis=-1))
+
+
+def test_snapshot_png_proportions_labels_and_points():
+    img = cube_ct()
+    v = Viewer(img, plane="coronal")
+    pic = decode(v.snapshot())
+    # coronal: 30 columns x 0.8 mm wide, 10 rows x 3 mm high, pixels of 0.6 mm
+    assert pic.shape[1] == pytest.approx(30 * 0.8 / 0.6, abs=1)
+    assert pic.shape[0] == pytest.approx(10 * 3.0 / 0.6, abs=1)
+    v.position = list(img.index_to_physical((24, 3, 8)))
+    v.set_labels(cube_mask(img), opacity=1.0)
+    colour = render._default_color(1)
+    pic = decode(v.snapshot())
+    assert (np.abs(pic.astype(int) - colour).sum(-1) < 10).sum() > 20, "label colour must be visible"
+    before = (np.all(pic == (255, 255, 0), axis=-1)).sum()
+    v.points = [list(img.index_to_physical((5, 3, 2)))]
+    after = (np.all(decode(v.snapshot()) == (255, 255, 0), axis=-1)).sum()
+    assert after > before, "a point in the shown slice is drawn"
+    v.layout_mode = "three"
+    assert decode(v.snapshot()).shape[1] > pic.shape[1]
+
+
+# ---------------------------------------------------------------------------- link, reassign
+def test_link_syncs_position_and_window_until_unlinked():
+    a = Viewer(cube_ct())
+    fine = Image(np.zeros((20, 40, 60), np.int16), (0.4, 0.3, 1.5), origin=(-10.0, 5.0, 40.0))
+    b = Viewer(fine)
+    unlink = link(a, b)
+    point = list(a.image.index_to_physical((24, 3, 8)))
+    a.position = point
+    assert b.position == pytest.approx(point)
+    index = (np.array(b._geometry["to_index"]) @ [*b._cursor, 1])[:3]
+    assert np.allclose(b.image.index_to_physical(index), point, atol=0.8)
+    b.window, b.level = 123.0, 45.0
+    assert (a.window, a.level) == (123.0, 45.0)
+    unlink()
+    a.window = 999.0
+    assert b.window == 123.0
+    with pytest.raises(ParameterError):
+        link(a, "b")
+
+
+def test_reassigning_image_keeps_position_on_same_grid():
+    img = cube_ct()
+    v = Viewer(img)
+    v.set_labels(cube_mask(img))
+    v.slice_index = 2
+    v.image = img.with_array(img.array // 2)
+    assert v.slice_index == 2 and "labels" in v._axial
+    v.image = Image(np.zeros((4, 6, 8), np.int16))
+    assert v.slice_index == 2 and "labels" not in v._axial and v._labels_info == {}
+
+
+def test_two_d_grey_and_colour_images():
+    grey = Image(np.arange(48, dtype=np.uint8).reshape(6, 8), spacing=(0.5, 1.0))
+    v = Viewer(grey, layout="three")
+    assert v.layout_mode == "single" and v._geometry["letters"] is None
+    np.testing.assert_array_equal(payload_array(v, "axial"), grey.array)
+    v.plane = "sagittal"
+    assert v.plane == "axial" and v.status_kind == "error"
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 1] = 200
+    v = Viewer(Image(rgb, rgb=True))
+    assert v._geometry["channels"] == 3
+    assert decode(v.snapshot())[..., 1].min() == 200
+
+
+def test_oblique_image_is_labelled_in_status():
+    t = np.deg2rad(15)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    v = Viewer(Image(np.zeros((4, 8, 8)), direction=rot))
+    assert "oblique" in v.status and v._geometry["oblique"]
+
+
+# ---------------------------------------------------------------------------- messages, errors
+def test_messages_from_the_browser_never_kill_the_callback():
+    v = Viewer(cube_ct())
+    v._on_message(v, {"type": "error", "message": "canvas exploded"}, [])
+    assert v.status_kind == "error" and "canvas exploded" in v.status
+    v._on_message(v, {"type": "nonsense"}, [])
+    assert "unknown message" in v.status
+    v.show_error("custom")
+    assert v.status == "Error: custom"
+
+
+def test_empty_viewer_and_bad_image():
+    v = Viewer()
+    assert "no image" in v.status
+    with pytest.raises(ParameterError):
+        v.current_slice()
+    with pytest.raises(MedlabError):
+        v.image = "not an image"
+
+
+# ---------------------------------------------------------------------------- assets
+def test_assets_and_dom_classes_for_browser_tests():
+    js = (WIDGETS / "viewer.js").read_text()
+    css = (WIDGETS / "viewer.css").read_text()
+    for cls in ("medlab-viewer", "medlab-canvas", "medlab-overlay", "medlab-readout", "medlab-status",
+                "medlab-window", "medlab-level", "medlab-preset", "medlab-slice", "medlab-pointmode",
+                "medlab-legend-item", "medlab-plane", "medlab-layout"):
+        assert f'"{cls}' in js or f" {cls}" in js, cls
+    assert ".medlab-viewer" in css
+    assert Viewer._esm == WIDGETS / "viewer.js" or "medlab-viewer" in str(Viewer._esm)
+
+
+def test_render_imports_no_jupyter():
+    code = "import sys, medlab.render, medlab; medlab.Image; print(any(m.split('.')[0] in ('ipywidgets', 'anywidget', 'IPython') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,587 @@
+"""The slice viewer: an anywidget, the one place where pixels reach the browser.
+
+How it works
+------------
+Python puts the image in *display orientation* (:func:`medlab.render.display_array`: axes
+permuted/flipped, never interpolated, so index ``(i, j, k)`` runs towards patient Left,
+Posterior, Superior) and sends, for each visible plane, the **raw voxels of one slice** as a
+binary buffer (int16 stays int16, floats go as float32). JavaScript does window/level, colour
+maps and overlays, so a window/level change never goes back to Python, and a slice change costs
+only slicing plus sending the bytes. Layers (label map, heat map, second image) are resampled
+once into the base image's grid (:func:`medlab.render.resample_like`), so a layer with another
+direction or spacing lands where it belongs.
+
+DOM (stable CSS classes, for tests and styling)
+-----------------------------------------------
+``.medlab-viewer`` (root; ``data-layout``) contains a toolbar with ``select.medlab-plane``,
+``select.medlab-layout``, ``input.medlab-window``, ``input.medlab-level``,
+``select.medlab-preset``, ``button.medlab-pointmode`` (``aria-pressed`` and
+``data-mode="off|edit"``); then one ``.medlab-pane[data-plane=P]`` per visible plane, each with
+``canvas.medlab-canvas[data-plane=P]`` (the picture), ``canvas.medlab-overlay[data-plane=P]``
+(crosshair and point markers, drawn on top; never on ``.medlab-canvas``),
+``.medlab-letter.medlab-left|right|top|bottom`` (orientation letters) and
+``input.medlab-slice[data-plane=P]`` (range slider); then ``.medlab-readout``,
+``.medlab-legend`` (one ``.medlab-legend-item[data-value=V]`` per label) and
+``.medlab-status`` (``data-kind="info|error"``).
+
+Canvas pixels, exactly
+----------------------
+``canvas.medlab-canvas[data-plane=P]`` has ``width = cols`` and ``height = rows`` of the slice
+(one canvas pixel per voxel; CSS stretches it to the physical aspect ratio), and its pixel
+``(row, col)`` is ``medlab.render.compose(...)`` of the slice that ``v.current_slice()`` returns
+for that plane (or ``medlab.render.extract_slice(v.image, P, index)``; ``index`` is in
+``v._axial["index"]`` etc.), i.e. in the simplest case (no layers)::
+
+    from medlab import render
+    s = render.extract_slice(v.image, "axial", v.slice_index).array   # rows x cols, screen order
+    grey = render.window_level(s, v.window, v.level)                  # uint8
+    # canvas RGBA at (row, col) == (grey, grey, grey, 255)
+
+Screen order of a slice (the flips) is that of :mod:`medlab.render`: axial ``D[k]`` (patient
+right on screen left, anterior up), coronal ``D[::-1, j, :]`` (superior up, right on the left),
+sagittal ``D[::-1, :, i]`` (superior up, anterior on the left), where ``D`` is the display array
+``[k, j, i]``. Window/level is ``floor(clip((x - (level - window/2)) * (255/window), 0, 255) +
+0.5)`` in float64 in both languages, so values agree exactly (allow 1 grey level for safety).
+With layers, ``v.snapshot_planes()`` returns the composed RGB arrays (same shape as the
+canvases) that the browser shows.
+
+A click on canvas pixel ``(row, col)`` (``col = floor(offsetX * width / clientWidth)``, same for
+rows) selects the voxel centre at display index given by
+:func:`medlab.render.slice_pixel_to_display`; its physical point (mm, LPS) is
+``v.display_affine @ [i, j, k, 1]``. Outside point mode the click moves ``v.position`` there
+(three-plane layout: the other planes follow); in point mode (``v.point_mode == "edit"``) it
+appends that point to ``v.points``; dragging a marker moves it, shift-click or a right-click on
+it removes it. Mouse wheel and arrow keys (Up/Down, PageUp/PageDown) change the slice; a
+right-button drag changes window (horizontal) and level (vertical).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Callable
+
+import anywidget
+import numpy as np
+import traitlets
+
+from medlab import render
+from medlab.errors import MedlabError, ParameterError
+from medlab.image import Image, as_image, label_color
+
+_HERE = pathlib.Path(__file__).parent
+_SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
+
+
+def _guarded(method: Callable) -> Callable:
+    """Run a callback; show any exception in the status line instead of losing it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a callback must never die silently
+            self.show_error(_describe(exc))
+            return None
+
+    return wrapper
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, MedlabError) else f"{type(exc).__name__}: {exc}"
+
+
+def _sendable(array: np.ndarray) -> np.ndarray:
+    """Voxels as a dtype JavaScript has a typed array for (int16 stays int16)."""
+    if array.dtype in _SENDABLE:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype.kind in "iu" and array.size:
+        lo, hi = array.min(), array.max()
+        if lo >= -32768 and hi <= 32767:
+            return array.astype(np.int16)
+    return array.astype(np.float32)
+
+
+def _label_dtype(array: np.ndarray) -> np.ndarray:
+    hi = int(array.max()) if array.size else 0
+    if int(array.min()) < 0:
+        raise ParameterError("a label map shown as a layer must hold non-negative values")
+    return array.astype(np.uint8 if hi < 256 else np.uint16, copy=False)
+
+
+class Viewer(anywidget.AnyWidget):
+    """Axial / coronal / sagittal slice viewer with window/level, layers and points.
+
+    Parameters
+    ----------
+    image : Image, optional
+        The base image (2D, 3D, or 2D colour). A ``SimpleITK.Image`` or array is accepted.
+    labels : Image, optional
+        A label map shown over it (resampled into the image's space).
+    layout : {'single', 'three'}
+        One plane, or axial, coronal and sagittal side by side with a linked crosshair. Kept in
+        the ``layout_mode`` trait (``layout`` is ipywidgets' own CSS layout attribute).
+    plane : {'axial', 'coronal', 'sagittal'}
+    height : int
+        Height of the picture area in screen pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medlab import Image
+    >>> from medlab.widgets import Viewer
+    >>> v = Viewer(Image(np.zeros((8, 16, 16), np.int16)), layout="three")
+    >>> v.slice_index = 3
+    >>> v.window, v.level = 400, 40
+    >>> v.points                   # filled by clicks in point mode, in mm (LPS)
+    []
+    """
+
+    _esm = _HERE / "viewer.js"
+    _css = _HERE / "viewer.css"
+
+    plane = traitlets.Unicode("axial").tag(sync=True)
+    layout_mode = traitlets.Unicode("single").tag(sync=True)
+    height = traitlets.Int(420).tag(sync=True)
+    slice_index = traitlets.Int(0).tag(sync=True)
+    position = traitlets.List(traitlets.Float(), default_value=[0.0, 0.0, 0.0]).tag(sync=True)
+    window = traitlets.Float(1.0).tag(sync=True)
+    level = traitlets.Float(0.0).tag(sync=True)
+    point_mode = traitlets.Unicode("off").tag(sync=True)
+    points = traitlets.List(traitlets.List(traitlets.Float())).tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+    status_kind = traitlets.Unicode("info").tag(sync=True)
+
+    _geometry = traitlets.Dict().tag(sync=True)
+    _cursor = traitlets.List(traitlets.Int(), default_value=[0, 0, 0]).tag(sync=True)
+    _presets = traitlets.Dict().tag(sync=True)
+    _axial = traitlets.Dict().tag(sync=True)
+    _coronal = traitlets.Dict().tag(sync=True)
+    _sagittal = traitlets.Dict().tag(sync=True)
+    _labels_info = traitlets.Dict().tag(sync=True)
+    _heat_info = traitlets.Dict().tag(sync=True)
+    _second_info = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, image=None, *, labels=None, layout: str = "single", plane: str = "axial",
+                 height: int = 420, **kwargs):
+        super().__init__(**kwargs)
+        self._image: Image | None = None
+        self._volume: np.ndarray | None = None
+        self._spacing = (1.0, 1.0, 1.0)
+        self._affine = np.eye(4)
+        self._layers: dict[str, np.ndarray] = {}
+        self._updating = False
+        self._check_layout(layout)
+        render._check_plane(plane)
+        with self.hold_trait_notifications():
+            self.layout_mode, self.plane, self.height = layout, plane, int(height)
+        self.on_msg(self._on_message)
+        if image is not None:
+            self.image = image
+        else:
+            self._set_status("no image: assign viewer.image = medlab.load(...)")
+        if labels is not None:
+            self.set_labels(labels)
+
+    # ------------------------------------------------------------------ the base image
+    @property
+    def image(self) -> Image | None:
+        """The base image; assigning another one re-renders (keeping position on the same grid)."""
+        return self._image
+
+    @image.setter
+    def image(self, image) -> None:
+        image = as_image(image, "image")
+        if image.ndim == 3 and min(image.size) < 1:
+            raise ParameterError("image is empty")
+        same = self._image is not None and self._image.same_grid(image) and not image.rgb
+        old_position = list(self.position)
+        volume, spacing = render.display_array(image)
+        self._image = image
+        self._volume = volume if image.rgb else _sendable(volume)
+        self._spacing = spacing
+        self._affine = self._display_affine(image)
+        if not same:
+            self._layers.clear()
+            self._labels_info, self._heat_info, self._second_info = {}, {}, {}
+        if image.ndim == 2 and (self.layout_mode != "single" or self.plane != "axial"):
+            self.layout_mode, self.plane = "single", "axial"
+        self._geometry = self._geometry_dict(image)
+        self._presets = self._preset_dict(image)
+        if not same:
+            self.window, self.level = (255.0, 127.5) if image.rgb else render.auto_window(image)
+        note = render.orientation_note(image)
+        self._set_status(note or image.describe())
+        centre = [s // 2 for s in volume.shape[2::-1]]
+        target = old_position if same else list(self._affine[:3] @ [*centre, 1])
+        self._updating = True
+        try:
+            self.position = [float(v) for v in target]
+        finally:
+            self._updating = False
+        self._move_to(self.position, force=True)
+
+    @staticmethod
+    def _display_affine(image: Image) -> np.ndarray:
+        if image.ndim == 3:
+            return render.display_image(image).affine
+        a = np.eye(4)
+        a[:2, :2] = image.affine[:2, :2]
+        a[:2, 3] = image.affine[:2, 2]
+        return a
+
+    @property
+    def display_affine(self) -> np.ndarray:
+        """``4x4`` map from display index ``(i, j, k, 1)`` to an LPS point in mm."""
+        return self._affine.copy()
+
+    def _geometry_dict(self, image: Image) -> dict:
+        nk, nj, ni = self._volume.shape[:3]
+        return {
+            "ndim": image.ndim,
+            "shape": [int(ni), int(nj), int(nk)],
+            "spacing": [float(s) for s in self._spacing],
+            "affine": self._affine.tolist(),
+            "inverse": np.linalg.inv(self._affine).tolist(),
+            "to_index": render.display_to_index(image).tolist(),
+            "letters": None if image.ndim == 2 else {p: list(v) for p, v in render.EDGE_LETTERS.items()},
+            "units": str(image.metadata.get("units") or ("HU" if render.is_ct(image) else "")),
+            "channels": int(image.array.shape[-1]) if image.rgb else 1,
+            "oblique": bool(render.orientation_note(image)),
+        }
+
+    @staticmethod
+    def _preset_dict(image: Image) -> dict:
+        presets = {"auto": list(render.auto_window(image))} if not image.rgb else {}
+        if render.is_ct(image):
+            presets.update({name: list(wl) for name, wl in render.CT_PRESETS.items()})
+        elif not image.rgb:
+            arr = image.array
+            lo, hi = float(np.min(arr)), float(np.max(arr))
+            presets["full range"] = [max(hi - lo, 1e-6), (hi + lo) / 2]
+        return presets
+
+    # ------------------------------------------------------------------ position and slices
+    def _cursor_of(self, position) -> list[int]:
+        inv = np.linalg.inv(self._affine)
+        idx = np.rint(inv[:3] @ [*position[:3], 1]).astype(int)
+        shape = np.array(self._volume.shape[2::-1])  # (ni, nj, nk), colour too ([k, j, i, c])
+        return [int(v) for v in np.clip(idx, 0, shape - 1)]
+
+    def _visible_planes(self) -> tuple[str, ...]:
+        if self._image is None:
+            return ()
+        return render.PLANES if self.layout_mode == "three" else (self.plane,)
+
+    def _move_to(self, position, *, force: bool = False) -> None:
+        old = list(self._cursor)
+        cursor = self._cursor_of(position)
+        with self.hold_sync(), self.hold_trait_notifications():
+            self._cursor = cursor
+            for plane in self._visible_planes():
+                axis = render._NORMAL_AXIS[plane]
+                payload = getattr(self, f"_{plane}")
+                if force or not payload or payload.get("index") != cursor[axis] or old[axis] != cursor[axis]:
+                    setattr(self, f"_{plane}", self._payload(plane, cursor[axis]))
+            self._updating = True
+            try:
+                self.slice_index = cursor[render._NORMAL_AXIS[self.plane]]
+            finally:
+                self._updating = False
+
+    def _payload(self, plane: str, index: int) -> dict:
+        """Raw voxels of one slice (and of each layer) as bytes, plus what JS needs to draw them."""
+        data = np.ascontiguousarray(render.plane_array(self._volume, plane, index))
+        out = {"index": int(index), "rows": int(data.shape[0]), "cols": int(data.shape[1]),
+               "dtype": str(data.dtype), "data": memoryview(data).cast("B")}
+        for name, volume in self._layers.items():
+            layer = np.ascontiguousarray(render.plane_array(volume, plane, index))
+            out[name] = memoryview(layer).cast("B")
+            out[name + "_dtype"] = str(layer.dtype)
+        return out
+
+    def _refresh(self) -> None:
+        if self._image is not None:
+            self._move_to(self.position, force=True)
+
+    @traitlets.observe("position")
+    @_guarded
+    def _position_changed(self, change) -> None:
+        if self._image is None or self._updating:
+            return
+        if len(change["new"]) < 3:
+            raise ParameterError(f"position must be a point (x, y, z) in mm; got {change['new']}")
+        self._move_to(change["new"])
+
+    @traitlets.observe("slice_index")
+    @_guarded
+    def _slice_index_changed(self, change) -> None:
+        if self._image is None or self._updating:
+            return
+        axis = render._NORMAL_AXIS[self.plane]
+        n = self._cursor_count(axis)
+        index = int(change["new"])
+        if not 0 <= index < n:
+            self._updating = True
+            self.slice_index = int(np.clip(index, 0, n - 1))
+            self._updating = False
+            raise ParameterError(f"slice index {index} is outside 0..{n - 1} for the {self.plane} plane")
+        cursor = list(self._cursor)
+        cursor[axis] = index
+        point = [float(v) for v in self._affine[:3] @ [*cursor, 1]]
+        self._updating = True
+        try:
+            self.position = point
+        finally:
+            self._updating = False
+        self._move_to(point)
+
+    def _cursor_count(self, axis: int) -> int:
+        return int(self._volume.shape[2 - axis]) if self._volume is not None else 0
+
+    @traitlets.observe("plane", "layout_mode")
+    @_guarded
+    def _view_changed(self, change) -> None:
+        if change["name"] == "plane":
+            render._check_plane(change["new"])
+        else:
+            self._check_layout(change["new"])
+        if self._image is not None and self._image.ndim == 2 and (self.plane != "axial" or self.layout_mode != "single"):
+            self.plane, self.layout_mode = "axial", "single"
+            raise ParameterError("a 2D image has only one plane")
+        self._refresh()
+
+    @traitlets.observe("window")
+    @_guarded
+    def _window_changed(self, change) -> None:
+        if not change["new"] > 0:
+            raise ParameterError(f"window must be positive; got {change['new']}")
+
+    @traitlets.observe("points")
+    @_guarded
+    def _points_changed(self, change) -> None:
+        bad = [p for p in change["new"] if len(p) != 3]
+        if bad:
+            raise ParameterError(f"each point must be (x, y, z) in mm; got {bad[0]}")
+
+    @staticmethod
+    def _check_layout(layout: str) -> None:
+        if layout not in ("single", "three"):
+            raise ParameterError(f"layout must be 'single' or 'three'; got {layout!r}")
+
+    # ------------------------------------------------------------------ layers
+    def _layer_volume(self, layer, name: str) -> tuple[Image, np.ndarray]:
+        if self._image is None:
+            raise ParameterError(f"show an image before adding a {name}")
+        layer = as_image(layer, name)
+        resampled = render.resample_like(layer, self._image)
+        volume, _ = render.display_array(resampled)
+        return resampled, volume
+
+    def set_labels(self, labels, *, opacity: float = 0.5, outline: bool = False) -> None:
+        """Show a label map over the image (``None`` removes it): per-label colours and names.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from medlab import Image
+        >>> img = Image(np.zeros((4, 8, 8)))
+        >>> v = Viewer(img)
+        >>> v.set_labels(img.with_array(np.ones((4, 8, 8), np.uint8), kind="label", labels={1: "organ"}))
+        >>> v._labels_info["legend"][0]["name"]
+        'organ'
+        """
+        try:
+            self._check_alpha(opacity, "opacity")
+            if labels is None:
+                self._layers.pop("labels", None)
+                self._labels_info = {}
+            else:
+                layer = as_image(labels, "labels")
+                if not layer.is_label:
+                    layer = layer.with_array(layer.array, kind="label")
+                resampled, volume = self._layer_volume(layer, "labels")
+                volume = _label_dtype(volume)
+                values = [int(v) for v in np.unique(volume) if v != 0]
+                legend = []
+                for value in values:
+                    spec = resampled.labels.get(value)
+                    legend.append({"value": value, "name": spec.name if spec else f"label {value}",
+                                   "color": list(spec.color if spec else label_color(value))})
+                self._layers["labels"] = volume
+                self._labels_info = {"opacity": float(opacity), "outline": bool(outline), "legend": legend}
+            self._refresh()
+        except Exception as exc:
+            self.show_error(_describe(exc))
+            raise
+
+    def set_heatmap(self, image, *, cmap: str = "inferno", opacity: float = 0.5, threshold: float = 0.0) -> None:
+        """Show a heat map (e.g. saliency) over the image: values above ``threshold`` coloured by
+        ``cmap`` scaled to the map's own range; ``None`` removes it."""
+        try:
+            self._check_alpha(opacity, "opacity")
+            if image is None:
+                self._layers.pop("heat", None)
+                self._heat_info = {}
+            else:
+                resampled, volume = self._layer_volume(image, "heat map")
+                volume = volume.astype(np.float32, copy=False)
+                finite = volume[np.isfinite(volume)]
+                vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+                self._layers["heat"] = volume
+                self._heat_info = {"lut": render.colormap_lut(cmap).ravel().tolist(), "cmap": cmap,
+                                   "range": [vmin, vmax], "threshold": float(threshold), "opacity": float(opacity)}
+            self._refresh()
+        except Exception as exc:
+            self.show_error(_describe(exc))
+            raise
+
+    def set_second_image(self, image, *, mode: str = "blend", alpha: float = 0.5, checker: int = 16) -> None:
+        """Show a second image with the base one: ``blend``, ``checkerboard`` or ``difference``
+        (each windowed with its own automatic window); ``None`` removes it."""
+        try:
+            self._check_alpha(alpha, "alpha")
+            if mode not in ("blend", "checkerboard", "difference"):
+                raise ParameterError(f"mode must be 'blend', 'checkerboard' or 'difference'; got {mode!r}")
+            if image is None:
+                self._layers.pop("second", None)
+                self._second_info = {}
+            else:
+                resampled, volume = self._layer_volume(image, "second image")
+                window, level = render.auto_window(as_image(image))
+                self._layers["second"] = volume.astype(np.float32, copy=False)
+                self._second_info = {"mode": mode, "alpha": float(alpha), "window": float(window),
+                                     "level": float(level), "checker": int(checker)}
+            self._refresh()
+        except Exception as exc:
+            self.show_error(_describe(exc))
+            raise
+
+    @staticmethod
+    def _check_alpha(value: float, name: str) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ParameterError(f"{name} must be between 0 and 1; got {value}")
+
+    # ------------------------------------------------------------------ output
+    def current_slice(self) -> Image:
+        """The 2D slice of the base image now shown in :attr:`plane` (screen orientation)."""
+        if self._image is None:
+            raise ParameterError("the viewer shows no image")
+        return render.extract_slice(self._image, self.plane, self.slice_index)
+
+    def snapshot_planes(self) -> dict[str, np.ndarray]:
+        """The composed RGB picture of each visible plane, one pixel per voxel (as the canvases)."""
+        if self._image is None:
+            raise ParameterError("the viewer shows no image")
+        out = {}
+        for plane in self._visible_planes():
+            index = self._cursor[render._NORMAL_AXIS[plane]]
+            raw = render.plane_array(self._volume, plane, index)
+            if self._image.rgb:
+                out[plane] = np.ascontiguousarray(raw[..., :3])
+                continue
+            grey = render.window_level(raw, self.window, self.level)
+            kwargs = {}
+            if "second" in self._layers:
+                info = self._second_info
+                kwargs.update(second=render.window_level(render.plane_array(self._layers["second"], plane, index),
+                                                         info["window"], info["level"]),
+                              second_mode=info["mode"], second_alpha=info["alpha"], checker=info["checker"])
+            if "heat" in self._layers:
+                info = self._heat_info
+                kwargs.update(heat=render.plane_array(self._layers["heat"], plane, index),
+                              heat_lut=np.asarray(info["lut"], np.uint8).reshape(256, 3),
+                              heat_range=tuple(info["range"]), heat_threshold=info["threshold"],
+                              heat_opacity=info["opacity"])
+            if "labels" in self._layers:
+                info = self._labels_info
+                kwargs.update(labels=render.plane_array(self._layers["labels"], plane, index),
+                              label_colors={d["value"]: tuple(d["color"]) for d in info["legend"]},
+                              label_opacity=info["opacity"], label_outline_only=info["outline"])
+            out[plane] = render.compose(grey, **kwargs)
+        return out
+
+    def snapshot(self) -> bytes:
+        """PNG of the current view (all visible planes, correct proportions, edge letters and
+        point markers), rendered in Python: works without a browser, for reports.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from medlab import Image
+        >>> Viewer(Image(np.zeros((4, 8, 8)))).snapshot()[:4]
+        b'\\x89PNG'
+        """
+        pictures = self.snapshot_planes()
+        mm = min(self._spacing) if self._image.ndim == 3 else min(self._spacing[:2])
+        letters = self._geometry.get("letters")
+        panels = []
+        for plane, rgb in pictures.items():
+            spacing = render.plane_spacing(self._spacing, plane)
+            panels.append(render.panel_picture(rgb, spacing, mm, letters=letters and letters[plane],
+                                               points=self._points_on(plane)))
+        return render.to_png(render.montage(panels))
+
+    def _points_on(self, plane: str) -> list[tuple[float, float]]:
+        """Slice pixel ``(row, col)`` of the points lying in the shown slice of ``plane``."""
+        if not self.points or self._image is None:
+            return []
+        inv = np.linalg.inv(self._affine)
+        axis = render._NORMAL_AXIS[plane]
+        nk = self._volume.shape[0]
+        out = []
+        for p in self.points:
+            i, j, k = inv[:3] @ [*p, 1]
+            idx = (i, j, k)
+            if abs(idx[axis] - self._cursor[axis]) > 0.5:
+                continue
+            row, col = {"axial": (j, i), "coronal": (nk - 1 - k, i), "sagittal": (nk - 1 - k, j)}[plane]
+            out.append((row, col))
+        return out
+
+    # ------------------------------------------------------------------ messages and errors
+    def _set_status(self, message: str, kind: str = "info") -> None:
+        self.status_kind = kind
+        self.status = message
+
+    def show_error(self, message: str) -> None:
+        """Show an error in the viewer's status line (and keep the viewer alive)."""
+        self._set_status(f"Error: {message}", "error")
+
+    @_guarded
+    def _on_message(self, widget, content, buffers) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "error":
+            self.show_error(f"in the browser: {content.get('message', '')}")
+        elif kind == "status":
+            self._set_status(str(content.get("message", "")))
+        else:
+            raise ParameterError(f"unknown message from the viewer: {content!r}")
+
+
+def link(a: Viewer, b: Viewer) -> Callable[[], None]:
+    """Keep two viewers on the same position (mm) and window/level; returns an unlink function.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medlab import Image
+    >>> a, b = Viewer(Image(np.zeros((4, 8, 8)))), Viewer(Image(np.ones((4, 8, 8))))
+    >>> unlink = link(a, b)
+    >>> a.window = 123.0
+    >>> b.window
+    123.0
+    >>> unlink()
+    """
+    for v, name in ((a, "a"), (b, "b")):
+        if not isinstance(v, Viewer):
+            raise ParameterError(f"link needs two Viewers; {name} is a {type(v).__name__}")
+    links = [traitlets.link((a, name), (b, name)) for name in ("position", "window", "level")]
+
+    def unlink() -> None:
+        for lk in links:
+            lk.unlink()
+
+    return unlink
