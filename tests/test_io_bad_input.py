@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dicom_factory as df  # noqa: E402
+import dicom_factory as df
 
-import medlab  # noqa: E402
-from medlab import ImageError, MedlabError, ParameterError, ReadError  # noqa: E402
+import medlab
+from medlab import ImageError, MedlabError, ParameterError, ReadError
 
 
 def _raises(exc_type, path, *, match: str, **kwargs):
@@ -191,9 +191,10 @@ def test_label_map_with_fractions(tmp_path):
     _raises(ImageError, path, match="kind='intensity'", kind="label")
 
 
-def test_four_d_file_says_how_to_pick_a_volume(tmp_path):
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_four_d_file_says_how_to_pick_a_volume(tmp_path, suffix):
     arr = np.stack([np.full((3, 4, 5), t, np.int16) for t in range(6)])  # [t, z, y, x]
-    path = _write_sitk(arr, tmp_path / "fmri.nii.gz")
+    path = _write_sitk(arr, tmp_path / f"fmri{suffix}")
     msg = _raises(ReadError, path, match="volume=i")
     assert "6 volumes" in msg
     vol = medlab.load(path, volume=4)

@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dicom_factory as df  # noqa: E402
+import dicom_factory as df
 
-import medlab  # noqa: E402
-from medlab import ReadError  # noqa: E402
-from medlab.io import list_series  # noqa: E402
+import medlab
+from medlab import ReadError
+from medlab.io import list_series
 
 CT_DICOM = "ct_abdomen/example_ct_dicom"
 
@@ -26,7 +26,7 @@ OBLIQUE = np.array([[np.cos(_a), 0, np.sin(_a)], [0, 1, 0], [-np.sin(_a), 0, np.
     [[1, 0, 0], [0, np.cos(_a), -np.sin(_a)], [0, np.sin(_a), np.cos(_a)]])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path: Path):
     """The shared series is loaded once per test session (Image arrays are read-only)."""
     return medlab.load(path)
@@ -66,7 +66,7 @@ def test_shared_ct_uses_measured_slice_step_not_thickness(shared):
 def test_shared_ct_is_in_hounsfield_units(shared):
     folder = shared(CT_DICOM)
     ct = _load(folder)
-    first = sorted(folder.iterdir())[0]
+    first = min(folder.iterdir())
     ds = pydicom.dcmread(first)  # JPEG-2000: needs pylibjpeg-openjpeg
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
     hu = ds.pixel_array.astype(np.int32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
@@ -343,3 +343,12 @@ def test_legacy_multiframe_with_spacing_between_slices(tmp_path):
     np.testing.assert_array_equal(img.array, vol)
     np.testing.assert_allclose(img.spacing, (1.5, 2.0, 2.5))
     np.testing.assert_allclose(img.origin, (1, 2, 3))
+
+
+def test_list_series_of_one_file_and_series_check(tmp_path):
+    path = df.write_series(tmp_path, df.phantom_volume((2, 8, 6)), series_number=4, description="axial")[0]
+    (info,) = list_series(path)
+    assert (info.number, info.description, info.n_slices, info.size) == (4, "axial", 1, (6, 8, 1))
+    assert medlab.load(path, series=4).size == (6, 8, 1)
+    with pytest.raises(ReadError, match="matches none"):
+        medlab.load(path, series=5)

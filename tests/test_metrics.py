@@ -128,3 +128,14 @@ def test_dice_known_values():
         metrics.dice(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(GeometryError):
         metrics.dice(Image(a), Image(a, spacing=(2, 2)))
+
+
+def test_auto_regions_finds_three_classes_away_from_borders(two_regions):
+    a = np.zeros((60, 60))
+    a[10:50, 10:50] = 1
+    a[20:40, 20:40] = 2
+    bg, low, high = metrics.auto_regions(a)
+    assert high.sum() == 18 * 18 and not (bg & low).any()
+    assert metrics.auto_regions(np.zeros((8, 8))) is None
+    noisy, _ = two_regions
+    assert metrics.auto_regions(noisy) is not None

@@ -403,10 +403,10 @@ def real_brain(shared):
 
 @pytest.fixture
 def real_t1(shared):
-    """chris_t1 (0.88 mm isotropic) cropped to 96 x 96 x 48 around the centre, scaled to [0, 1]."""
+    """chris_t1 (0.88 mm isotropic) cropped to 80 x 80 x 32 around the centre, scaled to [0, 1]."""
     img = _load(shared("noncommercial/chris_t1.nii.gz"))
     c = np.asarray(img.size) // 2
-    img = pp.crop_box(img, start=tuple(c - [48, 48, 24]), end=tuple(c + [48, 48, 24]))
+    img = pp.crop_box(img, start=tuple(c - [40, 40, 16]), end=tuple(c + [40, 40, 16]))
     a = img.array.astype(np.float32)
     return img.with_array(np.clip(a / np.percentile(a, 99.9), 0, 1))
 

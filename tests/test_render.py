@@ -261,3 +261,13 @@ def test_thumbnail_two_d_and_rgb():
 
 def test_image_repr_html_uses_thumbnail():
     assert "medlab-thumbnail" in phantom_lps()._repr_html_()
+
+
+def test_label_map_thumbnail_is_coloured():
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[:, 2:6, 2:6] = 3
+    html = render.thumbnail_html(Image(arr, kind="label", labels={3: ("organ", (0, 200, 0))}))
+    b64 = re.findall(r"base64,([A-Za-z0-9+/=]+)", html)[0]
+    pic = np.asarray(PILImage.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
+    centre = pic[pic.shape[0] // 2, pic.shape[1] // 2]
+    assert centre[1] > 150 and centre[0] < 50 and centre[2] < 50

@@ -334,3 +334,24 @@ def test_render_imports_no_jupyter():
     code = "import sys, medlab.render, medlab; medlab.Image; print(any(m.split('.')[0] in ('ipywidgets', 'anywidget', 'IPython') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_switching_to_a_two_d_image_from_three_planes():
+    v = Viewer(cube_ct(), layout="three", plane="sagittal")
+    v.image = Image(np.zeros((6, 8), np.uint8))
+    assert (v.layout_mode, v.plane) == ("single", "axial") and v.status_kind == "info"
+    assert v._axial["rows"] == 6 and v._axial["cols"] == 8
+
+
+def test_chest_ct_phantom_with_its_labels():
+    import medlab
+
+    if not hasattr(medlab.data, "chest_ct"):
+        pytest.skip("medlab.data.chest_ct is not available")
+    p = medlab.data.chest_ct(size=(48, 48, 12), seed=0)
+    v = Viewer(p.ct, labels=p.labels, layout="three")
+    assert (v.window, v.level) == render.CT_PRESETS["abdomen"] and "lung" in v._presets
+    names = {d["value"]: d["name"] for d in v._labels_info["legend"]}
+    assert names and all(names[k] == p.labels.labels[k].name for k in names)
+    lungs = payload_array(v, "axial", "labels") == next(k for k, lab in p.labels.labels.items() if lab.name == "lung")
+    assert lungs.any() and payload_array(v, "axial")[lungs].mean() < -500, "lung label over air-filled voxels"

@@ -2,9 +2,13 @@
 
 >>> from medlab.widgets import Viewer, link          # doctest: +SKIP
 >>> Viewer(medlab.load("scan/"), layout="three")     # doctest: +SKIP
+>>> PreprocessWidget(image)                          # doctest: +SKIP
 """
 
 from .bridges import open_in_napari, view_itk
+from .panel import StagePanel, link_window
+from .preprocess import PreprocessWidget, preprocess_widget
 from .viewer import Viewer, link
 
-__all__ = ["Viewer", "link", "open_in_napari", "view_itk"]
+__all__ = ["Viewer", "link", "link_window", "StagePanel", "PreprocessWidget", "preprocess_widget",
+           "open_in_napari", "view_itk"]

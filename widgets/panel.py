@@ -36,8 +36,12 @@ CSS classes (stable names for browser tests)
 ``medlab-metrics``           the table of quality numbers (before / after)
 ``medlab-before``, ``medlab-after``  the viewers the panel creates itself (if any)
 
-The status line carries a ``data``-free marker class for its state: ``medlab-status-error``,
-``medlab-status-ok``, ``medlab-status-busy`` or ``medlab-status-info``.
+The status line also carries one class for its state: ``medlab-status-error``,
+``medlab-status-ok``, ``medlab-status-busy`` or ``medlab-status-info``. The classes sit on the
+root element of each ipywidget; a slider's value can be typed into its
+``.medlab-param-<name> .widget-readout`` (then Enter), a dropdown is a ``select`` inside
+``.medlab-param-<name>``, and Python-only text (``preview 12 ms``, the metrics table, the status
+line, the recipe code) proves a kernel round trip.
 """
 
 from __future__ import annotations

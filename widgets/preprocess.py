@@ -126,7 +126,7 @@ class PreprocessWidget(widgets.VBox):
         self.code = widgets.HTML("")
         self.code.add_class("medlab-recipe-code")
 
-        self.picker.observe(lambda ch: self.select(ch["new"]), "value")
+        self.picker.observe(lambda ch: self._safely(lambda: self.select(ch["new"])), "value")
         self.undo_button.on_click(lambda _: self._safely(self.undo))
         self.export_button.on_click(lambda _: self._safely(lambda: self.export(self.export_path.value,
                                                                                overwrite=self.overwrite.value)))

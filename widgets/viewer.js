@@ -44,11 +44,12 @@ function greyLevels(raw, dtype, window, level) {
   const n = raw.length;
   const out = new Uint8Array(n);
   if (dtype === "int16" || dtype === "uint16" || dtype === "int8" || dtype === "uint8") {
-    const offset = dtype === "int16" ? 32768 : dtype === "int8" ? 128 : 0;
-    const size = dtype.endsWith("16") ? 65536 : 256;
-    const lut = new Uint8Array(size);
-    for (let i = 0; i < size; i++) lut[i] = f(i - offset);
-    for (let i = 0; i < n; i++) out[i] = lut[raw[i] + offset];
+    // a lookup table over the slice's own value range
+    let lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < n; i++) { const v = raw[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
+    const lut = new Uint8Array(hi - lo + 1);
+    for (let v = lo; v <= hi; v++) lut[v - lo] = f(v);
+    for (let i = 0; i < n; i++) out[i] = lut[raw[i] - lo];
   } else {
     for (let i = 0; i < n; i++) out[i] = f(raw[i]);
   }
@@ -440,7 +441,7 @@ function render({ model, el: host }) {
       root.focus({ preventScroll: true });
       state.active = entry.plane;
       const editing = model.get("point_mode") === "edit";
-      if (ev.button === 2) {
+      if (ev.button === 2 || (ev.button === 0 && ev.shiftKey && !editing)) {
         state.drag = { kind: "wl", entry, x: ev.clientX, y: ev.clientY, w: model.get("window"), l: model.get("level"), moved: false };
         return;
       }
@@ -485,7 +486,10 @@ function render({ model, el: host }) {
       model.set("points", pts);
       drawOverlay(d.entry.plane);
     } else if (d.kind === "cursor") {
-      const { mm } = physicalAt(d.entry, pixelAt(d.entry, ev));
+      const { ijk, mm } = physicalAt(d.entry, pixelAt(d.entry, ev));
+      const c = currentCursor();
+      if (ijk.every((v, i) => v === c[i])) return;
+      state.pending = { cursor: ijk, t: performance.now() };
       setPosition(mm);
     }
   });

@@ -52,7 +52,8 @@ rows) selects the voxel centre at display index given by
 (three-plane layout: the other planes follow); in point mode (``v.point_mode == "edit"``) it
 appends that point to ``v.points``; dragging a marker moves it, shift-click or a right-click on
 it removes it. Mouse wheel and arrow keys (Up/Down, PageUp/PageDown) change the slice; a
-right-button drag changes window (horizontal) and level (vertical).
+right-button drag (or shift + left drag outside point mode) changes window (horizontal,
+exponential: ``window * exp(dx / 200)``) and level (vertical, ``level - dy * window / 200``).
 """
 
 from __future__ import annotations
@@ -193,9 +194,13 @@ class Viewer(anywidget.AnyWidget):
 
     @image.setter
     def image(self, image) -> None:
-        image = as_image(image, "image")
-        if image.ndim == 3 and min(image.size) < 1:
-            raise ParameterError("image is empty")
+        try:
+            self._show(as_image(image, "image"))
+        except Exception as exc:
+            self.show_error(_describe(exc))
+            raise
+
+    def _show(self, image: Image) -> None:
         same = self._image is not None and self._image.same_grid(image) and not image.rgb
         old_position = list(self.position)
         volume, spacing = render.display_array(image)
@@ -207,7 +212,8 @@ class Viewer(anywidget.AnyWidget):
             self._layers.clear()
             self._labels_info, self._heat_info, self._second_info = {}, {}, {}
         if image.ndim == 2 and (self.layout_mode != "single" or self.plane != "axial"):
-            self.layout_mode, self.plane = "single", "axial"
+            with self.hold_trait_notifications():
+                self.layout_mode, self.plane = "single", "axial"
         self._geometry = self._geometry_dict(image)
         self._presets = self._preset_dict(image)
         if not same:

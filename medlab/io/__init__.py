@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,15 @@ from .atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_
 from .dicom import SeriesInfo, list_series
 
 __all__ = [
-    "load", "save", "list_series", "SeriesInfo", "read_labels",
-    "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+    "SeriesInfo",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "list_series",
+    "load",
+    "read_labels",
+    "save",
 ]
 
 

@@ -21,9 +21,10 @@ Conventions
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -190,7 +191,7 @@ def _read_without_preamble(path: Path):
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         ok = "SOPClassUID" in ds or "Modality" in ds
-    except Exception:
+    except Exception:  # noqa: BLE001 - a forced parse of a non-DICOM file fails in many ways
         ok = False
     if not ok:
         raise ReadError(
@@ -303,18 +304,17 @@ def series_info(key: tuple, headers: Sequence[_Header]) -> SeriesInfo:
 
 
 def _rough_step(headers: Sequence[_Header]) -> float:
+    """The mean slice step along the normal, for listing (no consistency checks)."""
     h = headers[0]
-    try:
-        if h.frames > 1:
-            _, ipps, _, _ = _frame_geometry(h.ds, (h.slope, h.intercept))
-        else:
-            ipps = np.array([x.ipp for x in headers if x.ipp is not None])
-        normal = np.cross(h.iop[:3], h.iop[3:])
-        d = np.sort(ipps @ normal)
-        if len(d) > 1 and d[-1] > d[0]:
+    if h.frames > 1:
+        ipps = list(_frame_geometry(h.ds, (h.slope, h.intercept))[1])
+    else:
+        ipps = [x.ipp for x in headers]
+    ipps = np.array([p for p in ipps if p is not None], dtype=float).reshape(-1, 3)
+    if h.iop is not None and len(ipps) > 1:
+        d = np.sort(ipps @ np.cross(h.iop[:3], h.iop[3:]))
+        if d[-1] > d[0]:
             return float((d[-1] - d[0]) / (len(d) - 1))
-    except Exception:
-        pass
     return _float(h.ds.get("SpacingBetweenSlices")) or _float(h.ds.get("SliceThickness")) or 1.0
 
 
@@ -740,7 +740,7 @@ def _metadata(h: _Header, source: Path, extra: dict | None = None) -> dict:
 def _plain(value):
     from pydicom.multival import MultiValue
 
-    if isinstance(value, MultiValue) or isinstance(value, (list, tuple)):
+    if isinstance(value, (MultiValue, list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, bool):
         return value

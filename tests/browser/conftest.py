@@ -14,7 +14,8 @@ Isolation and safety
   stopped by group (SIGTERM, then SIGKILL), so no kernel outlives the session.
 * Every request of the browser is routed: 127.0.0.1/localhost pass, anything else is aborted and
   recorded; a test fails if any such request happened (invariant: nothing reaches the network).
-* On failure a full-page screenshot goes to ``<pytest basetemp>/browser-screenshots/``.
+* On failure a full-page screenshot goes to ``<pytest basetemp>/browser-screenshots/`` (after
+  every test with ``MEDLAB_BROWSER_SCREENSHOTS=always``), with the page's console messages.
 
 Skipping
 --------
@@ -269,7 +270,8 @@ def notebook(request, lab_server, browser_context, tmp_path_factory):
     yield driver
 
     rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed and driver.pages:
+    failed = rep is not None and rep.failed
+    if (failed or os.environ.get("MEDLAB_BROWSER_SCREENSHOTS") == "always") and driver.pages:
         folder = tmp_path_factory.getbasetemp() / "browser-screenshots"
         folder.mkdir(exist_ok=True)
         for i, page in enumerate(driver.pages):
@@ -279,7 +281,8 @@ def notebook(request, lab_server, browser_context, tmp_path_factory):
                 print(f"\nscreenshot: {shot}")
             except Exception as exc:  # the page may be gone: keep the original failure
                 print(f"\nscreenshot failed: {exc}")
-        print("browser console (last 40):\n" + "\n".join(driver.console[-40:]))
+        if failed:
+            print("browser console (last 40):\n" + "\n".join(driver.console[-40:]))
     for page in driver.pages:
         page.close()
     lab_server.shutdown_kernels()

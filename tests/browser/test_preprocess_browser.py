@@ -165,10 +165,11 @@ def test_preprocess_slider_preview_apply_export(notebook):
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y)
     page.mouse.down()
-    page.mouse.move(x + 40, y, steps=4)
-    page.mouse.move(x + 80, y, steps=4)
+    page.mouse.move(x + 15, y, steps=3)
+    page.mouse.move(x + 30, y, steps=3)
     page.mouse.up()
     state = wait_json(page, ".bt-state", lambda s: s["h"] > h0 + 0.2, "a stronger h after the drag")
+    assert state["h"] < 3.0, "a 30 px drag should land inside the range, not at its end"
     page.wait_for_timeout(300)  # let the slider settle (continuous updates) before reading it
     h1 = read_json(page, ".bt-state")["h"]
     second = preview_matches_python(page, h1)
