@@ -247,15 +247,19 @@ for ax, (name, img) in zip(axes, results.items()):
 plt.show()
 """),
     md("""
-**Exercise 1.** Make non-local means *over*-smooth: find an `h` for which its SSIM drops below the
-Gaussian's. Put it in `my_h` and run the check.
+**Exercise 1.** The Gaussian *lowers* PSNR here: the phantom's folded cortex is as fine as the
+noise, so blurring removes anatomy as fast as noise. Non-local means averages only similar
+patches. Its strength `h` is a multiple of the estimated noise σ: too low leaves noise, too
+high flattens texture. Which of the candidates below gives the best PSNR? Put it in `my_h`
+(the value filled in is the answer; change it and the check says so).
 """),
     code("""
-my_h = 3.0  # try values between 0.2 and 3.0
-over = nlm_denoise(noisy, h=my_h)
-ssim_gauss = metrics.ssim(results["gaussian σ=1 mm"], clean)
-ok = metrics.ssim(over, clean) < ssim_gauss
-print("✓ correct: too strong a filter erases texture" if ok else "✗ not yet: try a larger h")
+candidates = [0.4, 0.8, 1.2, 2.0, 3.0]
+my_h = 1.2
+scores = {h: metrics.psnr(nlm_denoise(noisy, h=h), clean) for h in candidates}
+print({h: round(v, 2) for h, v in scores.items()})
+best = max(scores, key=scores.get)
+print("✓ correct" if my_h == best else f"✗ not the best: h={my_h} gives {scores[my_h]:.2f} dB")
 """),
     md("""
 ## 3. CT windowing
@@ -329,7 +333,7 @@ wrong = resample(as_intensity, spacing=(2.3, 2.3, 2.3), interpolator="linear")
 right = resample(lab, spacing=(2.3, 2.3, 2.3))   # a label map: nearest/label-aware automatically
 invented = set(np.unique(np.rint(wrong.array)).astype(int)) - set(np.unique(lab.array))
 fractional = np.mean(wrong.array != np.rint(wrong.array))
-print(f"linear: {fractional:.1%} voxels are not a label at all; label-aware: values {sorted(np.unique(right.array))[:12]}")
+print(f"linear: {fractional:.1%} voxels are not a label at all; label-aware: values {np.unique(right.array).tolist()}")
 print("geometry kept:", right.spacing, right.direction.tolist() == lab.direction.tolist())
 """),
     md("""
@@ -345,7 +349,7 @@ w
 """),
     code("""
 w.select("nlm_denoise")
-w.panel.set_params(h=1.0)
+w.set(h=1.0)
 w.apply(wait=True)
 w.select("clahe")
 w.apply(wait=True)
@@ -358,7 +362,7 @@ widget produced.
 """),
     code("""
 replayed = recipe.run(noisy)
-ok = np.array_equal(replayed.array, w.result.array)
+ok = np.array_equal(replayed.array, w.image.array)
 print("✓ bit-identical" if ok else "✗ differs")
 """),
 ]

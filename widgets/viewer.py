@@ -584,10 +584,29 @@ def link(a: Viewer, b: Viewer) -> Callable[[], None]:
     for v, name in ((a, "a"), (b, "b")):
         if not isinstance(v, Viewer):
             raise ParameterError(f"link needs two Viewers; {name} is a {type(v).__name__}")
-    links = [traitlets.link((a, name), (b, name)) for name in ("position", "window", "level")]
+    # Not traitlets.link: a viewer snaps its position to the nearest voxel centre while
+    # handling a change, which traitlets.link reports as a broken link.
+    busy = [False]
+    names = ["position", "window", "level"]
+
+    def follower(dst):
+        def sync(change):
+            if busy[0] or getattr(dst, change["name"]) == change["new"]:
+                return
+            busy[0] = True
+            try:
+                setattr(dst, change["name"], change["new"])
+            finally:
+                busy[0] = False
+        return sync
+
+    handlers = [(a, follower(b)), (b, follower(a))]
+    for src, handler in handlers:
+        src.observe(handler, names=names)
+    b.window, b.level, b.position = a.window, a.level, list(a.position)
 
     def unlink() -> None:
-        for lk in links:
-            lk.unlink()
+        for src, handler in handlers:
+            src.unobserve(handler, names=names)
 
     return unlink

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from ..image import Image
-from ..stage import Bool, Choice, Float, Int, execute_sitk, progress, stage
+from ..stage import Bool, Choice, Float, Int, execute_sitk, progress, report, stage
 from ._common import as_float, check_size, float_sitk, same_grid_result, slice_axis
 
 __all__ = ["nlm_denoise", "anisotropic_diffusion", "gaussian_smooth", "median_filter", "bilateral_filter"]
@@ -141,7 +141,9 @@ def nlm_denoise(image: Image, *, h: float = 1.2, patch_size: int = 5, search_siz
     u8, lo, scale = _to_uint8(arr)
     hh = float(h * sigma * scale)
     if image.ndim == 2:
+        report(0.0, "non-local means")
         out8 = cv2.fastNlMeansDenoising(u8, None, h=hh, templateWindowSize=patch_size, searchWindowSize=search_size)
+        report(1.0, "non-local means")
     else:
         axis = slice_axis(image)
         slices = np.moveaxis(u8, axis, 0)

@@ -124,10 +124,9 @@ class LabServer:
                f"--ServerApp.root_dir={self.root}",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                "--LabApp.expose_app_in_browser=True"]
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -152,7 +151,7 @@ class LabServer:
             return exc.code, None
 
     def shutdown_kernels(self) -> None:
-        status, sessions = self.api("GET", "/api/sessions")
+        _, sessions = self.api("GET", "/api/sessions")
         for session in sessions or []:
             self.api("DELETE", f"/api/sessions/{session['id']}")
 
@@ -279,7 +278,7 @@ def notebook(request, lab_server, browser_context, tmp_path_factory):
             try:
                 page.screenshot(path=str(shot), full_page=True)
                 print(f"\nscreenshot: {shot}")
-            except Exception as exc:  # the page may be gone: keep the original failure
+            except Exception as exc:  # noqa: BLE001 - the page may be gone: keep the original failure
                 print(f"\nscreenshot failed: {exc}")
         if failed:
             print("browser console (last 40):\n" + "\n".join(driver.console[-40:]))
@@ -314,34 +313,38 @@ def wait_kernel_idle(page, timeout_ms: int = KERNEL_TIMEOUT_MS) -> None:
     )
 
 
+_CELL_ERRORS = """function cellErrors() {
+    const out = [];
+    const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+    for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        if (cell.type !== 'code') continue;
+        for (let j = 0; j < cell.outputs.length; j++) {
+            const o = cell.outputs.get(j).toJSON();
+            if (o.output_type === 'error') out.push(o.traceback.join('\\n'));
+        }
+    }
+    return out;
+}"""
+
+
 def run_all_cells(page, *, n_cells: int, timeout_ms: int = KERNEL_TIMEOUT_MS) -> None:
     """Run every cell and wait until each shows ``[n]:`` and the kernel is idle again.
 
-    A cell that raised fails the test with the traceback text shown in the notebook.
+    A cell that raised (Lab then stops running the rest) fails the test with its traceback.
     """
     page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')",
                            timeout=timeout_ms)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(
-        """(n) => {
+        "(n) => { " + _CELL_ERRORS + """
+            if (cellErrors().length) return true;
             const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-            return p.length === n && p.every(e => /^\\[\\d+\\]:$/.test(e.textContent.trim()));
-        }""",
+            return p.length === n && p.every(e => /^\\[\\d+\\]:$/.test(e.textContent.trim())); }""",
         arg=n_cells, timeout=timeout_ms,
     )
     wait_kernel_idle(page, timeout_ms)
-    errors = page.evaluate(
-        """() => { const out = [];
-            const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
-            for (let i = 0; i < cells.length; i++) {
-                const cell = cells.get(i);
-                if (cell.type !== 'code') continue;
-                for (let j = 0; j < cell.outputs.length; j++) {
-                    const o = cell.outputs.get(j).toJSON();
-                    if (o.output_type === 'error') out.push(o.traceback.join('\\n'));
-                }
-            }
-            return out; }""")
+    errors = page.evaluate("() => { " + _CELL_ERRORS + " return cellErrors(); }")
     if errors:
         text = re.sub(r"\x1b\[[0-9;]*m", "", "\n\n".join(errors))
         pytest.fail(f"a notebook cell raised:\n{text}", pytrace=False)

@@ -1,8 +1,8 @@
 """The slice viewer in a real browser: JupyterLab in Debian Chromium, driven by Playwright.
 
 One notebook shows ``medlab.widgets.Viewer`` on the chest-CT phantom. The test scrolls (wheel,
-arrow keys), drags window/level with the right button, picks a preset, clicks a point in point
-mode, hovers for the readout, and after each step checks
+arrow keys, PageUp), drags window/level with the right button, picks a preset, types a window,
+clicks a point in point mode, hovers for the readout, and after each step checks
 
 * what Python received, through a Label (``.bt-state``) whose JSON text only the kernel writes
   (slice index, window/level, points, the voxel under each point and its HU value), and
@@ -13,6 +13,7 @@ mode, hovers for the readout, and after each step checks
 DOM used (documented in ``widgets/viewer.py``): ``.medlab-viewer`` (focusable root),
 ``canvas.medlab-canvas[data-plane=axial]`` (one canvas pixel per voxel),
 ``canvas.medlab-overlay[data-plane=axial]`` (receives the mouse), ``select.medlab-preset``,
+``input.medlab-window``,
 ``button.medlab-pointmode``, ``.medlab-readout``.
 """
 
@@ -205,6 +206,13 @@ def test_viewer_scroll_window_level_points_and_pixels(notebook):
     wait_state(page, lambda s: [s["window"], s["level"]] == s["presets"]["lung"], "the lung preset")
     lung = expect_canvas_matches_python(page, 19)
     assert lung.std() > 10
+
+    # --- typed numbers: window 900 in the W box (level stays the preset's)
+    page.locator("input.medlab-window").fill("900")
+    page.locator("input.medlab-window").press("Enter")
+    wait_state(page, lambda s: s["window"] == 900 and s["level"] == s["presets"]["lung"][1],
+               "window 900 typed in the W box")
+    expect_canvas_matches_python(page, 19)
 
     # --- point mode: a click at canvas pixel (row 30, col 60) of slice 19
     page.locator(".medlab-pointmode").click()
