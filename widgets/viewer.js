@@ -530,6 +530,13 @@ function render({ model, el: host }) {
   };
   wIn.addEventListener("change", onWL);
   lIn.addEventListener("change", onWL);
+  // JupyterLab takes Enter (run cell) before a number box commits: stop it here, as ipywidgets do.
+  for (const input of [wIn, lIn]) {
+    input.addEventListener("keydown", (ev) => {
+      ev.stopPropagation();
+      if (ev.key === "Enter") onWL();
+    });
+  }
   presetSel.addEventListener("change", () => {
     const wl = (model.get("_presets") || {})[presetSel.value];
     if (wl) { model.set("window", wl[0]); model.set("level", wl[1]); model.save_changes(); }

@@ -207,7 +207,7 @@ def test_viewer_scroll_window_level_points_and_pixels(notebook):
     lung = expect_canvas_matches_python(page, 19)
     assert lung.std() > 10
 
-    # --- typed numbers: window 900 in the W box (level stays the preset's)
+    # --- typed numbers: window 900 in the W box, committed with Enter (level stays the preset's)
     page.locator("input.medlab-window").fill("900")
     page.locator("input.medlab-window").press("Enter")
     wait_state(page, lambda s: s["window"] == 900 and s["level"] == s["presets"]["lung"][1],
