@@ -458,6 +458,28 @@ def progress_to(callback: Callable[[float, str], None] | None, cancel: threading
         _cancel.reset(t2)
 
 
+def log_progress(logger=None, *, every: float = 0.25) -> Callable[[float, str], None]:
+    """A progress callback for batch runs: logs at every ``every`` fraction (INFO level).
+
+    >>> import logging
+    >>> from medlab.stage import log_progress, progress_to
+    >>> with progress_to(log_progress(logging.getLogger("cohort"))):   # doctest: +SKIP
+    ...     recipe.run(image)
+    """
+    import logging
+
+    logger = logger or logging.getLogger("medlab")
+    last = {"step": 0}
+
+    def callback(fraction: float, message: str) -> None:
+        step = int(fraction / every)
+        if step > last["step"]:
+            last["step"] = step
+            logger.info("%s %3.0f%%", message or "progress", 100 * fraction)
+
+    return callback
+
+
 def check_cancelled() -> None:
     """Raise :class:`Cancelled` if the caller asked to stop."""
     ev = _cancel.get()

@@ -204,13 +204,20 @@ def test_denoisers_improve_psnr(name, kwargs, gaussian_noise_phantom):
     assert metrics.psnr(out, clean, data_range=1.0) > metrics.psnr(noisy, clean, data_range=1.0) + 3
 
 
-def test_diffusion_matches_simpleitk_call(gaussian_noise_phantom):
+@pytest.mark.parametrize("method", ["curvature", "gradient"])
+def test_diffusion_matches_simpleitk_filters(method, gaussian_noise_phantom):
+    """The vectorised scheme equals SimpleITK's filter, in 3D (anisotropic) and 2D."""
     import SimpleITK as sitk
 
     noisy, _ = gaussian_noise_phantom
-    ours = pp.anisotropic_diffusion(noisy, iterations=4, conductance=1.5)
-    ref = sitk.CurvatureAnisotropicDiffusion(noisy.to_sitk(), 1.0 / 16, 1.5, 1, 4)
-    np.testing.assert_allclose(ours.array, sitk.GetArrayFromImage(ref), atol=1e-5)
+    filt = sitk.CurvatureAnisotropicDiffusion if method == "curvature" else sitk.GradientAnisotropicDiffusion
+    aniso = Image(noisy.array, spacing=(0.8, 0.9, 2.5))
+    sl = Image(noisy.array[5] * 100, spacing=(1.2, 1.5))
+    for img in (noisy, aniso, sl):
+        ours = pp.anisotropic_diffusion(img, method=method, iterations=4, conductance=1.5)
+        dt = min(min(img.spacing), 1.0) / 16
+        ref = sitk.GetArrayFromImage(filt(img.to_sitk(), dt, 1.5, 1, 4))
+        np.testing.assert_allclose(ours.array, ref, atol=1e-5 * float(np.abs(ref).max()))
 
 
 def test_gaussian_sigma_is_in_mm():
@@ -222,19 +229,19 @@ def test_gaussian_sigma_is_in_mm():
 
 
 def test_median_radius_in_mm_depends_on_spacing():
-    a = np.zeros((9, 9, 9), np.int16)
-    a[4, 4, 4] = 100
-    a[3:6, 4, 4] = 100  # a 3-voxel line along z
-    thick = Image(a, spacing=(1.0, 1.0, 5.0))
-    # 1 mm radius: in-plane 1 voxel, through-plane 0 -> the z-line survives a 3x3x1 median? no (1 of 9)
-    out_mm = pp.median_filter(thick, radius=1.0, radius_unit="mm")
-    out_vox = pp.median_filter(thick, radius=1.0)
-    assert out_mm.dtype == np.int16
-    assert int(out_mm.array.max()) == 0 and int(out_vox.array.max()) == 0
-    line = np.zeros((9, 9, 9), np.int16)
-    line[:, 3:6, 3:6] = 100  # a 3x3 rod along z: kept by a 3x3x1 median
-    rod = Image(line, spacing=(1.0, 1.0, 5.0))
-    assert int(pp.median_filter(rod, radius=1.0, radius_unit="mm").array[4, 4, 4]) == 100
+    """1 mm on 1 x 1 x 5 mm voxels is a 3 x 3 x 1 box: a rod along z survives it, not a 3x3x3 box."""
+    rod = np.zeros((9, 9, 9), np.int16)
+    rod[:, 3:6, 4] = 100  # 3 voxels wide in y, 1 in x, along all of z
+    img = Image(rod, spacing=(1.0, 1.0, 5.0))
+    in_mm = pp.median_filter(img, radius=1.0, radius_unit="mm")
+    in_voxels = pp.median_filter(img, radius=1.0)
+    assert in_mm.dtype == np.int16
+    assert int(in_mm.array[4, 4, 4]) == 0 and int(in_voxels.array[4, 4, 4]) == 0  # 3 of 9 / 9 of 27: removed
+    slab = np.zeros((9, 9, 9), np.int16)
+    slab[4] = 100  # one z-slice: kept by the 3x3x1 box (1 mm), removed by 3x3x3 (9 of 27)
+    img = Image(slab, spacing=(1.0, 1.0, 5.0))
+    assert int(pp.median_filter(img, radius=1.0, radius_unit="mm").array[4, 4, 4]) == 100
+    assert int(pp.median_filter(img, radius=1.0).array[4, 4, 4]) == 0
 
 
 # ----------------------------------------------------------------------------- contrast

@@ -147,3 +147,14 @@ def test_vector_points_grid_specs(img):
     g.name = "reference"
     ref = g.from_json(g.to_json(img))
     assert ref.same_grid(img)
+
+
+def test_batch_progress_logs(img, caplog):
+    import logging
+
+    from medlab.stage import log_progress
+
+    with caplog.at_level(logging.INFO, logger="cohort"), progress_to(log_progress(logging.getLogger("cohort"), every=0.5)):
+        _test_slow(img, steps=4)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["slow  50%", "slow 100%"]

@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import ImageError
 from ..image import Image
 from ..stage import Choice, Int, execute_sitk, report, stage
-from ._common import as_float, float_sitk, foreground_mask
+from ._common import as_float, float_sitk
 
 __all__ = ["n4_bias_correction"]
 
@@ -58,13 +58,13 @@ def n4_bias_correction(image: Image, *, shrink_factor: int = 4, iterations: int 
 
     report(0.0, "N4: preparing")  # ITK's N4 ignores Abort: cancellation is honoured before and after the fit
     arr = as_float(image)
+    src = float_sitk(image)
     fit = arr > 0
-    if mask == "otsu":
-        fit &= foreground_mask(arr)
+    if mask == "otsu":  # SimpleITK's own example: Otsu, 200 bins
+        fit &= sitk.GetArrayFromImage(sitk.OtsuThreshold(src, 0, 1, 200)).astype(bool)
     if fit.sum() < 64:
         raise ImageError("n4_bias_correction needs positive intensities in the mask (is this an MR image? "
                          "CT in HU has no multiplicative bias field)")
-    src = float_sitk(image)
     mask_img = sitk.GetImageFromArray(fit.astype(np.uint8))
     mask_img.CopyInformation(src)
     factors = [max(1, min(shrink_factor, n // 4)) for n in image.size]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
 from ..image import Image
 from ..stage import Bool, Choice, Float, Int, execute_sitk, progress, report, stage
-from ._common import as_float, check_size, float_sitk, same_grid_result, slice_axis
+from ._common import as_float, float_sitk, same_grid_result, slice_axis
 
 __all__ = ["nlm_denoise", "anisotropic_diffusion", "gaussian_smooth", "median_filter", "bilateral_filter"]
 
@@ -51,15 +52,21 @@ def rician_unbias(mean: np.ndarray, sigma: float) -> np.ndarray:
     [0.0, 10.0]
     """
     r0, dr, table = _rice_inverse()
-    r = np.asarray(mean, dtype=np.float32) / np.float32(sigma)
-    t = np.clip((r - np.float32(r0)) / np.float32(dr), 0, len(table) - 1.001)
-    i = t.astype(np.int32)
-    f = t - i
-    out = table[i] * (1 - f) + table[i + 1] * f
-    far = r > r0 + dr * (len(table) - 1)
-    if far.any():
-        out[far] = np.sqrt(r[far] ** 2 - 1)
-    return out * np.float32(sigma)
+    src = np.asarray(mean, dtype=np.float32)
+    out = np.empty(src.shape, np.float32)
+    flat_in, flat_out = src.reshape(-1), out.reshape(-1)
+    top = r0 + dr * (len(table) - 1)
+    for start in range(0, flat_in.size, 1 << 20):  # 1M-voxel chunks bound the temporaries
+        r = flat_in[start:start + (1 << 20)] / np.float32(sigma)
+        t = np.clip((r - np.float32(r0)) / np.float32(dr), 0, len(table) - 1.001)
+        i = t.astype(np.int32)
+        t -= i
+        a = table[i] * (1 - t) + table[i + 1] * t
+        far = r > top
+        if far.any():
+            a[far] = np.sqrt(r[far] ** 2 - 1)
+        flat_out[start:start + (1 << 20)] = a * np.float32(sigma)
+    return out
 
 
 def _to_uint8(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -95,10 +102,11 @@ def nlm_denoise(image: Image, *, h: float = 1.5, patch_size: int = 3, search_siz
     16 slices of the volume, which changes the strength by a few per cent); with ``across_slices`` the similar patches are also searched in
     the two neighbouring slices (``fastNlMeansDenoisingMulti``).
 
-    Why slice-wise: on a 3D brain phantom with Rician noise, this reaches the PSNR of
-    scikit-image's 3D ``denoise_nl_means`` (fast mode, same patch and search sizes, its ``h``
-    tuned for best PSNR) at about 30x its speed on 2 cores, while dipy 1.12's blockwise 3D NLM
-    scored lower and scikit-image's full 3D search is single-threaded; see
+    Why slice-wise: on a 256 x 256 x 128 brain phantom with Rician noise (2 cores), this was
+    about 40x faster than scikit-image's 3D ``denoise_nl_means`` (fast mode, same patch and
+    search sizes, its ``h`` tuned for best PSNR) with the same PSNR using the Gaussian noise
+    model (-0.1 dB) and 1 dB more with the default Rician correction; ``across_slices`` gave
+    +1.9 dB at 17x. dipy 1.12's blockwise 3D NLM scored 3 dB lower. See
     ``benchmarks/bench_preprocess.py``. The defaults (3-voxel patches, 11-voxel search,
     ``h`` = 1.5 σ) gave the best PSNR there.
 
@@ -172,6 +180,68 @@ def nlm_denoise(image: Image, *, h: float = 1.5, patch_size: int = 3, search_siz
     return image.with_array(out)
 
 
+def _view(up: np.ndarray, off) -> np.ndarray:
+    """Interior of the 1-voxel-padded block ``up``, shifted by ``off`` voxels (per axis)."""
+    return up[tuple(slice(1 + o, n - 1 + o) for n, o in zip(up.shape, off))]
+
+
+def _diffusion_update(up: np.ndarray, scale, k: float, curvature: bool) -> np.ndarray:
+    """One explicit update of ITK's Gradient/CurvatureNDAnisotropicDiffusionFunction.
+
+    ``up`` is a block padded by one voxel (edge values: ITK's zero-flux Neumann boundary);
+    ``scale`` is 1 / spacing per array axis; ``k`` is ITK's (negative) conductance term.
+    """
+    nd = up.ndim
+    unit = np.eye(nd, dtype=int)
+    zero = (0,) * nd
+    c = _view(up, zero)
+    # central derivative along j, kept padded along the other axes for the offset terms
+    d = [(up[tuple(slice(2, None) if a == j else slice(None) for a in range(nd))]
+          - up[tuple(slice(None, -2) if a == j else slice(None) for a in range(nd))]) * np.float32(0.5 * scale[j])
+         for j in range(nd)]
+
+    def dj(j, off):
+        return d[j][tuple(slice(None) if a == j else slice(1 + o, n - 1 + o)
+                          for a, (n, o) in enumerate(zip(d[j].shape, off)))]
+
+    out = np.zeros(c.shape, np.float32)
+    if curvature:
+        up_pos, up_neg = np.zeros(c.shape, np.float32), np.zeros(c.shape, np.float32)
+    for i in range(nd):
+        f = (_view(up, unit[i]) - c) * np.float32(scale[i])
+        b = (c - _view(up, -unit[i])) * np.float32(scale[i])
+        g, gd = f * f, b * b
+        for j in range(nd):
+            if j != i:
+                t = dj(j, zero) + dj(j, unit[i])
+                g += np.float32(0.25) * t * t
+                t = dj(j, zero) + dj(j, -unit[i])
+                gd += np.float32(0.25) * t * t
+        if k != 0:
+            kk = np.float32(k)
+            if curvature:
+                out += f / np.sqrt(np.float32(1e-10) + g) * np.exp(g / kk)
+                out -= b / np.sqrt(np.float32(1e-10) + gd) * np.exp(gd / kk)
+            else:
+                out += f * np.exp(g / kk) - b * np.exp(gd / kk)
+        if curvature:  # upwind gradient magnitude, chosen by the sign of the speed below
+            up_pos += np.minimum(b, 0) ** 2 + np.maximum(f, 0) ** 2
+            up_neg += np.maximum(b, 0) ** 2 + np.minimum(f, 0) ** 2
+    if curvature:
+        out *= np.sqrt(np.where(out > 0, up_pos, up_neg))
+    return out
+
+
+def _mean_gradient_sq(up: np.ndarray, scale) -> float:
+    """ITK's average squared gradient magnitude (central differences, zero-flux boundary)."""
+    nd, acc = up.ndim, 0.0
+    for i in range(nd):
+        e = np.eye(nd, dtype=int)[i]
+        g = ((_view(up, e) - _view(up, -e)) * np.float32(0.5 * scale[i])).ravel()
+        acc += float(np.dot(g, g))
+    return acc / _view(up, (0,) * nd).size
+
+
 @stage("Anisotropic diffusion", group="preprocess", preview="slice",
        method=Choice(("curvature", "gradient"), "curvature",
                      help="curvature (Whitaker): keeps edges and corners better; gradient (Perona-Malik): classic"),
@@ -180,13 +250,16 @@ def nlm_denoise(image: Image, *, h: float = 1.5, patch_size: int = 3, search_siz
                          help="edge threshold relative to the image's mean gradient: lower keeps more edges"))
 def anisotropic_diffusion(image: Image, *, method: str = "curvature", iterations: int = 5,
                           conductance: float = 1.0) -> Image:
-    """Edge-preserving smoothing by anisotropic diffusion (SimpleITK).
+    """Edge-preserving smoothing by anisotropic diffusion.
 
-    ``curvature`` runs ``CurvatureAnisotropicDiffusionImageFilter`` (Whitaker's modified
-    curvature diffusion), ``gradient`` runs ``GradientAnisotropicDiffusionImageFilter``
-    (Perona-Malik). The time step is chosen automatically: ``min(spacing) / 16``, the stability
-    limit of the 3D scheme in mm (capped at 1/16, the curvature filter's own limit), used for 2D
-    images too so that a slice preview diffuses as much per iteration as the volume does.
+    The scheme of ITK's ``CurvatureAnisotropicDiffusionImageFilter`` (Whitaker's modified
+    curvature diffusion equation) and ``GradientAnisotropicDiffusionImageFilter``
+    (Perona-Malik), re-implemented with vectorised numpy on slabs run in parallel threads: the
+    result equals SimpleITK's filters to float precision (a test checks it) at 1.5-3x their
+    speed, which keeps a slice preview under a blink. The time step is chosen automatically:
+    ``min(spacing) / 16``, the stability limit of the 3D scheme in mm (capped at 1/16, the
+    curvature filter's own limit), used for 2D images too so that a slice preview diffuses as
+    much per iteration as the volume does.
 
     Parameters
     ----------
@@ -194,8 +267,8 @@ def anisotropic_diffusion(image: Image, *, method: str = "curvature", iterations
     method : {'curvature', 'gradient'}
     iterations : int
     conductance : float
-        ITK's conductance parameter; ITK scales it by the average gradient magnitude, so the
-        same value works for CT in HU and MR in arbitrary units.
+        ITK's conductance parameter, relative to the average gradient magnitude (recomputed
+        at each iteration), so the same value works for CT in HU and MR in arbitrary units.
 
     Returns
     -------
@@ -209,15 +282,26 @@ def anisotropic_diffusion(image: Image, *, method: str = "curvature", iterations
     >>> anisotropic_diffusion(p.t1, iterations=3).same_grid(p.t1)
     True
     """
-    import SimpleITK as sitk
+    from concurrent.futures import ThreadPoolExecutor
 
-    check_size(image, 2, "anisotropic_diffusion")
-    filt = (sitk.CurvatureAnisotropicDiffusionImageFilter() if method == "curvature"
-            else sitk.GradientAnisotropicDiffusionImageFilter())
-    filt.SetNumberOfIterations(iterations)
-    filt.SetConductanceParameter(conductance)
-    filt.SetTimeStep(min(min(image.spacing), 1.0) / 16.0)
-    return same_grid_result(image, execute_sitk(filt, float_sitk(image)))
+    u = np.array(as_float(image), dtype=np.float32)
+    scale = [1.0 / s for s in image.spacing[::-1]]
+    dt = np.float32(min(min(image.spacing), 1.0) / 16.0)
+    workers = os.cpu_count() or 1
+    n = u.shape[0]
+    slab = max(1, min(65536 // max(1, u[0].size), -(-n // workers)))  # ~64k voxels: cache-sized blocks
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in progress(range(iterations), desc="anisotropic diffusion"):
+            up = np.pad(u, 1, mode="edge")
+            k = -2.0 * _mean_gradient_sq(up, scale) * conductance * conductance
+
+            def work(z0, up=up, k=k):
+                z1 = min(z0 + slab, n)
+                u[z0:z1] += dt * _diffusion_update(up[z0:z1 + 2], scale, k, method == "curvature")
+
+            list(pool.map(work, range(0, n, slab)))
+    return image.with_array(u)
 
 
 @stage("Gaussian smoothing", group="preprocess", preview="slice",
