@@ -64,7 +64,7 @@ def load_data(folder: Path):
     from medlab import Image
 
     meta = json.loads((folder / "meta.json").read_text())
-    geo = dict(spacing=meta["spacing"], origin=meta["origin"], metadata={"modality": "MR"})
+    geo = {"spacing": meta["spacing"], "origin": meta["origin"], "metadata": {"modality": "MR"}}
     arrays = {k: np.load(folder / f"{k}.npy") for k in ("noisy", "clean", "biased", "field", "wm")}
     return {"noisy": Image(arrays["noisy"], **geo), "clean": Image(arrays["clean"], **geo),
             "biased": Image(arrays["biased"], **geo), "field": arrays["field"], "wm": arrays["wm"], **meta}
@@ -294,7 +294,7 @@ def preview_rows(d, repeats: int) -> list[dict]:
     svol = Image(d["noisy"].array[k], d["noisy"].spacing[:2], metadata={"modality": "MR"})
 
     def opencv(img):
-        u8, lo, hi = _u8(img.array)
+        u8, _, _ = _u8(img.array)
         return cv2.fastNlMeansDenoising(u8, None, h=18.0, templateWindowSize=PATCH, searchWindowSize=SEARCH)
 
     def sitk_diff(img):
@@ -403,7 +403,7 @@ def main() -> None:
             if args.only and args.only not in name and not name.startswith("skimage denoise"):
                 continue
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--data", str(folder)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, check=False)
             if proc.returncode:
                 print(f"{name}: FAILED\n{proc.stderr[-2000:]}")
                 continue

@@ -82,8 +82,9 @@ def ct_volume(shape, seed=0) -> np.ndarray:
 
 
 def medlab_cases(volume: np.ndarray, spacing, plane: str, repeat: int) -> dict:
-    from medlab import Image
     from medlab.widgets import Viewer
+
+    from medlab import Image
 
     viewer = Viewer(Image(volume, spacing, metadata={"modality": "CT", "units": "HU"}), plane=plane)
     viewer.comm = CaptureComm()

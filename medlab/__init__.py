@@ -12,16 +12,43 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import Cancelled, GeometryError, ImageError, MedlabError, ParameterError, ReadError, WriteError
+from .errors import (
+    Cancelled,
+    GeometryError,
+    ImageError,
+    MedlabError,
+    ParameterError,
+    ReadError,
+    WriteError,
+)
 from .image import Image, Label, as_image
 from .stage import get_stage, stages
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Image", "Label", "as_image", "load", "save", "stages", "get_stage", "Recipe",
-    "MedlabError", "ReadError", "WriteError", "ParameterError", "ImageError", "GeometryError", "Cancelled",
-    "data", "io", "metrics", "preprocess", "render", "recipe", "stage",
+    "Cancelled",
+    "GeometryError",
+    "Image",
+    "ImageError",
+    "Label",
+    "MedlabError",
+    "ParameterError",
+    "ReadError",
+    "Recipe",
+    "WriteError",
+    "as_image",
+    "data",
+    "get_stage",
+    "io",
+    "load",
+    "metrics",
+    "preprocess",
+    "recipe",
+    "render",
+    "save",
+    "stage",
+    "stages",
 ]
 
 _SUBMODULES = {"data", "io", "metrics", "preprocess", "render", "recipe", "stage", "image"}

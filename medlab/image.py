@@ -14,8 +14,9 @@ Conventions (the ITK/DICOM ones, so that SimpleITK, DICOM and medlab agree):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -225,7 +226,7 @@ class Image:
         return not np.allclose(np.abs(self.direction), np.round(np.abs(self.direction)), atol=1e-4)
 
     # ------------------------------------------------------------------ derived images
-    def with_array(self, array, *, kind: str | None = None, labels=None, metadata=None) -> "Image":
+    def with_array(self, array, *, kind: str | None = None, labels=None, metadata=None) -> Image:
         """A new image with the same geometry and new voxels (same spatial shape).
 
         Examples
@@ -253,11 +254,11 @@ class Image:
             metadata=dict(self.metadata if metadata is None else metadata), rgb=rgb,
         )
 
-    def copy(self) -> "Image":
+    def copy(self) -> Image:
         """A deep copy (new voxel buffer)."""
         return self.with_array(self._array.copy())
 
-    def same_grid(self, other: "Image", tol: float = 1e-4) -> bool:
+    def same_grid(self, other: Image, tol: float = 1e-4) -> bool:
         """True when ``other`` has the same size, spacing, origin and direction."""
         return (
             self.size == other.size
@@ -295,7 +296,7 @@ class Image:
         pts = self.index_to_physical(corners)
         return pts.min(axis=0), pts.max(axis=0)
 
-    def overlaps(self, other: "Image") -> bool:
+    def overlaps(self, other: Image) -> bool:
         """Whether the physical boxes of two images intersect."""
         lo1, hi1 = self.bounds()
         lo2, hi2 = other.bounds()
@@ -304,7 +305,7 @@ class Image:
 
     # ------------------------------------------------------------------ conversions
     @classmethod
-    def from_sitk(cls, image, *, kind: str = "intensity", labels=None, metadata=None) -> "Image":
+    def from_sitk(cls, image, *, kind: str = "intensity", labels=None, metadata=None) -> Image:
         """From a ``SimpleITK.Image``, keeping spacing, origin and direction.
 
         A multi-component 2D image (RGB) stays a colour image.
@@ -377,7 +378,7 @@ class Image:
         return MetaTensor(t, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
 
     @classmethod
-    def from_metatensor(cls, tensor, *, kind: str = "intensity", labels=None, metadata=None) -> "Image":
+    def from_metatensor(cls, tensor, *, kind: str = "intensity", labels=None, metadata=None) -> Image:
         """From a MONAI ``MetaTensor`` ``[C=1, x, y(, z)]`` with a RAS (or LPS) affine."""
         arr = tensor.detach().cpu().numpy()
         if arr.ndim in (3, 4) and arr.shape[0] == 1:
@@ -396,7 +397,7 @@ class Image:
             kind=kind, labels=labels, metadata=metadata,
         )
 
-    def reorient(self, code: str = "LPS") -> "Image":
+    def reorient(self, code: str = "LPS") -> Image:
         """The same image with its index axes permuted/flipped to point towards ``code``.
 
         Voxels are not interpolated, so physical positions are unchanged. Useful for display.

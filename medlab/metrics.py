@@ -21,17 +21,26 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from .errors import GeometryError, ImageError, ParameterError
 from .image import Image, as_image
 
-Region = Union[Image, np.ndarray, tuple, None]
+Region = Image | np.ndarray | tuple | None
 
-__all__ = ["estimate_noise_sigma", "snr", "cnr", "psnr", "ssim", "edge_preservation", "dice", "region_mask",
-           "auto_regions"]
+__all__ = [
+    "auto_regions",
+    "cnr",
+    "dice",
+    "edge_preservation",
+    "estimate_noise_sigma",
+    "psnr",
+    "region_mask",
+    "snr",
+    "ssim",
+]
 
 
 def region_mask(image: Image, region: Region, name: str = "region") -> np.ndarray:

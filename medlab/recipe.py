@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ParameterError, ReadError
 from .image import Image
@@ -46,7 +47,7 @@ class Recipe:
     # -------------------------------------------------------------- building
     @classmethod
     @contextlib.contextmanager
-    def record(cls, image: Image | None = None) -> Iterator["Recipe"]:
+    def record(cls, image: Image | None = None) -> Iterator[Recipe]:
         """Record the stage calls made inside the block."""
         recipe = cls(input=describe_input(image) if image is not None else {})
         with record() as steps:
@@ -55,7 +56,7 @@ class Recipe:
             finally:
                 recipe.steps.extend(steps)
 
-    def add(self, name: str, params: dict[str, Any] | None = None) -> "Recipe":
+    def add(self, name: str, params: dict[str, Any] | None = None) -> Recipe:
         """Append a step, validating its parameters now (JSON-form values)."""
         spec = get_stage(name)
         values = spec.validate(spec.params_from_json(dict(params or {})))
@@ -89,7 +90,7 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: dict, source: str = "recipe") -> Recipe:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ReadError(f"{source} is not a medlab recipe (no '\"schema\": \"{SCHEMA}\"')")
         if data.get("version") != SCHEMA_VERSION:
@@ -106,7 +107,7 @@ class Recipe:
         return recipe
 
     @classmethod
-    def from_json(cls, text: str, source: str = "recipe") -> "Recipe":
+    def from_json(cls, text: str, source: str = "recipe") -> Recipe:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -120,7 +121,7 @@ class Recipe:
         return atomic_write_text(path, self.to_json() + "\n", overwrite=overwrite)
 
     @classmethod
-    def load(cls, path) -> "Recipe":
+    def load(cls, path) -> Recipe:
         path = Path(path)
         try:
             text = path.read_text()

@@ -33,7 +33,7 @@ import base64
 import html
 import io
 import itertools
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -526,7 +526,8 @@ def panel_picture(rgb: np.ndarray, spacing: tuple[float, float], mm_per_pixel: f
                   points: list[tuple[float, float]] | None = None) -> np.ndarray:
     """One plane for a report: resized to ``mm_per_pixel`` square pixels, with edge letters
     and point markers (given as ``(row, col)`` slice pixel coordinates) drawn in yellow."""
-    from PIL import Image as PILImage, ImageDraw
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
 
     rows, cols = rgb.shape[:2]
     size = (max(1, int(round(cols * spacing[0] / mm_per_pixel))), max(1, int(round(rows * spacing[1] / mm_per_pixel))))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -103,10 +105,10 @@ def test_edge_preservation_orders_blur_and_noise():
     ref[10:30, 16:48, 16:48] = 1.0
     assert metrics.edge_preservation(ref, ref) == pytest.approx(1.0)
     blurred = [metrics.edge_preservation(ndimage.gaussian_filter(ref, s), ref) for s in (0.5, 1, 2, 4)]
-    assert all(a > b for a, b in zip(blurred, blurred[1:]))
+    assert all(a > b for a, b in itertools.pairwise(blurred))
     rng = np.random.default_rng(0)
     noisy = [metrics.edge_preservation(ref + rng.normal(0, s, ref.shape), ref) for s in (0.02, 0.1, 0.3)]
-    assert all(a > b for a, b in zip(noisy, noisy[1:]))
+    assert all(a > b for a, b in itertools.pairwise(noisy))
     with pytest.raises(Exception, match="no edges"):
         metrics.edge_preservation(np.ones((8, 8)), np.ones((8, 8)))
 

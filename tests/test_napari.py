@@ -148,8 +148,9 @@ def test_open_in_napari_places_layers_in_physical_space(xvfb_display, tmp_path):
 
 
 def test_napari_transform_reverses_axes():
-    from medlab import Image
     from medlab.widgets.bridges import napari_transform
+
+    from medlab import Image
 
     d = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # a sagittal-like storage
     img = Image(np.zeros((2, 3, 4)), (0.5, 0.7, 2.0), origin=(1.0, 2.0, 3.0), direction=d)
@@ -161,8 +162,9 @@ def test_napari_transform_reverses_axes():
 
 
 def test_view_itk_without_itkwidgets_is_a_clear_error(monkeypatch):
-    from medlab import Image, MedlabError
     from medlab.widgets import view_itk
+
+    from medlab import Image, MedlabError
 
     monkeypatch.setitem(sys.modules, "itkwidgets", None)  # import fails as if not installed
     with pytest.raises(MedlabError, match="internet"):

@@ -26,7 +26,7 @@ def _oblique(deg: float = 20.0) -> np.ndarray:
 
 def _phantom(shape=(12, 40, 44), noise=0.04, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """Noisy piecewise-constant head-like phantom in [0, 1] (Rician noise) and its clean version."""
-    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    _, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     clean = np.zeros(shape, np.float32)
     clean[(x**2 + y**2) < 0.8] = 0.5
     clean[(x**2 + (y / 0.8) ** 2) < 0.35] = 0.8
@@ -190,7 +190,7 @@ def gaussian_noise_phantom():
     _, clean = _phantom(shape=(16, 64, 64))
     rng = np.random.default_rng(2)
     noisy = clean + rng.normal(0, 0.08, clean.shape).astype(np.float32)
-    geo = dict(spacing=(1.0, 1.0, 1.5))
+    geo = {"spacing": (1.0, 1.0, 1.5)}
     return Image(noisy, **geo), Image(clean, **geo)
 
 
@@ -348,7 +348,10 @@ def test_n4_recovers_the_bias_field():
                               contrasts=("t1",))
     corrected, field = pp.n4_bias_correction(p.t1, iterations=20, levels=3, shrink_factor=2)
     wm = p.labels.array == p.label_value("white matter")
-    cv = lambda a: float(a[wm].std() / a[wm].mean())  # noqa: E731
+
+    def cv(a):
+        return float(a[wm].std() / a[wm].mean())
+
     assert cv(corrected.array) < 0.7 * cv(p.t1.array)
     true = p.bias_field.array[wm]
     assert np.corrcoef(field.array[wm], true)[0, 1] > 0.8

@@ -7,7 +7,19 @@ import pytest
 
 import medlab
 from medlab import Cancelled, Image, ImageError, ParameterError
-from medlab.stage import Bool, Choice, Float, Grid, Int, Points, Vector, progress, progress_to, record, stage
+from medlab.stage import (
+    Bool,
+    Choice,
+    Float,
+    Grid,
+    Int,
+    Points,
+    Vector,
+    progress,
+    progress_to,
+    record,
+    stage,
+)
 
 
 @stage("Test scale", group="measure", factor=Float(0.0, 10.0, 1.0, unit="x", help="multiplier"),

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from medlab.widgets import Viewer, link
 from PIL import Image as PILImage
 
 from medlab import Image, render
 from medlab.errors import GeometryError, MedlabError, ParameterError
-from medlab.widgets import Viewer, link
 
 WIDGETS = Path(__file__).resolve().parents[1] / "widgets"
 

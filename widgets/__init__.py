@@ -10,5 +10,13 @@ from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
 from .viewer import Viewer, link
 
-__all__ = ["Viewer", "link", "link_window", "StagePanel", "PreprocessWidget", "preprocess_widget",
-           "open_in_napari", "view_itk"]
+__all__ = [
+           "PreprocessWidget",
+           "StagePanel",
+           "Viewer",
+           "link",
+           "link_window",
+           "open_in_napari",
+           "preprocess_widget",
+           "view_itk",
+]

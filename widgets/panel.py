@@ -273,7 +273,7 @@ def preview_quality(before: Image, after: Image) -> list[tuple[str, float | None
 
     add("noise σ", metrics.estimate_noise_sigma)
     same = before.shape == after.shape
-    regions = _auto_regions(before) if same else None
+    regions = metrics.auto_regions(before) if same else None
     if regions is not None:
         background, low, high = regions
         add("SNR", lambda im: metrics.snr(im, low | high, background))
@@ -281,29 +281,6 @@ def preview_quality(before: Image, after: Image) -> list[tuple[str, float | None
     if same:
         add("edge preservation", lambda im: metrics.edge_preservation(im, before), both=False)
     return rows
-
-
-def _auto_regions(image: Image):
-    """Background and two tissue classes (three-class Otsu), each shrunk away from its borders.
-
-    Returns None when a class is too small to measure. (A candidate for medlab.metrics.)
-    """
-    auto = getattr(__import__("medlab.metrics", fromlist=["x"]), "auto_regions", None)
-    if auto is not None:
-        return auto(image)
-    from scipy import ndimage
-    from skimage.filters import threshold_multiotsu
-
-    arr = np.asarray(image.array, dtype=np.float32)
-    try:
-        t1, t2 = threshold_multiotsu(arr, classes=3)
-    except ValueError:  # fewer than three grey levels
-        return None
-    classes = [arr < t1, (arr >= t1) & (arr < t2), arr >= t2]
-    shrunk = [ndimage.binary_erosion(c, iterations=1) for c in classes]
-    if min(int(c.sum()) for c in shrunk) < 10:
-        return None
-    return tuple(shrunk)
 
 
 def _metrics_html(rows) -> str:
@@ -459,7 +436,7 @@ class StagePanel(widgets.VBox):
     Examples
     --------
     >>> panel = StagePanel(medlab.preprocess.nlm_denoise, viewer)   # doctest: +SKIP
-    >>> panel.set(h=0.12)                                           # doctest: +SKIP
+    >>> panel.set(h=2.0)                                           # doctest: +SKIP
     >>> panel.wait_preview(); panel.preview_ms                      # doctest: +SKIP
     >>> volume = panel.apply(wait=True)                              # doctest: +SKIP
     """

@@ -10,7 +10,7 @@ Examples
 >>> from medlab.widgets.preprocess import PreprocessWidget
 >>> img = medlab.data.brain_mri(noise=0.05).t1                 # doctest: +SKIP
 >>> w = PreprocessWidget(img); w                               # doctest: +SKIP
->>> w.select("nlm_denoise"); w.set(h=0.1)                      # doctest: +SKIP
+>>> w.select("nlm_denoise"); w.set(h=2.0)                      # doctest: +SKIP
 >>> w.apply(wait=True)                                         # doctest: +SKIP
 >>> w.export("denoise.json")                                   # doctest: +SKIP
 

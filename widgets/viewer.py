@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import anywidget
 import numpy as np

@@ -15,14 +15,33 @@ Examples
 True
 """
 
-from .denoise import anisotropic_diffusion, bilateral_filter, gaussian_smooth, median_filter, nlm_denoise
-from .contrast import CT_PRESETS, clahe, histogram_equalization, normalize_intensity, window_level
-from .geometry import crop_box, crop_to_foreground, pad, reorient, resample, resample_to
 from .bias import n4_bias_correction
+from .contrast import CT_PRESETS, clahe, histogram_equalization, normalize_intensity, window_level
+from .denoise import (
+    anisotropic_diffusion,
+    bilateral_filter,
+    gaussian_smooth,
+    median_filter,
+    nlm_denoise,
+)
+from .geometry import crop_box, crop_to_foreground, pad, reorient, resample, resample_to
 
 __all__ = [
-    "nlm_denoise", "anisotropic_diffusion", "gaussian_smooth", "median_filter", "bilateral_filter",
-    "window_level", "histogram_equalization", "clahe", "normalize_intensity", "CT_PRESETS",
-    "resample", "resample_to", "crop_to_foreground", "crop_box", "pad", "reorient",
+    "CT_PRESETS",
+    "anisotropic_diffusion",
+    "bilateral_filter",
+    "clahe",
+    "crop_box",
+    "crop_to_foreground",
+    "gaussian_smooth",
+    "histogram_equalization",
+    "median_filter",
     "n4_bias_correction",
+    "nlm_denoise",
+    "normalize_intensity",
+    "pad",
+    "reorient",
+    "resample",
+    "resample_to",
+    "window_level",
 ]

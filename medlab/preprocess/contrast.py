@@ -10,7 +10,7 @@ from ..render import CT_PRESETS, auto_window
 from ..stage import Bool, Choice, Float, Int, report, stage
 from ._common import as_float, foreground_mask
 
-__all__ = ["window_level", "histogram_equalization", "clahe", "normalize_intensity", "CT_PRESETS"]
+__all__ = ["CT_PRESETS", "clahe", "histogram_equalization", "normalize_intensity", "window_level"]
 
 
 @stage("Window / level", group="preprocess", preview="slice",

@@ -11,7 +11,7 @@ from ..image import Image
 from ..stage import Bool, Choice, Float, Int, execute_sitk, progress, report, stage
 from ._common import as_float, float_sitk, same_grid_result, slice_axis
 
-__all__ = ["nlm_denoise", "anisotropic_diffusion", "gaussian_smooth", "median_filter", "bilateral_filter"]
+__all__ = ["anisotropic_diffusion", "bilateral_filter", "gaussian_smooth", "median_filter", "nlm_denoise"]
 
 
 def _noise_sigma(image: Image, rician: bool = False) -> float:
@@ -352,8 +352,8 @@ def gaussian_smooth(image: Image, *, sigma: float = 1.0) -> Image:
 
 def _radius_voxels(image: Image, radius: float, unit: str) -> list[int]:
     if unit == "mm":
-        return [int(round(radius / s)) for s in image.spacing]
-    return [int(round(radius))] * image.ndim
+        return [round(radius / s) for s in image.spacing]
+    return [round(radius)] * image.ndim
 
 
 @stage("Median filter", group="preprocess", preview="slice",

@@ -15,7 +15,7 @@ from ..image import _ORIENT_CODES, Image
 from ..stage import Choice, Float, Grid, Int, Vector, execute_sitk, report, stage
 from ._common import as_float, foreground_mask, sitk_image
 
-__all__ = ["resample", "resample_to", "crop_to_foreground", "crop_box", "pad", "reorient"]
+__all__ = ["crop_box", "crop_to_foreground", "pad", "reorient", "resample", "resample_to"]
 
 INTERPOLATORS = ("linear", "bspline", "nearest", "label_gaussian")
 
@@ -92,7 +92,7 @@ def resample(image: Image, *, spacing=None, interpolator: str = "linear") -> Ima
             spacing = spacing[:1] * image.ndim
         else:
             raise ParameterError(f"resample: spacing has {len(spacing)} values; this image is {image.ndim}D")
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing)]
+    size = [max(1, round(n * s / t)) for n, s, t in zip(image.size, image.spacing, spacing)]
     return _resample_onto(image, size, spacing, image.origin, image.direction, interpolator)
 
 
