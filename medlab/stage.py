@@ -509,7 +509,9 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
     if cb is None:
         from tqdm.auto import tqdm
 
-        iterable = tqdm(iterable, total=total, desc=desc, leave=False, disable=total is not None and total < 2)
+        # delay: no bar for work that finishes in under half a second (a slice preview)
+        iterable = tqdm(iterable, total=total, desc=desc, leave=False, delay=0.5,
+                        disable=total is not None and total < 2)
     n = max(total or 1, 1)
     for i, item in enumerate(iterable):
         check_cancelled()
