@@ -216,6 +216,7 @@ function render({ model, el: host }) {
         out[4 * i + 3] = 255;
       }
       ctx.putImageData(image, 0, 0);
+      drawn(canvas, p.index);
       return;
     }
     let grey = greyLevels(raw, p.dtype, model.get("window"), model.get("level"));
@@ -279,6 +280,13 @@ function render({ model, el: host }) {
       out[4 * i + 3] = 255;
     }
     ctx.putImageData(image, 0, 0);
+    drawn(canvas, p.index);
+  }
+
+  // Tells tests and benchmarks that a new picture is on the canvas (and which slice).
+  function drawn(canvas, index) {
+    canvas.dataset.drawnIndex = String(index);
+    canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, time: performance.now() } }));
   }
 
   function drawOverlay(plane) {
