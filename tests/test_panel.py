@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from medlab.widgets.panel import StagePanel, param_control
+from medlab.widgets.controls import param_control
+from medlab.widgets.panel import StagePanel
 from medlab.widgets.viewer import Viewer
 from scipy import ndimage
 

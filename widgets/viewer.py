@@ -432,7 +432,7 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("heat", None)
                 self._heat_info = {}
             else:
-                resampled, volume = self._layer_volume(image, "heat map")
+                _, volume = self._layer_volume(image, "heat map")
                 volume = volume.astype(np.float32, copy=False)
                 finite = volume[np.isfinite(volume)]
                 vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -455,7 +455,7 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("second", None)
                 self._second_info = {}
             else:
-                resampled, volume = self._layer_volume(image, "second image")
+                _, volume = self._layer_volume(image, "second image")
                 window, level = render.auto_window(as_image(image))
                 self._layers["second"] = volume.astype(np.float32, copy=False)
                 self._second_info = {"mode": mode, "alpha": float(alpha), "window": float(window),

@@ -1,0 +1,410 @@
+"""Viewer latency in a real browser: action -> new picture drawn, medlab Viewer vs ipywidgets baseline.
+
+JupyterLab (started here on 127.0.0.1, isolated, stopped by process group at the end) in Debian
+Chromium driven by Playwright (fresh temporary profile; every non-localhost request is aborted).
+One notebook holds, for each case (a 512x512x40 int16 chest CT and a 256^3 int16 chest CT):
+
+* a ``medlab.widgets.Viewer`` (axial plane), and
+* the usual notebook baseline: an ``ipywidgets.IntSlider`` (driven through a ``jslink``-ed
+  ``IntText``) and a ``FloatText`` window box whose Python callbacks render the slice with a
+  reused matplotlib figure (``set_data`` / ``set_clim``, ``savefig`` PNG into ``BytesIO``) into
+  ``ipywidgets.Image.value``;
+
+plus an ``IntText`` -> ``Label`` echo that times a bare kernel round trip, for reference.
+
+What is timed, in the page with ``performance.now()`` (Playwright's own IPC is outside the timed
+region): from dispatching the action in JavaScript
+
+* medlab: ``keydown`` ArrowDown/ArrowUp on ``.medlab-viewer``, or a ``wheel`` event on the axial
+  overlay (slice change, goes through the kernel), ``change`` on ``select.medlab-preset``, or a
+  new value in ``input.medlab-window`` + Enter (window/level, done in the browser)
+* baseline: ``change`` on the ``IntText`` (slice) or the window ``FloatText``
+
+to the moment the new picture is drawn: the viewer's ``medlab-drawn`` event for the expected slice
+index (``detail.time``; for W/L the last draw the action caused), or the baseline ``<img>``'s
+``load`` event after its ``src`` changed (``img.complete``). Actions run sequentially (each waits
+for its picture), after a few warm-ups. Goal: p95 < 30 ms.
+
+Run: ``.venv/bin/python benchmarks/bench_viewer_browser.py [--repeats 30] [--warmup 3]``
+Needs ``/usr/bin/chromium`` (or ``$MEDLAB_CHROMIUM``) and the ``playwright`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_MS = 30.0
+
+CASES = {  # notebook prefix -> label
+    "c512": "CT 512x512x40, axial 512x512",
+    "c256": "CT 256^3, axial 256x256",
+}
+
+SETUP_CELL = """
+import io, json
+import numpy as np
+import ipywidgets as W
+import medlab
+from matplotlib.figure import Figure
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from medlab.widgets import Viewer
+
+vols = {'c512': medlab.data.chest_ct(size=(512, 512, 40), seed=0).ct,
+        'c256': medlab.data.chest_ct(size=(256, 256, 256), seed=0).ct}
+
+def make_baseline(prefix, image):
+    vol = image.array                      # [z, y, x] int16
+    state = {'index': vol.shape[0] // 2, 'window': 400.0, 'level': 40.0}
+    rows, cols = vol.shape[1:]
+    fig = Figure(figsize=(cols / 100, rows / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_axis_off()
+    art = ax.imshow(vol[state['index']], cmap='gray', interpolation='nearest',
+                    vmin=state['level'] - state['window'] / 2, vmax=state['level'] + state['window'] / 2)
+    img = W.Image(format='png', layout=W.Layout(width=f'{min(cols, 420)}px'))
+    img.add_class(prefix + '-img')
+
+    def draw():
+        buf = io.BytesIO()
+        fig.savefig(buf, format='png', dpi=100)
+        img.value = buf.getvalue()
+
+    slider = W.IntSlider(value=state['index'], min=0, max=vol.shape[0] - 1, description='slice')
+    slider.add_class(prefix + '-slider')
+    box = W.IntText(value=state['index'])
+    box.add_class(prefix + '-slicebox')
+    W.jslink((box, 'value'), (slider, 'value'))
+    win = W.FloatText(value=state['window'], description='W')
+    win.add_class(prefix + '-win')
+
+    def on_slice(change):
+        state['index'] = int(change['new'])
+        art.set_data(vol[state['index']])
+        draw()
+
+    def on_window(change):
+        state['window'] = float(change['new'])
+        art.set_clim(state['level'] - state['window'] / 2, state['level'] + state['window'] / 2)
+        draw()
+
+    slider.observe(on_slice, names='value')
+    win.observe(on_window, names='value')
+    draw()
+    return W.VBox([W.HBox([slider, box, win]), img])
+
+viewers = {}
+for prefix, image in vols.items():
+    v = Viewer(image, height=420)
+    v.add_class(prefix + '-viewer')
+    viewers[prefix] = v
+
+ping = W.IntText(value=0)
+ping.add_class('bench-ping')
+pong = W.Label('pong 0')
+pong.add_class('bench-pong')
+ping.observe(lambda c: setattr(pong, 'value', f"pong {c['new']}"), names='value')
+"""
+
+DISPLAY_CELLS = [
+    "W.HBox([ping, pong])",
+    "viewers['c512']",
+    "make_baseline('c512', vols['c512'])",
+    "viewers['c256']",
+    "make_baseline('c256', vols['c256'])",
+]
+
+# ----------------------------------------------------------------------------- in-page timers
+# Each returns {ms, draws} or throws on timeout; the clock starts right before the dispatch.
+JS_HELPERS = r"""
+window.__bench = {
+  waitDrawn(canvas, pred, timeoutMs) {
+    const seen = [];
+    let resolve, reject;
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    const timer = setTimeout(() => { canvas.removeEventListener('medlab-drawn', on);
+      reject(new Error('no matching medlab-drawn in ' + timeoutMs + ' ms; saw ' + JSON.stringify(seen.map(e => e.index)))); }, timeoutMs);
+    function on(ev) { seen.push(ev.detail); if (pred(ev.detail)) { clearTimeout(timer); canvas.removeEventListener('medlab-drawn', on); resolve(ev.detail); } }
+    canvas.addEventListener('medlab-drawn', on);
+    return { promise, seen };
+  },
+  async medlabSlice(prefix, how) {
+    const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
+    const canvas = root.querySelector('canvas.medlab-canvas[data-plane=axial]');
+    const slider = root.querySelector('input.medlab-slice[data-plane=axial]');
+    const cur = parseInt(canvas.dataset.drawnIndex, 10), max = parseInt(slider.max, 10);
+    const down = how.endsWith('down') ? cur > 0 : cur >= max;   // one step, away from the ends
+    const target = down ? cur - 1 : cur + 1;
+    const w = this.waitDrawn(canvas, (d) => d.index === target, 10000);
+    const t0 = performance.now();
+    if (how.startsWith('key')) {
+      root.dispatchEvent(new KeyboardEvent('keydown', { key: down ? 'ArrowDown' : 'ArrowUp', bubbles: true, cancelable: true }));
+    } else {
+      const ov = root.querySelector('canvas.medlab-overlay[data-plane=axial]');
+      const r = ov.getBoundingClientRect();
+      ov.dispatchEvent(new WheelEvent('wheel', { deltaY: down ? 100 : -100, bubbles: true, cancelable: true,
+        clientX: r.left + r.width / 2, clientY: r.top + r.height / 2 }));
+    }
+    const d = await w.promise;
+    return { ms: d.time - t0, draws: w.seen.length, index: d.index };
+  },
+  async medlabWL(prefix, how, value) {
+    const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
+    const canvas = root.querySelector('canvas.medlab-canvas[data-plane=axial]');
+    const w = this.waitDrawn(canvas, () => true, 10000);
+    const t0 = performance.now();
+    if (how === 'preset') {
+      const sel = root.querySelector('select.medlab-preset');
+      sel.value = value;
+      sel.dispatchEvent(new Event('change', { bubbles: true }));
+    } else {
+      const inp = root.querySelector('input.medlab-window');
+      inp.focus();
+      inp.value = String(value);
+      inp.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true, cancelable: true }));
+    }
+    // the viewer draws synchronously in the model's change handlers: take the last draw the
+    // action caused (a preset sets window and level: one draw each)
+    const first = await w.promise;
+    const last = w.seen[w.seen.length - 1];
+    if (how !== 'preset') root.focus();
+    return { ms: last.time - t0, draws: w.seen.length, first_ms: first.time - t0 };
+  },
+  async baseline(prefix, what, value) {
+    const img = document.querySelector(`img.${prefix}-img`);
+    const box = document.querySelector(`.${prefix}-${what === 'slice' ? 'slicebox' : 'win'} input`);
+    const old = img.src;
+    const done = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { img.removeEventListener('load', on); reject(new Error('baseline image did not change in 15 s')); }, 15000);
+      function on() { if (img.src !== old && img.complete) { clearTimeout(timer); img.removeEventListener('load', on); resolve(performance.now()); } }
+      img.addEventListener('load', on);
+    });
+    const t0 = performance.now();
+    box.value = String(value);
+    box.dispatchEvent(new Event('change', { bubbles: true }));
+    const t1 = await done;
+    return { ms: t1 - t0, draws: 1 };
+  },
+  async ping(value) {
+    const label = document.querySelector('.bench-pong');
+    const box = document.querySelector('.bench-ping input');
+    const want = 'pong ' + value;
+    const done = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { obs.disconnect(); reject(new Error('no pong in 10 s')); }, 10000);
+      const obs = new MutationObserver(() => { if (label.textContent.trim() === want) { clearTimeout(timer); obs.disconnect(); resolve(performance.now()); } });
+      obs.observe(label, { childList: true, characterData: true, subtree: true });
+    });
+    const t0 = performance.now();
+    box.value = String(value);
+    box.dispatchEvent(new Event('change', { bubbles: true }));
+    const t1 = await done;
+    return { ms: t1 - t0, draws: 0 };
+  },
+};
+"""
+
+
+def fail(message: str) -> None:
+    print(f"bench_viewer_browser: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_requirements():
+    chromium = Path(os.environ.get("MEDLAB_CHROMIUM", "/usr/bin/chromium"))
+    if not chromium.exists():
+        fail(f"Chromium not found at {chromium} (apt-get install chromium, or set MEDLAB_CHROMIUM)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        fail("the playwright package is not installed (pip install playwright; "
+             "never `playwright install`: Debian's chromium is used)")
+    return chromium
+
+
+def versions(chromium: Path) -> dict:
+    out = {}
+    try:
+        text = subprocess.run([str(chromium), "--version"], capture_output=True, text=True,
+                              timeout=30).stdout.strip().splitlines()
+        out["Chromium"] = text[-1] if text else "?"
+    except (OSError, subprocess.SubprocessError) as exc:
+        out["Chromium"] = f"? ({exc})"
+    for pkg in ("jupyterlab", "ipywidgets", "anywidget", "playwright", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "?"
+    return out
+
+
+def measure(page, fn: str, args_for, repeats: int, warmup: int) -> dict:
+    """Call ``__bench.<fn>(...args)`` warmup + repeats times; return the timings of the repeats."""
+    times, draws, extra = [], [], []
+    for n in range(warmup + repeats):
+        res = page.evaluate(f"(a) => window.__bench.{fn}(...a)", args_for(n))
+        if n >= warmup:
+            times.append(res["ms"])
+            draws.append(res["draws"])
+            if "first_ms" in res:
+                extra.append(res["first_ms"])
+    return {"times": np.array(times), "draws": draws, "first": np.array(extra) if extra else None}
+
+
+def pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=30, help="timed actions per row (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed actions first (default 3)")
+    args = ap.parse_args()
+
+    chromium = check_requirements()
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    import conftest  # LabServer, write_notebook, wait_kernel_idle, run_all_cells, flags
+    from playwright.sync_api import sync_playwright
+
+    vers = versions(chromium)
+    t_start = time.monotonic()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="medlab-bench-browser-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "lab").mkdir()
+        server = conftest.LabServer(tmp / "lab")
+        context = None
+        outside: list[str] = []
+        try:
+            server.start()
+            name = f"bench_{uuid.uuid4().hex[:6]}"
+            cells = [SETUP_CELL, *DISPLAY_CELLS]
+            conftest.write_notebook(server.root / f"{name}.ipynb", cells)
+            with sync_playwright() as pw:
+                context = pw.chromium.launch_persistent_context(
+                    str(tmp / "chromium-profile"), executable_path=str(chromium), headless=True,
+                    args=conftest.CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+
+                def route(route, request):
+                    host = urlsplit(request.url).hostname or ""
+                    if request.url.startswith(("data:", "blob:")) or host in conftest.LOCAL_HOSTS:
+                        route.continue_()
+                    else:
+                        outside.append(request.url)
+                        route.abort()
+
+                context.route("**/*", route)
+                page = context.new_page()
+                console: list[str] = []
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page.goto(f"{server.url}/lab/workspaces/{name}/tree/{name}.ipynb?token={server.token}")
+                conftest.wait_kernel_idle(page, 120_000)
+                t_run = time.monotonic()
+                conftest.run_all_cells(page, n_cells=len(cells), timeout_ms=180_000)
+                page.wait_for_function(
+                    """() => ['c512', 'c256'].every(p =>
+                        document.querySelector(`.${p}-viewer canvas.medlab-canvas[data-plane=axial]`)?.dataset.drawnIndex !== undefined
+                        && document.querySelector(`img.${p}-img`)?.complete)
+                        && document.querySelector('.bench-ping input')""", timeout=60_000)
+                setup_s = time.monotonic() - t_run
+                vers["Chromium (page)"] = page.evaluate("() => navigator.userAgent")
+                page.evaluate("(src) => { (0, eval)(src); }", JS_HELPERS)
+
+                def scroll(sel):
+                    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", sel)
+
+                rep, wu = args.repeats, args.warmup
+                ping = measure(page, "ping", lambda n: [n + 1], rep, wu)
+                rows.append(("kernel round trip", "IntText -> Label echo", "ipywidgets", ping))
+                for prefix, label in CASES.items():
+                    scroll(f".{prefix}-viewer .medlab-viewer")
+                    presets = page.evaluate(
+                        "(p) => [...document.querySelectorAll(`.${p}-viewer select.medlab-preset option`)]"
+                        ".map(o => o.value).filter(v => v)", prefix)
+                    pair = [p for p in ("lung", "bone") if p in presets] or presets[:2]
+                    r_key = measure(page, "medlabSlice", lambda n: [prefix, "key-down"], rep, wu)
+                    r_wheel = measure(page, "medlabSlice", lambda n: [prefix, "wheel-up"], rep, wu)
+                    r_pre = measure(page, "medlabWL", lambda n: [prefix, "preset", pair[n % 2]], rep, wu)
+                    r_win = measure(page, "medlabWL",
+                                    lambda n: [prefix, "window", (400, 1500)[n % 2]], rep, wu)
+                    scroll(f"img.{prefix}-img")
+                    mid = (40 if prefix == "c512" else 256) // 2
+                    # step the slider one slice at a time, back and forth around the middle
+                    b_slice = measure(page, "baseline",
+                                      lambda n: [prefix, "slice", mid + [1, 2, 1, 0][n % 4]], rep, wu)
+                    b_wl = measure(page, "baseline",
+                                   lambda n: [prefix, "window", (1500.0, 400.0)[n % 2]], rep, wu)
+                    rows += [
+                        (label, "slice +-1 (ArrowUp/Down)", "medlab", r_key),
+                        (label, "slice +-1 (wheel)", "medlab", r_wheel),
+                        (label, "slice +-1 (IntSlider)", "baseline", b_slice),
+                        (label, f"W/L preset ({'/'.join(pair)})", "medlab", r_pre),
+                        (label, "W/L: window box + Enter", "medlab", r_win),
+                        (label, "W/L: window box (FloatText)", "baseline", b_wl),
+                    ]
+                errors = [c for c in console if c.startswith(("error", "pageerror"))]
+                context.close()
+                context = None
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail from conftest helpers included
+            print(f"bench_viewer_browser: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print("JupyterLab log (tail):\n" + server.log()[-2000:], file=sys.stderr)
+            return 1
+        finally:
+            if context is not None:
+                try:
+                    context.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            try:
+                server.shutdown_kernels()
+            except Exception:  # noqa: BLE001
+                pass
+            server.stop()
+
+    total_s = time.monotonic() - t_start
+    print("\nViewer latency in a real browser: user action -> new picture drawn "
+          f"({args.repeats} timed actions per row after {args.warmup} warm-ups, sequential)")
+    print("  " + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "Chromium (page)"))
+    print(f"  page user agent: {vers.get('Chromium (page)')}")
+    try:
+        print(f"  load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+              f"CPUs: {os.cpu_count()}")
+    except OSError:
+        pass
+    head = f"{'case':<30} | {'action':<32} | {'widget':<10} | {'p50 ms':>7} | {'p95 ms':>7} | {'max ms':>7} | {'draws':>5} | goal p95<{GOAL_MS:.0f} ms"
+    print("\n" + head)
+    print("-" * len(head))
+    for case, action, widget, r in rows:
+        t = r["times"]
+        draws = sorted(set(r["draws"]))
+        draws_s = "/".join(map(str, draws)) if widget == "medlab" else "-"
+        met = "" if case == "kernel round trip" else ("yes" if pct(t, 95) < GOAL_MS else "NO")
+        print(f"{case:<30} | {action:<32} | {widget:<10} | {pct(t, 50):7.1f} | {pct(t, 95):7.1f} | "
+              f"{t.max():7.1f} | {draws_s:>5} | {met}")
+        if r["first"] is not None and max(r["draws"]) > 1:
+            f = r["first"]
+            print(f"{'':<30} |   (first of the draws: p50 {pct(f, 50):.1f}, p95 {pct(f, 95):.1f} ms)")
+    print("\ndraws = medlab-drawn events one action caused (a preset sets window, then level).")
+    print(f"notebook setup (data + widgets) {setup_s:.1f} s; whole run {total_s:.1f} s")
+    if errors:
+        print(f"browser console errors ({len(errors)}): " + " | ".join(errors[:5]))
+    if outside:
+        print(f"WARNING: the page tried to reach outside 127.0.0.1 (aborted): {outside[:5]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

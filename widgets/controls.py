@@ -1,0 +1,197 @@
+"""Controls built from a parameter declaration: one function, :func:`param_control`, maps
+each kind of :class:`medlab.stage.Param` to an ipywidget, with no code for a particular stage.
+
+Float -> slider (log scale when declared), Int -> slider with the declared step, Choice ->
+dropdown, Bool -> checkbox, Vector -> a row of number boxes (plus "auto" when optional), Points
+-> bound to a viewer's ``points``, Grid -> a note (set from Python).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from medlab.errors import ParameterError
+from medlab.image import Image
+from medlab.stage import Param
+
+__all__ = ["ParamControl", "param_control"]
+
+_DESC_STYLE = {"description_width": "initial"}
+
+
+class ParamControl:
+    """The widget of one parameter, read and written in the stage's own value types.
+
+    Parameters
+    ----------
+    param : Param
+        The declaration the control was built from.
+    widget : ipywidgets.Widget
+        What is displayed.
+    get, set : callable
+        Read the current value / show a value.
+    watched : list of ipywidgets.Widget
+        Widgets whose ``value`` changes mean the parameter changed.
+    """
+
+    def __init__(self, param: Param, widget: widgets.Widget, get: Callable[[], Any],
+                 set: Callable[[Any], None], watched: list[widgets.Widget]):
+        self.param, self.widget, self._get, self._set, self.watched = param, widget, get, set, watched
+        widget.add_class("medlab-param")
+        widget.add_class(f"medlab-param-{param.name}")
+
+    @property
+    def value(self) -> Any:
+        return self._get()
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._set(value)
+
+    def observe(self, callback: Callable[[dict], None]) -> None:
+        """Call ``callback(change)`` whenever the user changes the value."""
+        for w in self.watched:
+            w.observe(callback, "value")
+
+
+def _description(p: Param) -> str:
+    label = p.label or p.name.replace("_", " ")
+    return f"{label} ({p.unit})" if p.unit else label
+
+
+def _float_control(p, image):
+    desc, tip = _description(p), p.help
+    if p.log and p.min > 0:
+        lo, hi = math.log10(p.min), math.log10(p.max)
+        w = widgets.FloatLogSlider(value=p.default, base=10, min=lo, max=hi, step=(hi - lo) / 100,
+                                   description=desc, tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
+    else:
+        w = widgets.FloatSlider(value=p.default, min=p.min, max=p.max, step=p.step, description=desc,
+                                tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
+
+    def get():  # a slider's float arithmetic may step a hair outside the declared range
+        return min(max(float(w.value), p.min), p.max)
+
+    return ParamControl(p, w, get, lambda v: setattr(w, "value", float(v)), [w])
+
+
+def _int_control(p, image):
+    w = widgets.IntSlider(value=p.default, min=p.min, max=p.max, step=p.step, description=_description(p),
+                          tooltip=p.help, style=_DESC_STYLE)
+    return ParamControl(p, w, lambda: int(w.value), lambda v: setattr(w, "value", int(v)), [w])
+
+
+def _choice_control(p, image):
+    w = widgets.Dropdown(options=list(p.options), value=p.default, description=_description(p),
+                         tooltip=p.help, style=_DESC_STYLE)
+    return ParamControl(p, w, lambda: w.value, lambda v: setattr(w, "value", v), [w])
+
+
+def _bool_control(p, image):
+    w = widgets.Checkbox(value=p.default, description=_description(p), tooltip=p.help, indent=False)
+    return ParamControl(p, w, lambda: bool(w.value), lambda v: setattr(w, "value", bool(v)), [w])
+
+
+def _vector_control(p, image):
+    """A row of number boxes (x, y, z order); optional vectors get an 'auto' box meaning None."""
+    n = p.length or (image.ndim if image is not None else 3)
+    start = p.default if p.default is not None else (min(max(1.0, p.min), p.max),) * n
+    boxes = [widgets.FloatText(value=float(v), description=axis, tooltip=p.help, style=_DESC_STYLE,
+                               layout=widgets.Layout(width="7.5em")) for v, axis in zip(start, "xyz")]
+    auto = widgets.Checkbox(value=p.default is None, description="auto", indent=False,
+                            tooltip="leave unset: the stage decides", layout=widgets.Layout(width="5em"))
+    for b in boxes:
+        b.disabled = auto.value
+    auto.observe(lambda ch: [setattr(b, "disabled", ch["new"]) for b in boxes], "value")
+    head = widgets.Label(_description(p), tooltip=p.help)
+    row = widgets.HBox([head, *boxes] + ([auto] if p.optional else []))
+
+    def get():
+        return None if p.optional and auto.value else tuple(float(b.value) for b in boxes)
+
+    def set(value):
+        if value is None:
+            auto.value = True
+            return
+        auto.value = False
+        for b, v in zip(boxes, value):
+            b.value = float(v)
+
+    return ParamControl(p, row, get, set, [*boxes, auto])
+
+
+def _points_control(p, image):
+    """Points come from a viewer's ``points`` (bound by the panel); the control shows the count."""
+    state = {"value": tuple(p.default)}
+    count = widgets.Label(f"{_description(p)}: 0 points", tooltip=p.help)
+    pick = widgets.ToggleButton(value=False, description="pick in viewer", icon="crosshairs",
+                                tooltip="click in the viewer to add points; shift-click removes one")
+    pick.add_class("medlab-points-pick")
+    hidden = widgets.IntText(value=0, layout=widgets.Layout(display="none"))  # change counter
+
+    def set(value):
+        state["value"] = tuple(tuple(float(c) for c in q) for q in (value or ()))
+        count.value = f"{_description(p)}: {len(state['value'])} points"
+        hidden.value += 1
+
+    control = ParamControl(p, widgets.HBox([count, pick, hidden]), lambda: state["value"], set, [hidden])
+    control.pick = pick
+    return control
+
+
+def _grid_control(p, image):
+    """A target grid is another image: set from Python, not previewed on a slice."""
+    state = {"value": p.default}
+    note = widgets.HTML(
+        f"<i>{html.escape(_description(p))}: another image's grid; set it from Python with "
+        f"<code>panel.set({p.name}=image)</code> (no slice preview while set)</i>"
+    )
+    hidden = widgets.IntText(value=0, layout=widgets.Layout(display="none"))
+
+    def set(value):
+        state["value"] = value
+        note.value = note.value if value is None else f"<i>{html.escape(_description(p))}: {html.escape(value.describe())}</i>"
+        hidden.value += 1
+
+    return ParamControl(p, widgets.VBox([note, hidden]), lambda: state["value"], set, [hidden])
+
+
+_BUILDERS = {"float": _float_control, "int": _int_control, "choice": _choice_control, "bool": _bool_control,
+             "vector": _vector_control, "points": _points_control, "grid": _grid_control}
+
+
+def param_control(param: Param, image: Image | None = None) -> ParamControl:
+    """The control for one parameter declaration, chosen by its kind alone.
+
+    Parameters
+    ----------
+    param : Param
+        A parameter declaration (``Float``, ``Int``, ``Choice``, ``Bool``, ``Vector``,
+        ``Points``, ``Grid``).
+    image : Image, optional
+        Used for the number of boxes of a vector whose length is not fixed.
+
+    Returns
+    -------
+    ParamControl
+
+    Examples
+    --------
+    >>> from medlab.stage import Float
+    >>> p = Float(0.0, 2.0, 0.5, step=0.1, unit="mm"); p.name = "sigma"
+    >>> c = param_control(p)
+    >>> c.widget.max, c.widget.step, c.value
+    (2.0, 0.1, 0.5)
+    """
+    try:
+        build = _BUILDERS[param.kind]
+    except KeyError:
+        raise ParameterError(f"parameter {param.name!r} has kind {param.kind!r}, which has no widget") from None
+    return build(param, image)
+
+
