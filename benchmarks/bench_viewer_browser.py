@@ -163,24 +163,41 @@ window.__bench = {
   async medlabWL(prefix, how, value) {
     const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
     const canvas = root.querySelector('canvas.medlab-canvas[data-plane=axial]');
-    const w = this.waitDrawn(canvas, () => true, 10000);
-    const t0 = performance.now();
-    if (how === 'preset') {
-      const sel = root.querySelector('select.medlab-preset');
-      sel.value = value;
-      sel.dispatchEvent(new Event('change', { bubbles: true }));
-    } else {
-      const inp = root.querySelector('input.medlab-window');
-      inp.focus();
-      inp.value = String(value);
-      inp.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true, cancelable: true }));
+    const seen = [];
+    let wake = null;
+    const on = (ev) => { seen.push(ev.detail); if (wake) wake(); };
+    canvas.addEventListener('medlab-drawn', on);
+    try {
+      const t0 = performance.now();
+      if (how === 'preset') {
+        const sel = root.querySelector('select.medlab-preset');
+        sel.value = value;
+        sel.dispatchEvent(new Event('change', { bubbles: true }));
+      } else {
+        const inp = root.querySelector('input.medlab-window');
+        inp.focus();
+        inp.value = String(value);
+        inp.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true, cancelable: true }));
+      }
+      // The viewer draws synchronously in the model's change handlers, so the draws this action
+      // causes are in `seen` when dispatch returns (a preset sets window, then level: two draws);
+      // if none yet, wait for the first.
+      if (!seen.length) {
+        await new Promise((res, rej) => { wake = res; setTimeout(() => rej(new Error('no medlab-drawn in 10 s')), 10000); });
+      }
+      const after = seen.slice();
+      await new Promise((res) => setTimeout(res, 0));   // any draw queued right behind is not ours to time, count it
+      if (how !== 'preset') root.focus();
+      return { ms: after[after.length - 1].time - t0, draws: seen.length, first_ms: after[0].time - t0 };
+    } finally {
+      canvas.removeEventListener('medlab-drawn', on);
     }
-    // the viewer draws synchronously in the model's change handlers: take the last draw the
-    // action caused (a preset sets window and level: one draw each)
-    const first = await w.promise;
-    const last = w.seen[w.seen.length - 1];
-    if (how !== 'preset') root.focus();
-    return { ms: last.time - t0, draws: w.seen.length, first_ms: first.time - t0 };
+  },
+  async kernelInfo() {
+    const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+    const t0 = performance.now();
+    await kernel.requestKernelInfo();
+    return { ms: performance.now() - t0, draws: 0 };
   },
   async baseline(prefix, what, value) {
     const img = document.querySelector(`img.${prefix}-img`);
@@ -328,6 +345,8 @@ def main() -> int:
                 rep, wu = args.repeats, args.warmup
                 ping = measure(page, "ping", lambda n: [n + 1], rep, wu)
                 rows.append(("kernel round trip", "IntText -> Label echo", "ipywidgets", ping))
+                kinfo = measure(page, "kernelInfo", lambda n: [], rep, wu)
+                rows.append(("kernel round trip", "kernel_info_request (no widget)", "Lab API", kinfo))
                 for prefix, label in CASES.items():
                     scroll(f".{prefix}-viewer .medlab-viewer")
                     presets = page.evaluate(

@@ -169,3 +169,23 @@ def test_view_itk_without_itkwidgets_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "itkwidgets", None)  # import fails as if not installed
     with pytest.raises(MedlabError, match="internet"):
         view_itk(Image(np.zeros((2, 3, 4))))
+
+
+def test_view_itk_passes_geometry_to_itkwidgets():
+    """Runs where the ``itk`` extra is installed (its pydantic pin conflicts with napari's, so
+    not in the default test environment); itkwidgets' viewer itself needs internet to display."""
+    pytest.importorskip("itkwidgets")
+    from ngff_zarr import itk_image_to_ngff_image
+
+    from medlab import Image
+    from medlab.widgets import view_itk
+    from medlab.widgets.bridges import to_itkwasm
+
+    direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    img = Image(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4), spacing=(0.5, 0.7, 2.0),
+                origin=(1, 2, 3), direction=direction)
+    ngff = itk_image_to_ngff_image(to_itkwasm(img))
+    assert ngff.scale == {"z": 2.0, "y": 0.7, "x": 0.5}
+    assert ngff.translation == {"z": 3.0, "y": 2.0, "x": 1.0}
+    np.testing.assert_array_equal(np.asarray(ngff.data), img.array)
+    assert callable(view_itk)  # the display itself needs a notebook front end and internet

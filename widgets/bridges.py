@@ -103,7 +103,8 @@ def view_itk(image, **kwargs):
 
     itkwidgets 1.0 loads its viewer at display time from an IPFS gateway and a CDN: it
     **needs internet access** and shows nothing offline. Use :class:`medlab.widgets.Viewer`
-    (works offline) when in doubt. Install with ``pip install "medlab[itk]"``.
+    (works offline) when in doubt. Install with ``pip install "medlab[itk]"``, in an environment
+    without the ``napari`` extra (itkwidgets pins pydantic 1, napari needs pydantic 2).
 
     Examples
     --------
@@ -117,5 +118,18 @@ def view_itk(image, **kwargs):
             f"view_itk needs itkwidgets ({exc}): pip install 'medlab[itk]'. Its viewer also needs "
             "internet access; medlab.widgets.Viewer works offline."
         ) from None
-    image = as_image(image, "image")
-    return itkwidgets.view(image.to_sitk(), **kwargs)
+    return itkwidgets.view(to_itkwasm(as_image(image, "image")), **kwargs)
+
+
+def to_itkwasm(image: Image):
+    """An ``itkwasm.Image`` (what itkwidgets 1.0 takes) with the image's spacing, origin and
+    direction; itkwasm stores the direction row-major with the index axes as columns, as medlab."""
+    from itkwasm import Image as WasmImage
+    from itkwasm import ImageType
+
+    components = image.shape[-1] if image.rgb else 1
+    image_type = ImageType(dimension=image.ndim, componentType=str(image.dtype),
+                           pixelType="RGB" if image.rgb else "Scalar", components=components)
+    return WasmImage(imageType=image_type, origin=list(image.origin), spacing=list(image.spacing),
+                     direction=np.array(image.direction, dtype=np.float64), size=list(image.size),
+                     data=np.ascontiguousarray(image.array))
