@@ -1,4 +1,4 @@
-"""Viewer latency in a real browser: action -> new picture drawn, medlab Viewer vs ipywidgets baseline.
+"""Viewer latency in a real browser (action -> new picture drawn): medlab Viewer vs ipywidgets.
 
 JupyterLab (started here on 127.0.0.1, isolated, stopped by process group at the end) in Debian
 Chromium driven by Playwright (fresh temporary profile; every non-localhost request is aborted).
@@ -253,8 +253,8 @@ def check_requirements():
 def versions(chromium: Path) -> dict:
     out = {}
     try:
-        text = subprocess.run([str(chromium), "--version"], capture_output=True, text=True,
-                              timeout=30).stdout.strip().splitlines()
+        text = subprocess.run([str(chromium), "--version"], check=False,
+                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
         out["Chromium"] = text[-1] if text else "?"
     except (OSError, subprocess.SubprocessError) as exc:
         out["Chromium"] = f"? ({exc})"
@@ -266,11 +266,11 @@ def versions(chromium: Path) -> dict:
     return out
 
 
-def measure(page, fn: str, args_for, repeats: int, warmup: int) -> dict:
-    """Call ``__bench.<fn>(...args)`` warmup + repeats times; return the timings of the repeats."""
+def measure(page, fn: str, calls: list[list], warmup: int) -> dict:
+    """Call ``__bench.<fn>(*args)`` for each args in ``calls``; time all but the first ``warmup``."""
     times, draws, extra = [], [], []
-    for n in range(warmup + repeats):
-        res = page.evaluate(f"(a) => window.__bench.{fn}(...a)", args_for(n))
+    for n, call_args in enumerate(calls):
+        res = page.evaluate(f"(a) => window.__bench.{fn}(...a)", call_args)
         if n >= warmup:
             times.append(res["ms"])
             draws.append(res["draws"])
@@ -342,10 +342,11 @@ def main() -> int:
                 def scroll(sel):
                     page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", sel)
 
-                rep, wu = args.repeats, args.warmup
-                ping = measure(page, "ping", lambda n: [n + 1], rep, wu)
+                wu = args.warmup
+                seq = range(args.warmup + args.repeats)
+                ping = measure(page, "ping", [[n + 1] for n in seq], wu)
                 rows.append(("kernel round trip", "IntText -> Label echo", "ipywidgets", ping))
-                kinfo = measure(page, "kernelInfo", lambda n: [], rep, wu)
+                kinfo = measure(page, "kernelInfo", [[] for n in seq], wu)
                 rows.append(("kernel round trip", "kernel_info_request (no widget)", "Lab API", kinfo))
                 for prefix, label in CASES.items():
                     scroll(f".{prefix}-viewer .medlab-viewer")
@@ -353,18 +354,19 @@ def main() -> int:
                         "(p) => [...document.querySelectorAll(`.${p}-viewer select.medlab-preset option`)]"
                         ".map(o => o.value).filter(v => v)", prefix)
                     pair = [p for p in ("lung", "bone") if p in presets] or presets[:2]
-                    r_key = measure(page, "medlabSlice", lambda n: [prefix, "key-down"], rep, wu)
-                    r_wheel = measure(page, "medlabSlice", lambda n: [prefix, "wheel-up"], rep, wu)
-                    r_pre = measure(page, "medlabWL", lambda n: [prefix, "preset", pair[n % 2]], rep, wu)
+                    r_key = measure(page, "medlabSlice", [[prefix, "key-down"] for n in seq], wu)
+                    r_wheel = measure(page, "medlabSlice", [[prefix, "wheel-up"] for n in seq], wu)
+                    r_pre = measure(page, "medlabWL",
+                                    [[prefix, "preset", pair[n % 2]] for n in seq], wu)
                     r_win = measure(page, "medlabWL",
-                                    lambda n: [prefix, "window", (400, 1500)[n % 2]], rep, wu)
+                                    [[prefix, "window", (400, 1500)[n % 2]] for n in seq], wu)
                     scroll(f"img.{prefix}-img")
                     mid = (40 if prefix == "c512" else 256) // 2
                     # step the slider one slice at a time, back and forth around the middle
                     b_slice = measure(page, "baseline",
-                                      lambda n: [prefix, "slice", mid + [1, 2, 1, 0][n % 4]], rep, wu)
+                                      [[prefix, "slice", mid + [1, 2, 1, 0][n % 4]] for n in seq], wu)
                     b_wl = measure(page, "baseline",
-                                   lambda n: [prefix, "window", (1500.0, 400.0)[n % 2]], rep, wu)
+                                   [[prefix, "window", (1500.0, 400.0)[n % 2]] for n in seq], wu)
                     rows += [
                         (label, "slice +-1 (ArrowUp/Down)", "medlab", r_key),
                         (label, "slice +-1 (wheel)", "medlab", r_wheel),
@@ -384,12 +386,12 @@ def main() -> int:
             if context is not None:
                 try:
                     context.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as exc:  # noqa: BLE001 - cleanup must reach server.stop()
+                    print(f"bench_viewer_browser: closing Chromium: {exc}", file=sys.stderr)
             try:
                 server.shutdown_kernels()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - the group kill below ends them anyway
+                print(f"bench_viewer_browser: shutting kernels down: {exc}", file=sys.stderr)
             server.stop()
 
     total_s = time.monotonic() - t_start

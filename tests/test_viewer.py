@@ -21,6 +21,14 @@ from medlab.errors import GeometryError, MedlabError, ParameterError
 WIDGETS = Path(__file__).resolve().parents[1] / "widgets"
 
 
+@pytest.fixture(autouse=True)
+def per_slice_protocol(request, monkeypatch):
+    """Most tests here check the per-slice messages (used for volumes too large to send whole);
+    tests marked ``whole_volume`` keep the default, where small volumes travel once."""
+    if "whole_volume" not in request.keywords:
+        monkeypatch.setattr("medlab.widgets.viewer.VOLUME_CACHE_BYTES", 0)
+
+
 class CaptureComm:
     """A comm that records what would be sent to the browser."""
 
@@ -355,3 +363,31 @@ def test_chest_ct_phantom_with_its_labels():
     assert names and all(names[k] == p.labels.labels[k].name for k in names)
     lungs = payload_array(v, "axial", "labels") == next(k for k, lab in p.labels.labels.items() if lab.name == "lung")
     assert lungs.any() and payload_array(v, "axial")[lungs].mean() < -500, "lung label over air-filled voxels"
+
+
+
+@pytest.mark.whole_volume
+def test_small_volume_travels_once_with_its_layers():
+    """A small volume (and its label map) is sent whole in display order; slice changes then
+    send only the index, so the browser can scroll without a kernel round trip."""
+    rng = np.random.default_rng(0)
+    img = Image(rng.integers(-1000, 1000, (6, 7, 8)).astype(np.int16), spacing=(1, 2, 3),
+                direction=np.diag([-1.0, 1.0, -1.0]), metadata={"modality": "CT"})
+    lab = img.with_array((img.array > 0).astype(np.uint8), kind="label", labels={1: "bright"})
+    v = Viewer(img, labels=lab, layout="three")
+    vols = v._volumes
+    display, _ = render.display_array(img)
+    assert vols["shape"] == list(display.shape)
+    got = np.frombuffer(vols["base"], dtype=vols["base_dtype"]).reshape(display.shape)
+    np.testing.assert_array_equal(got, display)
+    labels = np.frombuffer(vols["labels"], dtype=vols["labels_dtype"]).reshape(display.shape)
+    np.testing.assert_array_equal(labels, render.display_array(lab)[0])
+    v.slice_index = 2
+    assert v._axial["index"] == 2 and "data" not in v._axial
+
+
+@pytest.mark.whole_volume
+def test_large_volume_goes_slice_by_slice(monkeypatch):
+    monkeypatch.setattr("medlab.widgets.viewer.VOLUME_CACHE_BYTES", 100)
+    v = Viewer(Image(np.zeros((6, 7, 8), np.int16)))
+    assert v._volumes == {} and "data" in v._axial

@@ -106,7 +106,8 @@ function render({ model, el: host }) {
   const status = el("div", "medlab-status");
   root.append(bar, panes, readout, legend, status);
 
-  const state = { active: model.get("plane"), panes: {}, raw: {}, drag: null };
+  const state = { active: model.get("plane"), panes: {}, raw: {}, drag: null, drawn: {},
+    volCache: {}, sliceCache: {} };
 
   function geometry() { return model.get("_geometry") || {}; }
 
@@ -117,6 +118,62 @@ function render({ model, el: host }) {
     try { model.send({ type: "error", message: String(err && err.message || err) }); } catch (e) { /* closed */ }
   }
   const guard = (fn) => (...args) => { try { return fn(...args); } catch (err) { fail(err); } };
+
+  // ---------------------------------------------------------------- slices
+  // Small volumes arrive whole in `_volumes` (display order [k, j, i]): slices are cut here,
+  // so scrolling needs no kernel round trip. Otherwise Python sends each slice in `_<plane>`.
+  function volumeMode() {
+    const v = model.get("_volumes"), g = geometry();
+    return !!(v && v.shape && g.shape && v.shape[0] === g.shape[2] && v.shape[1] === g.shape[1] && v.shape[2] === g.shape[0]);
+  }
+
+  function volumeArray(name) {
+    const vols = model.get("_volumes");
+    if (state.volCache.vols !== vols) state.volCache = { vols, arrays: {} };
+    const arrays = state.volCache.arrays;
+    if (!(name in arrays)) arrays[name] = vols[name] ? typed(vols[name], vols[name + "_dtype"]) : null;
+    return arrays[name];
+  }
+
+  function cutSlice(arr, plane, index, nk, nj, ni) {
+    if (plane === "axial") return arr.subarray(index * nj * ni, (index + 1) * nj * ni);
+    const T = arr.constructor;
+    if (plane === "coronal") { // rows: k from top (superior) down, cols: i
+      const out = new T(nk * ni);
+      for (let r = 0; r < nk; r++) {
+        const src = ((nk - 1 - r) * nj + index) * ni;
+        out.set(arr.subarray(src, src + ni), r * ni);
+      }
+      return out;
+    }
+    const out = new T(nk * nj); // sagittal: rows k from the top, cols j
+    for (let r = 0; r < nk; r++) {
+      const base = (nk - 1 - r) * nj * ni + index;
+      for (let c = 0; c < nj; c++) out[r * nj + c] = arr[base + c * ni];
+    }
+    return out;
+  }
+
+  function payload(plane) {
+    const sent = model.get("_" + plane);
+    if (!volumeMode()) return sent;
+    const vols = model.get("_volumes");
+    const [nk, nj, ni] = vols.shape;
+    const count = { axial: nk, coronal: nj, sagittal: ni }[plane];
+    const index = Math.max(0, Math.min(count - 1, currentCursor()[NORMAL[plane]]));
+    const key = plane + ":" + index;
+    if (state.sliceCache.vols === vols && state.sliceCache[key]) return state.sliceCache[key];
+    if (state.sliceCache.vols !== vols) state.sliceCache = { vols };
+    const shape = { axial: [nj, ni], coronal: [nk, ni], sagittal: [nk, nj] }[plane];
+    const out = { index, rows: shape[0], cols: shape[1], dtype: vols.base_dtype,
+      data: cutSlice(volumeArray("base"), plane, index, nk, nj, ni) };
+    for (const name of ["labels", "heat", "second"]) {
+      const arr = volumeArray(name);
+      if (arr) { out[name] = cutSlice(arr, plane, index, nk, nj, ni); out[name + "_dtype"] = vols[name + "_dtype"]; }
+    }
+    state.sliceCache[key] = out;
+    return out;
+  }
 
   // ---------------------------------------------------------------- panes
   function visiblePlanes() {
@@ -151,7 +208,7 @@ function render({ model, el: host }) {
 
   function planeSize(plane) {
     const g = geometry();
-    const p = model.get("_" + plane) || {};
+    const p = payload(plane) || {};
     const sp = g.spacing || [1, 1, 1];
     const colSp = plane === "sagittal" ? sp[1] : sp[0];
     const rowSp = plane === "axial" ? sp[1] : sp[2];
@@ -191,7 +248,7 @@ function render({ model, el: host }) {
   // ---------------------------------------------------------------- drawing
   function drawPlane(plane) {
     const entry = state.panes[plane];
-    const p = model.get("_" + plane);
+    const p = payload(plane);
     const g = geometry();
     if (!entry || !p || !p.data) return;
     const { rows, cols } = p;
@@ -285,13 +342,14 @@ function render({ model, el: host }) {
 
   // Tells tests and benchmarks that a new picture is on the canvas (and which slice).
   function drawn(canvas, index) {
+    state.drawn[canvas.dataset.plane] = { index, vols: model.get("_volumes") };
     canvas.dataset.drawnIndex = String(index);
     canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, time: performance.now() } }));
   }
 
   function drawOverlay(plane) {
     const entry = state.panes[plane];
-    const p = model.get("_" + plane);
+    const p = payload(plane);
     const g = geometry();
     if (!entry || !p || !g.shape) return;
     const ov = entry.overlay;
@@ -329,7 +387,7 @@ function render({ model, el: host }) {
 
   function markersOn(plane) {
     const g = geometry();
-    const p = model.get("_" + plane);
+    const p = payload(plane);
     if (!g.inverse || !p) return [];
     const out = [];
     (model.get("points") || []).forEach((pt, n) => {
@@ -347,7 +405,7 @@ function render({ model, el: host }) {
 
   // ---------------------------------------------------------------- interaction
   function pixelAt(entry, ev) {
-    const p = model.get("_" + entry.plane);
+    const p = payload(entry.plane);
     const rect = entry.overlay.getBoundingClientRect();
     const x = (ev.clientX - rect.left) * p.cols / rect.width;
     const y = (ev.clientY - rect.top) * p.rows / rect.height;
@@ -395,7 +453,18 @@ function render({ model, el: host }) {
     if (cursor[NORMAL[plane]] === index) return;
     cursor[NORMAL[plane]] = index;
     state.pending = { cursor, t: performance.now() };
+    redrawLocal();
     setPosition(apply(g.affine, cursor));
+  }
+
+  // In volume mode, show the pending cursor's slices now; Python confirms afterwards.
+  function redrawLocal() {
+    if (!volumeMode()) return;
+    for (const p of Object.keys(state.panes)) {
+      const d = state.drawn[p];
+      if (!d || d.index !== payload(p).index || d.vols !== model.get("_volumes")) drawPlane(p);
+      drawOverlay(p);
+    }
   }
 
   function stepSlice(plane, step) {
@@ -468,6 +537,7 @@ function render({ model, el: host }) {
       }
       const { ijk, mm } = physicalAt(entry, pixelAt(entry, ev));
       state.pending = { cursor: ijk, t: performance.now() };
+      redrawLocal();
       setPosition(mm);
       state.drag = { kind: "cursor", entry };
     }));
@@ -498,6 +568,7 @@ function render({ model, el: host }) {
       const c = currentCursor();
       if (ijk.every((v, i) => v === c[i])) return;
       state.pending = { cursor: ijk, t: performance.now() };
+      redrawLocal();
       setPosition(mm);
     }
   });
@@ -595,15 +666,40 @@ function render({ model, el: host }) {
     }
   }
 
+  // window and level often change together (a preset): draw once, after both
+  let wlQueued = false;
+  function onWindowLevel() {
+    if (wlQueued) return;
+    wlQueued = true;
+    queueMicrotask(guard(() => {
+      wlQueued = false;
+      syncControls();
+      for (const p of Object.keys(state.panes)) drawPlane(p);
+    }));
+  }
+
+  function slicePayloadArrived(plane) {
+    layout();
+    const d = state.drawn[plane];
+    const fresh = volumeMode() && d && d.index === payload(plane).index && d.vols === model.get("_volumes");
+    if (!fresh) drawPlane(plane);
+    drawOverlay(plane);
+  }
+
   const handlers = [
     ["change:layout_mode change:plane", guard(() => { buildPanes(); syncControls(); redrawAll(); })],
-    ["change:window change:level", guard(() => { syncControls(); for (const p of Object.keys(state.panes)) drawPlane(p); })],
-    ["change:_axial", guard(() => { layout(); drawPlane("axial"); drawOverlay("axial"); })],
-    ["change:_coronal", guard(() => { layout(); drawPlane("coronal"); drawOverlay("coronal"); })],
-    ["change:_sagittal", guard(() => { layout(); drawPlane("sagittal"); drawOverlay("sagittal"); })],
+    ["change:window change:level", onWindowLevel],
+    ["change:_axial", guard(() => slicePayloadArrived("axial"))],
+    ["change:_coronal", guard(() => slicePayloadArrived("coronal"))],
+    ["change:_sagittal", guard(() => slicePayloadArrived("sagittal"))],
+    ["change:_volumes", guard(() => { layout(); redrawAll(); })],
     ["change:_cursor", guard(() => {
       const c = model.get("_cursor"), p = state.pending;
       if (p && p.cursor.every((v, i) => v === c[i])) state.pending = null;
+      // Python moved elsewhere (or echoes an older step): once the pending cursor expires,
+      // show where Python is.
+      else if (p) setTimeout(guard(redrawLocal), Math.max(0, 1010 - (performance.now() - p.t)));
+      redrawLocal();
     })],
     ["change:_cursor change:points", guard(() => { for (const p of Object.keys(state.panes)) drawOverlay(p); })],
     ["change:point_mode change:_presets change:_geometry", guard(() => { syncControls(); layout(); })],

@@ -72,6 +72,8 @@ from medlab.image import Image, as_image, label_color
 
 _HERE = pathlib.Path(__file__).parent
 _SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
+VOLUME_CACHE_BYTES = 96 * 2**20
+"""Volumes (with their layers) up to this size are sent whole, and sliced in the browser."""
 
 
 def _guarded(method: Callable) -> Callable:
@@ -164,6 +166,7 @@ class Viewer(anywidget.AnyWidget):
     _labels_info = traitlets.Dict().tag(sync=True)
     _heat_info = traitlets.Dict().tag(sync=True)
     _second_info = traitlets.Dict().tag(sync=True)
+    _volumes = traitlets.Dict().tag(sync=True)
 
     def __init__(self, image=None, *, labels=None, layout: str = "single", plane: str = "axial",
                  height: int = 420, **kwargs):
@@ -227,6 +230,7 @@ class Viewer(anywidget.AnyWidget):
             self.position = [float(v) for v in target]
         finally:
             self._updating = False
+        self._send_volumes()
         self._move_to(self.position, force=True)
 
     @staticmethod
@@ -298,10 +302,18 @@ class Viewer(anywidget.AnyWidget):
                 self._updating = False
 
     def _payload(self, plane: str, index: int) -> dict:
-        """Raw voxels of one slice (and of each layer) as bytes, plus what JS needs to draw them."""
-        data = np.ascontiguousarray(render.plane_array(self._volume, plane, index))
-        out = {"index": int(index), "rows": int(data.shape[0]), "cols": int(data.shape[1]),
-               "dtype": str(data.dtype), "data": memoryview(data).cast("B")}
+        """Raw voxels of one slice (and of each layer) as bytes, plus what JS needs to draw them.
+
+        When the browser holds the whole volume (:meth:`_send_volumes`), only the index and
+        the slice's shape travel: the browser slices its own copy.
+        """
+        view = render.plane_array(self._volume, plane, index)
+        out = {"index": int(index), "rows": int(view.shape[0]), "cols": int(view.shape[1]),
+               "dtype": str(view.dtype)}
+        if self._volumes:
+            return out
+        data = np.ascontiguousarray(view)
+        out["data"] = memoryview(data).cast("B")
         for name, volume in self._layers.items():
             layer = np.ascontiguousarray(render.plane_array(volume, plane, index))
             out[name] = memoryview(layer).cast("B")
@@ -311,6 +323,27 @@ class Viewer(anywidget.AnyWidget):
     def _refresh(self) -> None:
         if self._image is not None:
             self._move_to(self.position, force=True)
+
+    def _layers_changed(self) -> None:
+        if self._image is not None:
+            self._send_volumes()
+        self._refresh()
+
+    def _send_volumes(self) -> None:
+        """Send the whole display volume (and layers) once when it is small enough, so that
+        slice changes are drawn in the browser without waiting for the kernel (a round trip
+        through JupyterLab costs ~50 ms); larger volumes travel one slice at a time."""
+        image = self._image
+        arrays = {"base": self._volume, **self._layers}
+        if image is None or image.ndim != 3 or image.rgb or sum(a.nbytes for a in arrays.values()) > VOLUME_CACHE_BYTES:
+            self._volumes = {}
+            return
+        out = {"shape": [int(n) for n in self._volume.shape]}
+        for name, volume in arrays.items():
+            volume = np.ascontiguousarray(volume)
+            out[name] = memoryview(volume).cast("B")
+            out[name + "_dtype"] = str(volume.dtype)
+        self._volumes = out
 
     @traitlets.observe("position")
     @_guarded
@@ -418,7 +451,7 @@ class Viewer(anywidget.AnyWidget):
                                    "color": list(spec.color if spec else label_color(value))})
                 self._layers["labels"] = volume
                 self._labels_info = {"opacity": float(opacity), "outline": bool(outline), "legend": legend}
-            self._refresh()
+            self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
             raise
@@ -439,7 +472,7 @@ class Viewer(anywidget.AnyWidget):
                 self._layers["heat"] = volume
                 self._heat_info = {"lut": render.colormap_lut(cmap).ravel().tolist(), "cmap": cmap,
                                    "range": [vmin, vmax], "threshold": float(threshold), "opacity": float(opacity)}
-            self._refresh()
+            self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
             raise
@@ -460,7 +493,7 @@ class Viewer(anywidget.AnyWidget):
                 self._layers["second"] = volume.astype(np.float32, copy=False)
                 self._second_info = {"mode": mode, "alpha": float(alpha), "window": float(window),
                                      "level": float(level), "checker": int(checker)}
-            self._refresh()
+            self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
             raise

@@ -3,15 +3,19 @@ the right proportions, a legend with the label names from Python, and a crosshai
 one plane that moves the other two. Set MEDLAB_WRITE_SCREENSHOT=path to save the widget's
 picture (the README's screenshot is made this way)."""
 
+import base64
+import json
 import os
+import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
 
 CELLS = [
     """
-import json
+import base64, json
 import ipywidgets as W
 import medlab
 from medlab.widgets import Viewer
@@ -23,9 +27,13 @@ viewer.position = brain.info["tumour_centre_mm"]
 state = W.Label()
 state.add_class("three-state")
 def update(_=None):
+    planes = viewer.snapshot_planes()   # what the canvases must show, composed in Python
     state.value = json.dumps({"position": [round(v, 2) for v in viewer.position],
-                              "names": sorted(l.name for l in brain.labels.labels.values())})
-viewer.observe(update, names=["position"])
+                              "cursor": list(viewer._cursor),
+                              "names": sorted(l.name for l in brain.labels.labels.values()),
+                              "expected": {p: [list(a.shape), base64.b64encode(a.tobytes()).decode()]
+                                           for p, a in planes.items()}})
+viewer.observe(update, names=["position", "_cursor"])
 update()
 W.VBox([viewer, state])
 """,
@@ -53,12 +61,43 @@ def test_three_planes_with_labels(notebook):
     for name in ("white matter", "oedema", "enhancing tumour"):
         assert name in legend
 
+    expect_planes_match_python(page)
     before = page.locator(".three-state").inner_text()
     box = page.locator(".medlab-viewer canvas.medlab-canvas[data-plane=axial]").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
     page.wait_for_function(
         "prev => document.querySelector('.three-state').textContent !== prev", arg=before, timeout=10_000)
+    # the click moved the coronal and sagittal slices (cut in the browser from the whole volume)
+    expect_planes_match_python(page)
 
     out = os.environ.get("MEDLAB_WRITE_SCREENSHOT")
     if out:
         page.locator(".medlab-viewer").screenshot(path=out)
+
+
+def canvas_rgb(page, plane: str) -> np.ndarray:
+    res = page.evaluate(
+        """(plane) => { const c = document.querySelector(`.medlab-viewer canvas.medlab-canvas[data-plane=${plane}]`);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return { w: c.width, h: c.height, rgba: Array.from(d) }; }""", plane)
+    return np.array(res["rgba"], np.uint8).reshape(res["h"], res["w"], 4)[..., :3]
+
+
+def expect_planes_match_python(page, timeout_s: float = 10.0) -> None:
+    """Every plane's canvas equals Python's composed picture (grey + label outlines), within 1."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = json.loads(page.locator(".three-state").inner_text())
+        problems = []
+        for plane, (shape, data) in state["expected"].items():
+            want = np.frombuffer(base64.b64decode(data), np.uint8).reshape(shape)
+            got = canvas_rgb(page, plane)
+            if got.shape != want.shape:
+                problems.append(f"{plane}: shape {got.shape} vs {want.shape}")
+            elif np.abs(got.astype(int) - want.astype(int)).max() > 1:
+                problems.append(f"{plane}: {int((np.abs(got.astype(int) - want.astype(int)) > 1).any(-1).sum())} pixels differ")
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"canvas != Python at cursor {state['cursor']}: {problems}", pytrace=False)
+        page.wait_for_timeout(50)
