@@ -4,10 +4,12 @@ How it works
 ------------
 Python puts the image in *display orientation* (:func:`medlab.render.display_array`: axes
 permuted/flipped, never interpolated, so index ``(i, j, k)`` runs towards patient Left,
-Posterior, Superior) and sends, for each visible plane, the **raw voxels of one slice** as a
-binary buffer (int16 stays int16, floats go as float32). JavaScript does window/level, colour
-maps and overlays, so a window/level change never goes back to Python, and a slice change costs
-only slicing plus sending the bytes. Layers (label map, heat map, second image) are resampled
+Posterior, Superior) and sends raw voxels as binary buffers (int16 stays int16, floats go as
+float32). A volume whose voxels and layers fit in :data:`VOLUME_CACHE_BYTES` travels **once,
+whole** (``_volumes``), and the browser cuts every slice itself, so scrolling never waits for
+the kernel (a round trip through JupyterLab costs about 50 ms); a larger one travels **one
+slice per visible plane** at a time (``_axial`` etc.). JavaScript does window/level, colour
+maps and overlays, so a window/level change never goes back to Python. Layers (label map, heat map, second image) are resampled
 once into the base image's grid (:func:`medlab.render.resample_like`), so a layer with another
 direction or spacing lands where it belongs.
 
