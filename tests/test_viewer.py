@@ -274,6 +274,18 @@ def test_link_syncs_position_and_window_until_unlinked():
         link(a, "b")
 
 
+@pytest.mark.parametrize("z", [5, 2])  # the slice stays / changes
+def test_position_is_kept_exactly_and_linked_viewers_agree(z):
+    img = cube_ct()
+    a, b = Viewer(img), Viewer(img.with_array(img.array // 2))
+    link(a, b)
+    point = list(img.index_to_physical((10, 11, z)) + 0.37)  # not a voxel centre
+    a.position = point
+    assert a.position == pytest.approx(point)
+    assert b.position == a.position
+    assert a.slice_index == b.slice_index == z
+
+
 def test_reassigning_image_keeps_position_on_same_grid():
     img = cube_ct()
     v = Viewer(img)

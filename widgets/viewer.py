@@ -290,13 +290,16 @@ class Viewer(anywidget.AnyWidget):
     def _move_to(self, position, *, force: bool = False) -> None:
         old = list(self._cursor)
         cursor = self._cursor_of(position)
-        with self.hold_sync(), self.hold_trait_notifications():
-            self._cursor = cursor
-            for plane in self._visible_planes():
-                axis = render._NORMAL_AXIS[plane]
-                payload = getattr(self, f"_{plane}")
-                if force or not payload or payload.get("index") != cursor[axis] or old[axis] != cursor[axis]:
-                    setattr(self, f"_{plane}", self._payload(plane, cursor[axis]))
+        with self.hold_sync():
+            with self.hold_trait_notifications():
+                self._cursor = cursor
+                for plane in self._visible_planes():
+                    axis = render._NORMAL_AXIS[plane]
+                    payload = getattr(self, f"_{plane}")
+                    if force or not payload or payload.get("index") != cursor[axis] or old[axis] != cursor[axis]:
+                        setattr(self, f"_{plane}", self._payload(plane, cursor[axis]))
+            # outside the held notifications, so that its observer sees _updating and keeps the
+            # exact position (it would otherwise snap it to the voxel centre)
             self._updating = True
             try:
                 self.slice_index = cursor[render._NORMAL_AXIS[self.plane]]
@@ -624,18 +627,19 @@ def link(a: Viewer, b: Viewer) -> Callable[[], None]:
     busy = [False]
     names = ["position", "window", "level"]
 
-    def follower(dst):
+    def follower(src, dst):
         def sync(change):
-            if busy[0] or getattr(dst, change["name"]) == change["new"]:
+            value = getattr(src, change["name"])  # after src's own snapping, not change["new"]
+            if busy[0] or getattr(dst, change["name"]) == value:
                 return
             busy[0] = True
             try:
-                setattr(dst, change["name"], change["new"])
+                setattr(dst, change["name"], value)
             finally:
                 busy[0] = False
         return sync
 
-    handlers = [(a, follower(b)), (b, follower(a))]
+    handlers = [(a, follower(a, b)), (b, follower(b, a))]
     for src, handler in handlers:
         src.observe(handler, names=names)
     b.window, b.level, b.position = a.window, a.level, list(a.position)
