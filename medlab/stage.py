@@ -459,6 +459,21 @@ def progress_to(callback: Callable[[float, str], None] | None, cancel: threading
         _cancel.reset(t2)
 
 
+@contextlib.contextmanager
+def progress_span(start: float, stop: float):
+    """Map the progress reported inside the block onto ``[start, stop]`` of the caller's bar
+    (for a stage made of several steps)."""
+    outer = _progress_cb.get()
+    if outer is None:
+        yield
+        return
+    token = _progress_cb.set(lambda fraction, message: outer(start + (stop - start) * fraction, message))
+    try:
+        yield
+    finally:
+        _progress_cb.reset(token)
+
+
 def log_progress(logger=None, *, every: float = 0.25) -> Callable[[float, str], None]:
     """A progress callback for batch runs: logs at every ``every`` fraction (INFO level).
 
@@ -520,22 +535,39 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
             cb((i + 1) / n, desc)
 
 
-def execute_sitk(filt, *inputs):
-    """Run a SimpleITK filter with progress reported and cancellation honoured (via Abort)."""
+def execute_sitk(filt, *inputs, iterations: int | None = None):
+    """Run a SimpleITK filter with progress reported and cancellation honoured.
+
+    Progress comes from the filter's progress events, or, for iterative filters that report
+    none (N4), from its iteration events counted against ``iterations``. Cancellation calls
+    ``Abort()`` and also raises inside the callback, which stops filters that ignore Abort.
+    """
     import SimpleITK as sitk
 
-    state = {"cancelled": False}
+    state = {"cancelled": False, "count": 0}
 
-    def on_progress():
+    def check():
         ev = _cancel.get()
         if ev is not None and ev.is_set():
             state["cancelled"] = True
             filt.Abort()
+            raise Cancelled("cancelled by the user")  # SimpleITK turns this into a RuntimeError
+
+    def on_progress():
+        check()
         cb = _progress_cb.get()
-        if cb is not None:
+        if cb is not None and iterations is None:
             cb(filt.GetProgress(), filt.GetName())
 
+    def on_iteration():
+        check()
+        state["count"] += 1
+        cb = _progress_cb.get()
+        if cb is not None and iterations:
+            cb(min(state["count"] / iterations, 1.0), filt.GetName())
+
     filt.AddCommand(sitk.sitkProgressEvent, on_progress)
+    filt.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
         return filt.Execute(*inputs)
     except RuntimeError as exc:

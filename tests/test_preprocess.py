@@ -439,3 +439,27 @@ def test_real_images_every_stage_runs(which, request):
         out = _outputs(spec.func(img, **_extra_kwargs(spec.name, img)))[0]
         if not spec.resamples:
             _assert_same_geometry(out, img)
+
+
+def test_n4_reports_progress_and_stops_mid_fit(brain):
+    """ITK's N4 ignores Abort and sends a single progress event: medlab counts its iterations
+    for the bar, and a Cancel during the fit stops it there (not after the full fit)."""
+    import time
+
+    seen: list[float] = []
+    with progress_to(lambda f, msg: seen.append(f)):
+        pp.n4_bias_correction(brain.t1, shrink_factor=4, iterations=10, levels=2)
+    inside = [f for f in seen if 0.05 < f < 0.9]
+    assert len(inside) >= 5 and inside == sorted(inside)
+
+    ev = threading.Event()
+    calls = []
+
+    def cancel_after_a_few(fraction, message):
+        calls.append(fraction)
+        if len(calls) == 4:
+            ev.set()
+
+    with progress_to(cancel_after_a_few, cancel=ev), pytest.raises(Cancelled):
+        pp.n4_bias_correction(brain.t1, shrink_factor=2, iterations=200, levels=4)
+    assert len(calls) <= 6, "N4 went on after Cancel"

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..image import Image
-from ..stage import Choice, Int, execute_sitk, report, stage
+from ..stage import Choice, Int, execute_sitk, progress_span, report, stage
 from ._common import as_float, float_sitk
 
 __all__ = ["n4_bias_correction"]
@@ -56,7 +56,7 @@ def n4_bias_correction(image: Image, *, shrink_factor: int = 4, iterations: int 
     """
     import SimpleITK as sitk
 
-    report(0.0, "N4: preparing")  # ITK's N4 ignores Abort: cancellation is honoured before and after the fit
+    report(0.0, "N4: preparing")
     arr = as_float(image)
     src = float_sitk(image)
     fit = arr > 0
@@ -71,7 +71,8 @@ def n4_bias_correction(image: Image, *, shrink_factor: int = 4, iterations: int 
     small, small_mask = sitk.Shrink(src, factors), sitk.Shrink(mask_img, factors)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([iterations] * levels)
-    execute_sitk(corrector, small, small_mask)
+    with progress_span(0.05, 0.9):
+        execute_sitk(corrector, small, small_mask, iterations=iterations * levels)
     report(0.9, "N4: evaluating the field at full resolution")
     log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(src)).astype(np.float32)
     field = np.exp(log_field)
