@@ -444,7 +444,6 @@ def test_real_images_every_stage_runs(which, request):
 def test_n4_reports_progress_and_stops_mid_fit(brain):
     """ITK's N4 ignores Abort and sends a single progress event: medlab counts its iterations
     for the bar, and a Cancel during the fit stops it there (not after the full fit)."""
-    import time
 
     seen: list[float] = []
     with progress_to(lambda f, msg: seen.append(f)):
