@@ -14,7 +14,7 @@ Conventions (the ITK/DICOM ones, so that SimpleITK, DICOM and medlab agree):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -473,8 +473,3 @@ def _source(image: Image) -> str:
     src = image.metadata.get("source")
     return f" (from {src})" if src else ""
 
-
-def stack_points(points: Iterable) -> np.ndarray:
-    """An ``(n, d)`` float array from a sequence of points."""
-    arr = np.asarray(list(points), dtype=float)
-    return arr.reshape(len(arr), -1) if arr.size else np.zeros((0, 3))
