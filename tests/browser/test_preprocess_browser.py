@@ -213,3 +213,4 @@ def test_preprocess_slider_preview_apply_export(notebook):
     name, params = (step["stage"], step["params"]) if isinstance(step, dict) else step
     assert name == "nlm_denoise" and params["h"] == h1
     assert state["replay"] is True, "the exported recipe did not replay bit-identically"
+

@@ -1,7 +1,7 @@
 """The three-plane layout with a label overlay renders in a real browser: three canvases of
 the right proportions, a legend with the label names from Python, and a crosshair click in
-one plane that moves the other two. Set MEDLAB_WRITE_SCREENSHOT=path to save the widget's
-picture (the README's screenshot is made this way)."""
+one plane that moves the other two. Set MEDLAB_SCREENSHOT_DIR=folder to save the widget's
+picture as viewer.png (the README's screenshot is made this way)."""
 
 import base64
 import json
@@ -70,9 +70,9 @@ def test_three_planes_with_labels(notebook):
     # the click moved the coronal and sagittal slices (cut in the browser from the whole volume)
     expect_planes_match_python(page)
 
-    out = os.environ.get("MEDLAB_WRITE_SCREENSHOT")
-    if out:
-        page.locator(".medlab-viewer").screenshot(path=out)
+    shots = os.environ.get("MEDLAB_SCREENSHOT_DIR")
+    if shots:
+        page.locator(".medlab-viewer").screenshot(path=os.path.join(shots, "viewer.png"))
 
 
 def canvas_rgb(page, plane: str) -> np.ndarray:
