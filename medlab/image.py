@@ -136,7 +136,8 @@ class Image:
         if kind not in KINDS:
             raise ParameterError(f"kind must be one of {KINDS}; got {kind!r}")
         if kind == "label" and arr.dtype.kind not in "biu":
-            if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr)):
+            if (arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr))
+                    and (arr.size == 0 or np.abs(arr).max() < 2**31)):
                 arr = arr.astype(np.int32)
             else:
                 raise ImageError(f"a label map must hold integers; got dtype {arr.dtype} with non-integer values")
@@ -151,6 +152,11 @@ class Image:
             raise ParameterError(f"direction must be a {spatial}x{spatial} matrix; got {direction.tolist()}")
         if abs(np.linalg.det(direction)) < 1e-6:
             raise ParameterError(f"direction is singular (its axes are parallel): {direction.tolist()}")
+        if not np.allclose(direction.T @ direction, np.eye(spatial), atol=1e-3):
+            raise ParameterError(
+                f"direction must have orthonormal columns (unit vectors at right angles, as DICOM and "
+                f"ITK require); got {np.round(direction, 4).tolist()}. Put voxel sizes in spacing."
+            )
 
         view = arr.view()
         view.flags.writeable = False
@@ -287,8 +293,8 @@ class Image:
 
     def contains(self, point) -> bool:
         """Whether a physical point lies inside the image's voxel grid."""
-        idx = np.rint(self.physical_to_index(point))
-        return bool(np.all(idx >= 0) and np.all(idx < np.asarray(self.size)))
+        idx = self.physical_to_index(point)
+        return bool(np.all(idx >= -0.5) and np.all(idx < np.asarray(self.size) - 0.5))
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned physical bounding box ``(low, high)`` of the voxel centres, in mm."""
@@ -300,7 +306,8 @@ class Image:
         """Whether the physical boxes of two images intersect."""
         lo1, hi1 = self.bounds()
         lo2, hi2 = other.bounds()
-        pad = (np.asarray(self.spacing) + np.asarray(other.spacing)) / 2
+        # half a voxel on each side, along the physical axes
+        pad = (np.abs(self.direction) @ np.asarray(self.spacing) + np.abs(other.direction) @ np.asarray(other.spacing)) / 2
         return bool(np.all(lo1 - pad <= hi2) and np.all(lo2 - pad <= hi1))
 
     # ------------------------------------------------------------------ conversions
@@ -387,6 +394,8 @@ class Image:
             raise ImageError(f"expected a MetaTensor [1, x, y(, z)]; got shape {tuple(tensor.shape)}")
         d = arr.ndim
         affine = np.asarray(tensor.affine, dtype=float)
+        if d == 2 and affine.shape == (4, 4):  # MONAI's default affine is 4x4 even in 2D
+            affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
         space = str(getattr(tensor, "meta", {}).get("space", "RAS")).upper()
         if space == "RAS":
             affine = _lps_to_ras(d) @ affine

@@ -99,7 +99,12 @@ class Recipe:
                 f"{SCHEMA_VERSION}. Upgrade medlab (or re-export the recipe)."
             )
         recipe = cls(input=data.get("input", {}), medlab_version=data.get("medlab_version", ""))
-        for i, step in enumerate(data.get("steps", [])):
+        steps = data.get("steps", [])
+        if not isinstance(steps, list):
+            raise ReadError(f"{source}: 'steps' must be a list of {{\"stage\": ..., \"params\": {{...}}}}")
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict) or "stage" not in step or not isinstance(step.get("params", {}), dict):
+                raise ReadError(f"{source}, step {i + 1}: expected {{\"stage\": name, \"params\": {{...}}}}; got {step!r}")
             try:
                 recipe.add(step["stage"], step.get("params", {}))
             except ParameterError as exc:
@@ -124,9 +129,11 @@ class Recipe:
     def load(cls, path) -> Recipe:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ReadError(f"cannot read recipe {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ReadError(f"{path} is not a text (UTF-8 JSON) file; is it a recipe?") from None
         return cls.from_json(text, str(path))
 
     def to_python(self, input_path: str = "input.nii.gz", output_path: str = "output.nii.gz") -> str:

@@ -87,7 +87,11 @@ class Float(Param):
         self.step = float(step) if step else (self.max - self.min) / 100
 
     def validate(self, value, stage_name):
-        if not _is_number(value) or not math.isfinite(float(value)) or not self.min <= float(value) <= self.max:
+        try:
+            number = float(value) if _is_number(value) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or not self.min <= number <= self.max:
             raise self._fail(stage_name, f"a number in [{self.min:g}, {self.max:g}]", value)
         return float(value)
 
@@ -108,7 +112,7 @@ class Int(Param):
             raise ValueError(f"default {default} is not on the grid {min}:{max}:{step}")
 
     def validate(self, value, stage_name):
-        ok = _is_number(value) and float(value) == int(value)
+        ok = _is_number(value) and math.isfinite(float(value)) and float(value) == int(value)
         if not ok or not self.min <= int(value) <= self.max or (int(value) - self.min) % self.step:
             grid = f" in steps of {self.step} from {self.min}" if self.step != 1 else ""
             raise self._fail(stage_name, f"an integer in [{self.min}, {self.max}]{grid}", value)
@@ -173,6 +177,8 @@ class Vector(Param):
             return None
         if _is_number(value):
             value = (value,) * (self.length or 3)
+        if isinstance(value, (str, bytes)):
+            raise self._fail(stage_name, "a sequence of numbers", value)
         try:
             vals = tuple(float(v) for v in value)
         except (TypeError, ValueError):
@@ -203,6 +209,8 @@ class Points(Param):
         self.min_count, self.max_count = min_count, max_count
 
     def validate(self, value, stage_name):
+        if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in (value or ())):
+            raise self._fail(stage_name, "a list of (x, y[, z]) points", value)
         try:
             pts = tuple(tuple(float(c) for c in p) for p in (value if value is not None else ()))
         except (TypeError, ValueError):
@@ -296,7 +304,16 @@ class StageSpec:
             raise ParameterError(
                 f"{self.name}: unknown parameter(s) {sorted(unknown)}; it takes {sorted(self.params)}"
             )
-        return {k: p.validate(params.get(k, p.default), self.name) for k, p in self.params.items()}
+        out = {}
+        for k, p in self.params.items():
+            value = params.get(k, p.default)
+            try:
+                out[k] = p.validate(value, self.name)
+            except ParameterError:
+                raise
+            except (TypeError, ValueError, OverflowError, KeyError) as exc:  # odd types: say which parameter
+                raise ParameterError(f"{self.name}: parameter {k!r} cannot take {value!r} ({exc})") from None
+        return out
 
     def params_to_json(self, params: dict[str, Any]) -> dict[str, Any]:
         return {k: self.params[k].to_json(v) for k, v in params.items()}
@@ -430,13 +447,19 @@ def _load_builtin_stages() -> None:
 
 @contextlib.contextmanager
 def record() -> Iterator[list]:
-    """Record the top-level stage calls made inside the block as ``(name, params)`` pairs."""
+    """Record the top-level stage calls made inside the block as ``(name, params)`` pairs.
+
+    Blocks nest: an enclosing ``record()`` receives the steps of an inner one too.
+    """
     steps: list = []
+    outer = _recorder.get()
     token = _recorder.set(steps)
     try:
         yield steps
     finally:
         _recorder.reset(token)
+        if outer is not None:
+            outer.extend(steps)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -527,12 +550,11 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
         # delay: no bar for work that finishes in under half a second (a slice preview)
         iterable = tqdm(iterable, total=total, desc=desc, leave=False, delay=0.5,
                         disable=total is not None and total < 2)
-    n = max(total or 1, 1)
     for i, item in enumerate(iterable):
         check_cancelled()
         yield item
-        if cb is not None:
-            cb((i + 1) / n, desc)
+        if cb is not None and total:  # without a length there is no fraction to report
+            cb(min((i + 1) / total, 1.0), desc)
 
 
 def execute_sitk(filt, *inputs, iterations: int | None = None):

@@ -164,3 +164,35 @@ def test_import_is_light():
     code = "import sys, medlab; print(any(m in sys.modules for m in ('torch', 'monai', 'captum', 'ipywidgets')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_overlap_uses_physical_axes_with_a_rotated_direction():
+    swap = [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    a = Image(np.ones((3, 4, 2), np.float32), spacing=(10, 1, 1), direction=swap)  # spans y -5..15 mm
+    b = Image(np.ones((3, 4, 4), np.float32), origin=(0, 14, 0))                   # spans y 13.5..17.5 mm
+    assert a.overlaps(b) and b.overlaps(a)
+
+
+def test_non_orthonormal_direction_is_refused():
+    with pytest.raises(ParameterError, match="orthonormal"):
+        Image(np.zeros((4, 5, 6)), direction=np.diag([2.0, 1.0, 1.0]))
+
+
+def test_float_label_values_too_large_for_int32_are_refused():
+    with pytest.raises(ImageError, match="integers"):
+        Image(np.array([[3e9, 1.0]]), kind="label")
+
+
+def test_contains_is_symmetric_at_the_borders():
+    for n in (4, 5):
+        img = Image(np.zeros((1, 1, n)))
+        assert img.contains((-0.49, 0, 0)) and img.contains((n - 0.51, 0, 0))
+        assert not img.contains((-0.51, 0, 0)) and not img.contains((n - 0.49, 0, 0))
+
+
+def test_2d_metatensor_with_monai_default_affine():
+    import torch
+    from monai.data import MetaTensor
+
+    img = Image.from_metatensor(MetaTensor(torch.zeros(1, 5, 4)))
+    assert img.size == (5, 4) and img.spacing == (1.0, 1.0)

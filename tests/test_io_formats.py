@@ -223,3 +223,34 @@ def test_shared_dicom_saved_and_reloaded(shared, tmp_path):
     assert back.same_grid(ct)
     np.testing.assert_array_equal(back.array, ct.array)
     assert back.modality == "CT" and back.metadata["units"] == "HU"
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private."""
+    import os
+    import stat
+
+    import numpy as np
+
+    import medlab
+
+    old = os.umask(0o022)
+    try:
+        path = medlab.save(medlab.Image(np.zeros((3, 4, 5), np.int16)), tmp_path / "a.nii.gz")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.chmod(path, 0o664)
+        medlab.save(medlab.Image(np.ones((3, 4, 5), np.int16)), path, overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_dangling_link_is_not_silently_replaced(tmp_path):
+    import numpy as np
+
+    import medlab
+
+    link = tmp_path / "b.nii.gz"
+    link.symlink_to(tmp_path / "missing.nii.gz")
+    with pytest.raises(medlab.WriteError, match="exists"):
+        medlab.save(medlab.Image(np.zeros((3, 4, 5), np.int16)), link)

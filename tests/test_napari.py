@@ -175,11 +175,11 @@ def test_view_itk_passes_geometry_to_itkwidgets():
     """Runs where the ``itk`` extra is installed (its pydantic pin conflicts with napari's, so
     not in the default test environment); itkwidgets' viewer itself needs internet to display."""
     pytest.importorskip("itkwidgets")
+    from medlab.widgets import view_itk
+    from medlab.widgets.bridges import to_itkwasm
     from ngff_zarr import itk_image_to_ngff_image
 
     from medlab import Image
-    from medlab.widgets import view_itk
-    from medlab.widgets.bridges import to_itkwasm
 
     direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     img = Image(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4), spacing=(0.5, 0.7, 2.0),

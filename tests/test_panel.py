@@ -14,7 +14,7 @@ from medlab.widgets.viewer import Viewer
 from scipy import ndimage
 
 import medlab
-from medlab import render
+from medlab import Image, render
 from medlab.errors import Cancelled, ImageError, ParameterError
 from medlab.stage import Bool, Choice, Float, Grid, Int, Points, Vector, progress, stage
 
@@ -454,3 +454,22 @@ def test_quality_numbers_of_the_preview():
     assert rows["edge preservation"][0] is None and 0 < rows["edge preservation"][1] <= 1
     for name in rows:
         assert name in panel.metrics.value
+
+
+def test_apply_is_seen_by_an_enclosing_recipe_record():
+    from medlab.recipe import Recipe
+
+    img = Image(np.random.default_rng(0).normal(size=(6, 16, 16)).astype(np.float32))
+    panel = StagePanel(_panel_blur, image=img)
+    with Recipe.record(img) as recipe:
+        panel.apply(wait=True)
+    assert [name for name, _ in recipe.steps] == [panel.spec.name]
+
+
+def test_error_in_a_preview_callback_reaches_the_status_line():
+    img = Image(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
+    panel = StagePanel(_panel_blur, image=img, debounce=0)
+    panel.on_preview(lambda p: 1 / 0)
+    panel.request_preview()
+    panel.wait_preview(10)
+    assert "preview callback" in panel.message and "ZeroDivisionError" in panel.message

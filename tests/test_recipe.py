@@ -84,3 +84,16 @@ def test_to_python_runs(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     expected = r.run(medlab.load(src))
     np.testing.assert_array_equal(medlab.load(dst).array, expected.array)
+
+
+@pytest.mark.parametrize("steps", [5, ["_test_offset"], [{"params": {}}], [{"stage": "_test_offset", "params": [1]}]])
+def test_malformed_steps_are_a_read_error(steps):
+    with pytest.raises(ReadError, match="step|steps"):
+        Recipe.from_dict({"schema": "medlab.recipe", "version": 1, "steps": steps})
+
+
+def test_binary_file_is_not_a_recipe(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ReadError, match="UTF-8"):
+        Recipe.load(p)

@@ -170,3 +170,37 @@ def test_batch_progress_logs(img, caplog):
         _test_slow(img, steps=4)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["slow  50%", "slow 100%"]
+
+
+def test_nested_records_both_see_the_steps(img):
+    with record() as outer:
+        with record() as inner:
+            _test_scale(img, factor=2.0)
+        _test_scale(img, factor=3.0)
+    assert [p["factor"] for _, p in inner] == [2.0]
+    assert [p["factor"] for _, p in outer] == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("kwargs", [{"odd": float("nan")}, {"odd": float("inf")}, {"factor": 10**400},
+                                    {"mode": np.array(["a", "b"])}])
+def test_odd_values_are_parameter_errors(img, kwargs):
+    with pytest.raises(ParameterError):
+        _test_scale(img, **kwargs)
+
+
+def test_strings_are_not_vectors_or_points():
+    v = Vector(0, 100, (1.0, 1.0, 1.0), length=2)
+    v.name = "corner"
+    with pytest.raises(ParameterError):
+        v.validate("12", "s")
+    p = Points()
+    p.name = "seeds"
+    with pytest.raises(ParameterError):
+        p.validate(["12", "34"], "s")
+
+
+def test_progress_without_a_length_reports_no_fraction_above_one(img):
+    seen = []
+    with progress_to(lambda f, m: seen.append(f)):
+        list(progress(iter(range(4))))
+    assert all(f <= 1.0 for f in seen)

@@ -403,3 +403,32 @@ def test_large_volume_goes_slice_by_slice(monkeypatch):
     monkeypatch.setattr("medlab.widgets.viewer.VOLUME_CACHE_BYTES", 100)
     v = Viewer(Image(np.zeros((6, 7, 8), np.int16)))
     assert v._volumes == {} and "data" in v._axial
+
+
+@pytest.mark.parametrize("name, bad", [("position", [1.0, 2.0]), ("position", [np.nan, 0.0, 0.0]),
+                                       ("window", 0.0), ("window", np.inf), ("level", np.nan),
+                                       ("points", [[np.nan, 0.0, 0.0]])])
+def test_bad_trait_values_are_shown_and_do_not_stick(name, bad):
+    v = Viewer(cube_ct())
+    before = getattr(v, name)
+    setattr(v, name, bad)
+    assert getattr(v, name) == before
+    assert v.status_kind == "error"
+    v.plane = "coronal"  # the viewer still works
+    assert v.current_slice().ndim == 2
+
+
+def test_grey_image_after_colour_gets_its_own_window():
+    v = Viewer(Image(np.zeros((16, 16, 3), np.uint8), rgb=True))
+    grey = Image(np.linspace(-1000, 3000, 256).reshape(16, 16).astype(np.float32))
+    v.image = grey
+    assert (v.window, v.level) == pytest.approx(render.auto_window(grey))
+
+
+def test_label_values_above_65535_keep_their_names():
+    img = cube_ct()
+    lab = np.zeros(img.shape, np.int32)
+    lab[1, 2, 3] = 70000
+    v = Viewer(img)
+    v.set_labels(img.with_array(lab, kind="label", labels={70000: "big"}))
+    assert [(d["value"], d["name"]) for d in v._labels_info["legend"]] == [(70000, "big")]

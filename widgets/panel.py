@@ -47,6 +47,7 @@ line, the recipe code) proves a kernel round trip.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import html
 import threading
 import time
@@ -529,7 +530,8 @@ class StagePanel(widgets.VBox):
             if gen != self._generation or gen <= self._shown_generation:
                 return  # a newer request exists: this preview is stale
             self._shown_generation = gen
-        self._show_preview(before, after, ms)
+        if not self._show_preview(before, after, ms, gen):
+            return
         try:
             rows = self.quality(before, after)
         except Exception as exc:  # noqa: BLE001 - numbers are a bonus; say why they are missing
@@ -538,15 +540,23 @@ class StagePanel(widgets.VBox):
             self.quality_rows = rows
             self.metrics.value = _metrics_html(rows)
 
-    def _show_preview(self, before: Image, after: Image, ms: float) -> None:
-        self.preview_input, self.preview, self.preview_ms = before, after, ms
-        self.preview_time.value = f"preview {ms:.1f} ms" if ms < 10 else f"preview {ms:.0f} ms"
-        if self.error is not None and self._error_source in ("params", "preview") and not self.running:
-            self._set_status("", "info")  # the values are valid again
-            self.error = None
-        self._redisplay()
+    def _show_preview(self, before: Image, after: Image, ms: float, gen: int | None = None) -> bool:
+        """Show a preview unless a newer request (or a parameter error) came meanwhile."""
+        with self._lock:  # the same lock as parameter changes: no error is cleared by a stale preview
+            if gen is not None and gen != self._generation:
+                return False
+            self.preview_input, self.preview, self.preview_ms = before, after, ms
+            self.preview_time.value = f"preview {ms:.1f} ms" if ms < 10 else f"preview {ms:.0f} ms"
+            if self.error is not None and self._error_source in ("params", "preview") and not self.running:
+                self._set_status("", "info")  # the values are valid again
+                self.error = None
+            self._redisplay()
         for cb in self._preview_callbacks:
-            cb(self)
+            try:
+                cb(self)
+            except Exception as exc:  # noqa: BLE001 - a user callback's error belongs in the status line
+                self._fail(exc, "preview callback: ")
+        return True
 
     def _redisplay(self) -> None:
         a = self.after
@@ -601,7 +611,9 @@ class StagePanel(widgets.VBox):
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.progress.layout.visibility = "visible"
         self._set_status(f"running {self.spec.title} on the whole image…", "busy")
-        self._apply_thread = threading.Thread(target=self._apply_job, args=(image, values, self._cancel),
+        # in the caller's context, so that an enclosing Recipe.record() sees the step
+        context = contextvars.copy_context()
+        self._apply_thread = threading.Thread(target=context.run, args=(self._apply_job, image, values, self._cancel),
                                               name=f"medlab-apply-{self.spec.name}", daemon=True)
         self._apply_thread.start()
         if not wait:

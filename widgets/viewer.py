@@ -113,7 +113,7 @@ def _label_dtype(array: np.ndarray) -> np.ndarray:
     hi = int(array.max()) if array.size else 0
     if int(array.min()) < 0:
         raise ParameterError("a label map shown as a layer must hold non-negative values")
-    return array.astype(np.uint8 if hi < 256 else np.uint16, copy=False)
+    return array.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32, copy=False)
 
 
 class Viewer(anywidget.AnyWidget):
@@ -206,7 +206,8 @@ class Viewer(anywidget.AnyWidget):
             raise
 
     def _show(self, image: Image) -> None:
-        same = self._image is not None and self._image.same_grid(image) and not image.rgb
+        same = (self._image is not None and self._image.same_grid(image) and not image.rgb
+                and not self._image.rgb)
         old_position = list(self.position)
         volume, spacing = render.display_array(image)
         self._image = image
@@ -271,7 +272,7 @@ class Viewer(anywidget.AnyWidget):
             presets.update({name: list(wl) for name, wl in render.CT_PRESETS.items()})
         elif not image.rgb:
             arr = image.array
-            lo, hi = float(np.min(arr)), float(np.max(arr))
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
             presets["full range"] = [max(hi - lo, 1e-6), (hi + lo) / 2]
         return presets
 
@@ -349,6 +350,39 @@ class Viewer(anywidget.AnyWidget):
             out[name] = memoryview(volume).cast("B")
             out[name + "_dtype"] = str(volume.dtype)
         self._volumes = out
+
+    # ------------------------------------------------------------------ validation
+    # A bad value is shown in the status line and the trait keeps its previous value, so it
+    # never sticks (and a value sent from the browser cannot break the widget).
+    def _refuse(self, name: str, message: str):
+        self.show_error(message)
+        return getattr(self, name)
+
+    @traitlets.validate("position")
+    def _valid_position(self, proposal):
+        value = proposal["value"]
+        if len(value) != 3 or not all(np.isfinite(value)):
+            return self._refuse("position", f"position must be a point (x, y, z) in mm with finite values; got {list(value)}")
+        return value
+
+    @traitlets.validate("window")
+    def _valid_window(self, proposal):
+        if not (np.isfinite(proposal["value"]) and proposal["value"] > 0):
+            return self._refuse("window", f"window must be a positive number; got {proposal['value']}")
+        return proposal["value"]
+
+    @traitlets.validate("level")
+    def _valid_level(self, proposal):
+        if not np.isfinite(proposal["value"]):
+            return self._refuse("level", f"level must be a finite number; got {proposal['value']}")
+        return proposal["value"]
+
+    @traitlets.validate("points")
+    def _valid_points(self, proposal):
+        bad = [p for p in proposal["value"] if len(p) != 3 or not all(np.isfinite(p))]
+        if bad:
+            return self._refuse("points", f"each point must be (x, y, z) in mm with finite values; got {list(bad[0])}")
+        return proposal["value"]
 
     @traitlets.observe("position")
     @_guarded

@@ -20,7 +20,9 @@ def atomic_path(path, *, overwrite: bool = False, suffix: str | None = None) -> 
     ``path`` is untouched. Refuses an existing ``path`` unless ``overwrite=True``.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder; give a file name inside it")
+    if os.path.lexists(path) and not overwrite:  # lexists: a dangling link counts as existing
         raise WriteError(f"{path} exists already; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise WriteError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -30,12 +32,21 @@ def atomic_path(path, *, overwrite: bool = False, suffix: str | None = None) -> 
     tmp = Path(tmp)
     try:
         yield tmp
-        if path.exists() and not overwrite:  # appeared while we wrote
+        if os.path.lexists(path) and not overwrite:  # appeared while we wrote
             raise WriteError(f"{path} appeared while writing; pass overwrite=True to replace it")
+        # mkstemp makes the file private (0600): give it the mode a plain open() would
+        # (or the mode of the file it replaces)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, writer: Callable[[Path], None], *, overwrite: bool = False) -> Path:
