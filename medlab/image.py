@@ -47,6 +47,15 @@ class Label:
 
 
 def _as_labels(labels: Mapping[int, Any] | None) -> dict[int, Label]:
+    try:
+        return _parse_labels(labels)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ParameterError(
+            f"labels must map integer values to a name or (name, (r, g, b)); got {labels!r} ({exc})"
+        ) from None
+
+
+def _parse_labels(labels: Mapping[int, Any] | None) -> dict[int, Label]:
     out: dict[int, Label] = {}
     for value, spec in (labels or {}).items():
         value = int(value)
@@ -59,13 +68,19 @@ def _as_labels(labels: Mapping[int, Any] | None) -> dict[int, Label]:
         else:
             name, color = spec
             out[value] = Label(str(name), tuple(int(c) for c in color))
+    for value, label in out.items():
+        if len(label.color) != 3 or not all(0 <= c <= 255 for c in label.color):
+            raise ValueError(f"colour of label {value} must be (r, g, b) in 0..255")
     return out
 
 
 def _vector(values, ndim: int, name: str, default: float) -> tuple[float, ...]:
     if values is None:
         return (default,) * ndim
-    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    try:
+        arr = np.atleast_1d(np.asarray(values, dtype=float))
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be {ndim} numbers in (x, y{', z' if ndim == 3 else ''}) order; got {values!r}") from None
     if arr.shape == (1,):
         arr = np.repeat(arr, ndim)
     if arr.shape != (ndim,) or not np.all(np.isfinite(arr)):
@@ -125,6 +140,8 @@ class Image:
         arr = np.asarray(array)
         if arr.dtype == object or arr.dtype.kind not in "biuf":
             raise ImageError(f"Image voxels must be numeric; got dtype {arr.dtype}")
+        if arr.dtype == np.float16:  # no reader, writer or filter handles half floats
+            arr = arr.astype(np.float32)
         spatial = arr.ndim - (1 if rgb else 0)
         if rgb and (arr.ndim != 3 or arr.shape[-1] not in (3, 4)):
             raise ImageError(f"a colour image must be [y, x, 3 or 4]; got shape {arr.shape}")
@@ -145,7 +162,10 @@ class Image:
         if min(spacing) <= 0:
             raise ParameterError(f"spacing must be positive (mm); got {spacing}")
         origin = _vector(origin, spatial, "origin", 0.0)
-        direction = np.eye(spatial) if direction is None else np.asarray(direction, dtype=float)
+        try:
+            direction = np.eye(spatial) if direction is None else np.asarray(direction, dtype=float)
+        except (TypeError, ValueError):
+            raise ParameterError(f"direction must be a {spatial}x{spatial} matrix of numbers; got {direction!r}") from None
         if direction.size == spatial * spatial:
             direction = direction.reshape(spatial, spatial)
         if direction.shape != (spatial, spatial) or not np.all(np.isfinite(direction)):

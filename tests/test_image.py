@@ -196,3 +196,15 @@ def test_2d_metatensor_with_monai_default_affine():
 
     img = Image.from_metatensor(MetaTensor(torch.zeros(1, 5, 4)))
     assert img.size == (5, 4) and img.spacing == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"spacing": "abc"}, {"direction": [[1, 0], [0]]},
+                                    {"labels": {1: 5}, "kind": "label"}, {"labels": {"one": "x"}, "kind": "label"},
+                                    {"labels": {1: ("a", (1, 2))}, "kind": "label"}])
+def test_bad_geometry_or_labels_are_parameter_errors(kwargs):
+    with pytest.raises(ParameterError):
+        Image(np.zeros((2, 2), np.uint8), **kwargs)
+
+
+def test_half_floats_become_float32():
+    assert Image(np.zeros((2, 2), np.float16)).dtype == np.float32
