@@ -473,3 +473,15 @@ def test_error_in_a_preview_callback_reaches_the_status_line():
     panel.request_preview()
     panel.wait_preview(10)
     assert "preview callback" in panel.message and "ZeroDivisionError" in panel.message
+
+
+def test_2d_points_reach_the_viewer_as_3d_mm():
+    @stage("Panel test seeds", group="measure", dims=(2,), seeds=Points(min_count=1))
+    def _panel_seeds(image, *, seeds=()):
+        return image.with_array(image.array.copy())
+
+    img = Image(np.zeros((16, 16), np.float32))
+    viewer = Viewer(img)
+    panel = StagePanel(_panel_seeds, viewer, live=False)
+    panel.set(seeds=[(3.0, 4.0)])
+    assert viewer.points == [[3.0, 4.0, 0.0]] and viewer.status_kind != "error"

@@ -428,7 +428,8 @@ class StagePanel(widgets.VBox):
         for n, v in params.items():
             self.controls[n].value = v
             if self.spec.params[n].kind == "points" and self.viewer is not None and self.viewer.has_trait("points"):
-                self.viewer.points = [list(p) for p in v]
+                # the viewer works in 3D mm: a 2D image's points lie at z = 0
+                self.viewer.points = [[*p, 0.0][:3] for p in v]
 
     def reset(self) -> None:
         """Back to the declared defaults."""
