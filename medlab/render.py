@@ -38,7 +38,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import GeometryError, ImageError, ParameterError
-from .image import Image
+from .image import Image, as_image
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -173,6 +173,7 @@ def slice_count(image: Image, plane: str) -> int:
     20
     """
     _check_plane(plane)
+    image = as_image(image)
     if image.ndim == 2:
         return 1 if plane == "axial" else 0
     shape = display_array(image)[0].shape  # [k, j, i]
@@ -210,7 +211,10 @@ def extract_slice(image: Image, plane: str, index: int) -> Image:
     ((10, 30), (0.5, 3.0))
     """
     _check_plane(plane)
+    image = as_image(image)
     n = slice_count(image, plane)
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise ParameterError(f"slice index must be an integer; got {index!r}")
     if not 0 <= int(index) < n:
         raise ParameterError(f"slice index {index} is outside the {plane} range 0..{n - 1}")
     volume, spacing = display_array(image)
@@ -242,6 +246,7 @@ def auto_window(image: Image) -> tuple[float, float]:
     >>> auto_window(Image(np.linspace(0, 100, 1000).reshape(10, 10, 10)))
     (99.0, 50.0)
     """
+    image = as_image(image)
     if is_ct(image) and not image.is_label:
         return CT_PRESETS["abdomen"]
     arr = image.array
@@ -270,8 +275,12 @@ def window_level(array, window: float, level: float) -> np.ndarray:
     >>> window_level(np.array([-1000, 40, 1000]), 400, 40)
     array([  0, 127, 255], dtype=uint8)
     """
-    if not window > 0:
-        raise ParameterError(f"window must be positive; got {window}")
+    try:
+        window, level = float(window), float(level)
+    except (TypeError, ValueError):
+        raise ParameterError(f"window and level must be numbers; got {window!r}, {level!r}") from None
+    if not (np.isfinite(window) and window > 0 and np.isfinite(level)):
+        raise ParameterError(f"window must be a positive number and level a finite number; got {window}, {level}")
     lo = float(level) - float(window) / 2
     scale = 255.0 / float(window)
     v = (np.asarray(array, dtype=np.float64) - lo) * scale
@@ -399,6 +408,7 @@ def resample_like(layer: Image, reference: Image) -> Image:
     """
     import SimpleITK as sitk
 
+    layer, reference = as_image(layer, "layer"), as_image(reference, "reference")
     if layer.rgb or reference.rgb:
         raise ImageError("colour (RGB) images cannot be overlaid as layers; convert to grey first")
     if layer.ndim != reference.ndim:
@@ -496,6 +506,7 @@ def thumbnail_html(image: Image, *, size: int = 160) -> str:
     >>> "data:image/png;base64" in thumbnail_html(Image(np.zeros((4, 5, 6))))
     True
     """
+    image = as_image(image)
     window, level = (255.0, 127.5) if image.rgb else auto_window(image)
     planes = ("axial",) if image.ndim == 2 else PLANES
     cells = []

@@ -271,3 +271,16 @@ def test_label_map_thumbnail_is_coloured():
     pic = np.asarray(PILImage.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
     centre = pic[pic.shape[0] // 2, pic.shape[1] // 2]
     assert centre[1] > 150 and centre[0] < 50 and centre[2] < 50
+
+
+def test_plain_arrays_and_odd_arguments():
+    arr = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    assert render.slice_count(arr, "axial") == 3
+    assert render.extract_slice(arr, "axial", 1).shape == (4, 5)
+    assert len(render.auto_window(arr)) == 2
+    assert "<img" in render.thumbnail_html(arr)
+    with pytest.raises(ParameterError, match="integer"):
+        render.extract_slice(arr, "axial", 1.7)
+    for window, level in ((None, 0), (100, np.nan), ("w", 1)):
+        with pytest.raises(ParameterError):
+            render.window_level(arr, window, level)
