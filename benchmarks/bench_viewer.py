@@ -6,7 +6,7 @@ What is timed (p50 / p95 over repeated updates, milliseconds, this machine):
   the raw int16 slice as a binary buffer) is handed to the comm, i.e. ready to send.
 * **medlab W/L change**: ``viewer.window = w`` until its (tiny) message is ready. Window/level is
   done in the browser, so this is the whole Python cost; the browser-side cost is estimated
-  by running the viewer's own W/L loop (``greyLevels`` from ``widgets/viewer.js``) in Node.js
+  by running the viewer's own W/L loop (``greyLevels`` from ``widgets/js/core.js``) in Node.js
   on the same slice when ``node`` is installed (drawing to the canvas is not included; the
   real-browser test times the full path).
 * **medlab snapshot()**: PNG of the current view rendered in Python (for reports).
@@ -143,8 +143,8 @@ def baseline_cases(volume: np.ndarray, plane: str, repeat: int) -> dict:
 JS_HARNESS = """
 import { readFileSync } from "node:fs";
 const src = readFileSync(process.argv[2], "utf8");
-const start = src.indexOf("function wlFunction"), end = src.indexOf("function pixelToDisplay");
-const greyLevels = new Function(src.slice(start, end) + "; return greyLevels;")();
+const start = src.indexOf("function wlFunction");
+const greyLevels = new Function(src.slice(start) + "; return greyLevels;")();
 const raw = new Int16Array(readFileSync(process.argv[3]).buffer.slice(0));
 const times = [];
 for (let r = 0; r < 80; r++) {  // the first 20 runs warm the JIT up, as scrolling would
@@ -167,7 +167,7 @@ def js_window_level(slice_array: np.ndarray) -> tuple[float, float] | None:
         harness.write_text(JS_HARNESS)
         data = Path(tmp) / "slice.bin"
         data.write_bytes(slice_array.astype(np.int16).tobytes())
-        out = subprocess.run([node, str(harness), str(ROOT / "widgets" / "viewer.js"), str(data)],
+        out = subprocess.run([node, str(harness), str(ROOT / "widgets" / "js" / "core.js"), str(data)],
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             return None

@@ -376,7 +376,7 @@ class Curve:
     >>> c = Curve("loss", x_label="epoch", y_label="Dice + CE", lower_is_better=True)
     >>> c.append("train", 1, 0.9); c.append("train", 2, 0.5); c.append("validation", 2, 0.6)
     >>> c.series_names, c.last("train"), c.best("train")
-    (['train', 'validation'], (2, 0.5), (2, 0.5))
+    (['train', 'validation'], (2.0, 0.5), (2.0, 0.5))
     """
 
     def __init__(self, name: str = "curve", *, x_label: str = "step", y_label: str = "value", x_unit: str = "",

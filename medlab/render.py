@@ -229,11 +229,77 @@ def extract_slice(image: Image, plane: str, index: int) -> Image:
 
 def slice_pixel_to_display(plane: str, index: int, row: float, col: float, nk: int) -> np.ndarray:
     """Display index ``(i, j, k)`` of pixel ``(row, col)`` of slice ``index`` of a plane."""
-    if plane == "axial":
-        return np.array([col, row, index], float)
-    if plane == "coronal":
-        return np.array([col, index, nk - 1 - row], float)
-    return np.array([index, col, nk - 1 - row], float)
+    return (plane_to_display(plane, nk) @ [col, row, index, 1.0])[:3]
+
+
+def plane_to_display(plane: str, nk: int) -> np.ndarray:
+    """``4x4`` matrix from a plane's ``(col, row, slice index, 1)`` to display index ``(i, j, k, 1)``.
+
+    This is the screen order of the module notes (axial: rows towards P; coronal and sagittal:
+    superior at the top), written once so the viewer's JavaScript never recomputes it.
+
+    Examples
+    --------
+    >>> plane_to_display("coronal", 10) @ [3, 0, 5, 1]
+    array([3., 5., 9., 1.])
+    """
+    _check_plane(plane)
+    m = np.zeros((4, 4))
+    m[3, 3] = 1.0
+    if plane == "axial":        # i = col, j = row, k = index
+        m[0, 0] = m[1, 1] = m[2, 2] = 1.0
+    elif plane == "coronal":    # i = col, j = index, k = nk - 1 - row
+        m[0, 0], m[1, 2], m[2, 1], m[2, 3] = 1.0, 1.0, -1.0, nk - 1
+    else:                       # i = index, j = col, k = nk - 1 - row
+        m[0, 2], m[1, 0], m[2, 1], m[2, 3] = 1.0, 1.0, -1.0, nk - 1
+    return m
+
+
+def plane_geometry(shape: tuple[int, int, int], spacing, affine: np.ndarray) -> dict[str, dict]:
+    """Everything a viewer needs to draw and click each plane of a display volume, computed once.
+
+    Parameters
+    ----------
+    shape : (nk, nj, ni)
+        Shape of the display array ``[k, j, i]``.
+    spacing : (si, sj, sk)
+        Display spacing in mm.
+    affine : (4, 4) array
+        Display index ``(i, j, k, 1)`` to LPS mm.
+
+    Returns
+    -------
+    dict
+        Per plane: ``rows``, ``cols``, ``count`` (slices), ``pixel_mm`` (column and row pixel
+        size), ``to_mm`` (``(col, row, index, 1)`` to LPS mm) and ``from_mm`` (its inverse),
+        ``to_display`` / ``from_display`` (to and from display index), and ``strides``:
+        ``(offset, per slice, per row, per column)`` in voxels, so that pixel ``(row, col)`` of
+        slice ``index`` is element ``offset + index*s + row*r + col*c`` of the flat volume.
+
+    Examples
+    --------
+    >>> g = plane_geometry((4, 5, 6), (1.0, 1.0, 2.5), np.eye(4))
+    >>> g["sagittal"]["rows"], g["sagittal"]["cols"], g["sagittal"]["count"], g["sagittal"]["pixel_mm"]
+    (4, 5, 6, [1.0, 2.5])
+    >>> g["coronal"]["strides"]
+    [90, 6, -30, 1]
+    """
+    nk, nj, ni = (int(n) for n in shape)
+    element = np.array([1, ni, ni * nj], float)  # flat step along i, j, k
+    sizes = np.array([ni, nj, nk])
+    out = {}
+    for plane in PLANES:
+        m = plane_to_display(plane, nk)
+        axes = [int(np.argmax(np.abs(m[:3, c]))) for c in range(3)]  # display axis of col, row, index
+        to_mm = np.asarray(affine, float) @ m
+        out[plane] = {
+            "cols": int(sizes[axes[0]]), "rows": int(sizes[axes[1]]), "count": int(sizes[axes[2]]),
+            "pixel_mm": [float(spacing[axes[0]]), float(spacing[axes[1]])],
+            "to_mm": to_mm.tolist(), "from_mm": np.linalg.inv(to_mm).tolist(),
+            "to_display": m.tolist(), "from_display": np.linalg.inv(m).tolist(),
+            "strides": [int(element @ m[:3, 3]), *(int(element @ m[:3, c]) for c in (2, 1, 0))],
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------- intensities
@@ -536,7 +602,8 @@ def panel_picture(rgb: np.ndarray, spacing: tuple[float, float], mm_per_pixel: f
                   letters: tuple[str, str, str, str] | None = None,
                   points: list[tuple[float, float]] | None = None) -> np.ndarray:
     """One plane for a report: resized to ``mm_per_pixel`` square pixels, with edge letters
-    and point markers (given as ``(row, col)`` slice pixel coordinates) drawn in yellow."""
+    and point markers (``(row, col)`` slice pixel coordinates, optionally with an RGB colour
+    as a third item; yellow by default)."""
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
@@ -546,9 +613,11 @@ def panel_picture(rgb: np.ndarray, spacing: tuple[float, float], mm_per_pixel: f
     if size != (cols, rows):
         pic = pic.resize(size, PILImage.BILINEAR)
     draw = ImageDraw.Draw(pic)
-    for row, col in points or ():
+    for point in points or ():
+        row, col = point[:2]
+        color = tuple(point[2]) if len(point) > 2 else (255, 255, 0)
         x, y = (col + 0.5) * size[0] / cols, (row + 0.5) * size[1] / rows
-        draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=(255, 255, 0), width=2)
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=color, width=2)
     if letters:
         w, h = size
         for text, (x, y) in zip(letters, ((3, h / 2 - 5), (w - 10, h / 2 - 5), (w / 2 - 3, 2), (w / 2 - 3, h - 13))):

@@ -2,6 +2,12 @@
 
 How it works
 ------------
+The browser side is ``widgets/js/*.js``: small units (core helpers, slices, drawing, overlays,
+interaction, toolbar, the widget) joined in :data:`JS_UNITS` order into one offline ES module.
+Python computes the display geometry once (:func:`medlab.render.plane_geometry`: per plane,
+pixel size, screen flips, pixel ↔ mm, strides into the volume) and sends it in ``_geometry``;
+the JavaScript never recomputes it.
+
 Python puts the image in *display orientation* (:func:`medlab.render.display_array`: axes
 permuted/flipped, never interpolated, so index ``(i, j, k)`` runs towards patient Left,
 Posterior, Superior) and sends raw voxels as binary buffers (int16 stays int16, floats go as
@@ -52,8 +58,11 @@ rows) selects the voxel centre at display index given by
 :func:`medlab.render.slice_pixel_to_display`; its physical point (mm, LPS) is
 ``v.display_affine @ [i, j, k, 1]``. Outside point mode the click moves ``v.position`` there
 (three-plane layout: the other planes follow); in point mode (``v.point_mode == "edit"``) it
-appends that point to ``v.points``; dragging a marker moves it, shift-click or a right-click on
-it removes it. Mouse wheel and arrow keys (Up/Down, PageUp/PageDown) change the slice; a
+appends that point to the **active point set** (``v.active_set``); dragging a marker moves it,
+shift-click or a right-click on it removes it. A viewer holds named point sets
+(``v.add_point_set("seeds", role="seeds")``), each with a colour, a marker shape and a legend
+chip (``.medlab-pointset[data-name=N]``, ``aria-pressed`` on the active one; a click on a chip
+makes that set active); ``v.points`` is the active set's points. Mouse wheel and arrow keys (Up/Down, PageUp/PageDown) change the slice; a
 right-button drag (or shift + left drag outside point mode) changes window (horizontal,
 exponential: ``window * exp(dx / 200)``) and level (vertical, ``level - dy * window / 200``).
 """
@@ -76,6 +85,35 @@ _HERE = pathlib.Path(__file__).parent
 _SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
 VOLUME_CACHE_BYTES = 96 * 2**20
 """Volumes (with their layers) up to this size are sent whole, and sliced in the browser."""
+
+
+JS_UNITS = ("core", "slices", "draw", "overlay", "interact", "toolbar", "main")
+"""The viewer's JavaScript units, in the order they are joined."""
+
+
+def _viewer_module() -> str:
+    """The viewer's ES module: its units joined in order.
+
+    anywidget loads one module from a string, so relative ``import`` statements between files
+    cannot resolve; joining a few plain files keeps the code split by job without adding a
+    Node.js build step to the install.
+    """
+    parts = []
+    for unit in JS_UNITS:
+        parts.append((_HERE / "js" / f"{unit}.js").read_text(encoding="utf-8"))
+    return "\n".join(parts)
+
+
+#: Default look of the point set of each role: colour (Okabe-Ito, colour-blind safe), marker.
+POINT_ROLES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "points": ((255, 255, 0), "circle"),
+    "seeds": ((0, 158, 115), "circle"),
+    "background": ((213, 94, 0), "cross"),
+    "fixed_landmarks": ((86, 180, 233), "square"),
+    "moving_landmarks": ((230, 159, 0), "diamond"),
+    "target": ((204, 121, 167), "plus"),
+}
+MARKERS = ("circle", "cross", "plus", "square", "diamond", "triangle")
 
 
 def _guarded(method: Callable) -> Callable:
@@ -109,10 +147,17 @@ def _sendable(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _label_dtype(array: np.ndarray) -> np.ndarray:
     hi = int(array.max()) if array.size else 0
     if int(array.min()) < 0:
         raise ParameterError("a label map shown as a layer must hold non-negative values")
+    if hi > 2**32 - 1:
+        raise ParameterError(f"label values above {2**32 - 1} cannot be shown (got {hi}); renumber the labels, "
+                             "e.g. with skimage.segmentation.relabel_sequential")
     return array.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32, copy=False)
 
 
@@ -144,7 +189,7 @@ class Viewer(anywidget.AnyWidget):
     []
     """
 
-    _esm = _HERE / "viewer.js"
+    _esm = _viewer_module()
     _css = _HERE / "viewer.css"
 
     plane = traitlets.Unicode("axial").tag(sync=True)
@@ -156,6 +201,9 @@ class Viewer(anywidget.AnyWidget):
     level = traitlets.Float(0.0).tag(sync=True)
     point_mode = traitlets.Unicode("off").tag(sync=True)
     points = traitlets.List(traitlets.List(traitlets.Float())).tag(sync=True)
+    point_sets = traitlets.List(traitlets.Dict()).tag(sync=True)
+    active_set = traitlets.Unicode("points").tag(sync=True)
+    interpolation = traitlets.Unicode("nearest").tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
     status_kind = traitlets.Unicode("info").tag(sync=True)
 
@@ -179,6 +227,8 @@ class Viewer(anywidget.AnyWidget):
         self._affine = np.eye(4)
         self._layers: dict[str, np.ndarray] = {}
         self._updating = False
+        self._syncing_points = False
+        self.point_sets = [self._new_set("points", "points", None, None, "points")]
         self._check_layout(layout)
         render._check_plane(plane)
         with self.hold_trait_notifications():
@@ -263,17 +313,31 @@ class Viewer(anywidget.AnyWidget):
             "units": str(image.metadata.get("units") or ("HU" if render.is_ct(image) else "")),
             "channels": int(image.array.shape[-1]) if image.rgb else 1,
             "oblique": bool(render.orientation_note(image)),
+            "planes": render.plane_geometry(self._volume.shape[:3], self._spacing, self._affine),
         }
 
     @staticmethod
     def _preset_dict(image: Image) -> dict:
-        presets = {"auto": list(render.auto_window(image))} if not image.rgb else {}
+        if image.rgb:
+            return {}
         if render.is_ct(image):
+            presets = {"auto": list(render.auto_window(image))}
             presets.update({name: list(wl) for name, wl in render.CT_PRESETS.items()})
-        elif not image.rgb:
-            arr = image.array
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            presets["full range"] = [max(hi - lo, 1e-6), (hi + lo) / 2]
+            return presets
+        # MR and other images have no standard windows: percentiles of the image's own values
+        step = max(1, image.array.size // 2_000_000)
+        sample = image.array.reshape(-1)[::step]
+        if sample.dtype.kind == "f":
+            sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return {"auto": list(render.auto_window(image))}
+        presets = {"auto": list(render.auto_window(image))}  # 0.5–99.5 %
+        for lo, hi in ((1, 99), (2, 98), (5, 95)):
+            a, b = (float(v) for v in np.percentile(sample, [lo, hi]))
+            if b > a:
+                presets[f"{lo}–{hi} %"] = [b - a, (a + b) / 2]
+        lo, hi = float(sample.min()), float(sample.max())
+        presets["full range"] = [max(hi - lo, 1e-6), (hi + lo) / 2]
         return presets
 
     # ------------------------------------------------------------------ position and slices
@@ -352,8 +416,9 @@ class Viewer(anywidget.AnyWidget):
         self._volumes = out
 
     # ------------------------------------------------------------------ validation
-    # A bad value is shown in the status line and the trait keeps its previous value, so it
-    # never sticks (and a value sent from the browser cannot break the widget).
+    # A bad value is refused before it is stored: it is shown in the status line and the trait
+    # keeps its previous value, so nothing is left half-changed (and a value sent from the
+    # browser cannot break the widget).
     def _refuse(self, name: str, message: str):
         self.show_error(message)
         return getattr(self, name)
@@ -363,7 +428,18 @@ class Viewer(anywidget.AnyWidget):
         value = proposal["value"]
         if len(value) != 3 or not all(np.isfinite(value)):
             return self._refuse("position", f"position must be a point (x, y, z) in mm with finite values; got {list(value)}")
+        if self._image is not None and not self._near_image(value):
+            lo, hi = self._image.bounds()
+            return self._refuse("position", f"position {[round(v, 1) for v in value]} mm is far outside the image "
+                                            f"(it spans {np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm)")
         return value
+
+    def _near_image(self, point) -> bool:
+        """Within the image's box, with a margin of the box's own size (clicks snap to a voxel)."""
+        lo, hi = (np.asarray(b, float) for b in self._image.bounds())
+        p = np.asarray(point[: self._image.ndim], float)
+        margin = (hi - lo) + 10.0
+        return bool(np.all(p >= lo - margin) and np.all(p <= hi + margin))
 
     @traitlets.validate("window")
     def _valid_window(self, proposal):
@@ -384,13 +460,74 @@ class Viewer(anywidget.AnyWidget):
             return self._refuse("points", f"each point must be (x, y, z) in mm with finite values; got {list(bad[0])}")
         return proposal["value"]
 
+    @traitlets.validate("slice_index")
+    def _valid_slice_index(self, proposal):
+        value = proposal["value"]
+        if self._volume is None or self._updating:
+            return value
+        n = self._cursor_count(render._NORMAL_AXIS[self.plane])
+        if not 0 <= value < n:
+            return self._refuse("slice_index", f"slice index {value} is outside 0..{n - 1} for the {self.plane} plane")
+        return value
+
+    @traitlets.validate("plane")
+    def _valid_plane(self, proposal):
+        if proposal["value"] not in render.PLANES:
+            return self._refuse("plane", f"plane must be one of {render.PLANES}; got {proposal['value']!r}")
+        if self._image is not None and self._image.ndim == 2 and proposal["value"] != "axial":
+            return self._refuse("plane", "a 2D image has only one plane")
+        return proposal["value"]
+
+    @traitlets.validate("layout_mode")
+    def _valid_layout(self, proposal):
+        if proposal["value"] not in ("single", "three"):
+            return self._refuse("layout_mode", f"layout must be 'single' or 'three'; got {proposal['value']!r}")
+        if self._image is not None and self._image.ndim == 2 and proposal["value"] != "single":
+            return self._refuse("layout_mode", "a 2D image has only one plane")
+        return proposal["value"]
+
+    @traitlets.validate("point_mode")
+    def _valid_point_mode(self, proposal):
+        if proposal["value"] not in ("off", "edit"):
+            return self._refuse("point_mode", f"point_mode must be 'off' or 'edit'; got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("height")
+    def _valid_height(self, proposal):
+        if not 80 <= proposal["value"] <= 4000:
+            return self._refuse("height", f"height must be between 80 and 4000 screen pixels; got {proposal['value']}")
+        return proposal["value"]
+
+    @traitlets.validate("interpolation")
+    def _valid_interpolation(self, proposal):
+        if proposal["value"] not in ("nearest", "linear"):
+            return self._refuse("interpolation", f"interpolation must be 'nearest' or 'linear'; got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("active_set")
+    def _valid_active_set(self, proposal):
+        names = [d["name"] for d in self.point_sets]
+        if proposal["value"] not in names:
+            return self._refuse("active_set", f"no point set {proposal['value']!r}; sets: {names}")
+        return proposal["value"]
+
+    @traitlets.validate("point_sets")
+    def _valid_point_sets(self, proposal):
+        sets = proposal["value"]
+        names = [d.get("name") for d in sets]
+        if not sets or len(set(names)) != len(names):
+            return self._refuse("point_sets", f"point sets need distinct names and at least one set; got {names}")
+        for d in sets:
+            bad = [p for p in d.get("points", []) if len(p) != 3 or not all(np.isfinite(p))]
+            if bad:
+                return self._refuse("point_sets", f"points of {d.get('name')!r} must be (x, y, z) in mm; got {bad[0]}")
+        return sets
+
     @traitlets.observe("position")
     @_guarded
     def _position_changed(self, change) -> None:
         if self._image is None or self._updating:
             return
-        if len(change["new"]) < 3:
-            raise ParameterError(f"position must be a point (x, y, z) in mm; got {change['new']}")
         self._move_to(change["new"])
 
     @traitlets.observe("slice_index")
@@ -399,15 +536,8 @@ class Viewer(anywidget.AnyWidget):
         if self._image is None or self._updating:
             return
         axis = render._NORMAL_AXIS[self.plane]
-        n = self._cursor_count(axis)
-        index = int(change["new"])
-        if not 0 <= index < n:
-            self._updating = True
-            self.slice_index = int(np.clip(index, 0, n - 1))
-            self._updating = False
-            raise ParameterError(f"slice index {index} is outside 0..{n - 1} for the {self.plane} plane")
         cursor = list(self._cursor)
-        cursor[axis] = index
+        cursor[axis] = int(change["new"])
         point = [float(v) for v in self._affine[:3] @ [*cursor, 1]]
         self._updating = True
         try:
@@ -422,32 +552,117 @@ class Viewer(anywidget.AnyWidget):
     @traitlets.observe("plane", "layout_mode")
     @_guarded
     def _view_changed(self, change) -> None:
-        if change["name"] == "plane":
-            render._check_plane(change["new"])
-        else:
-            self._check_layout(change["new"])
-        if self._image is not None and self._image.ndim == 2 and (self.plane != "axial" or self.layout_mode != "single"):
-            self.plane, self.layout_mode = "axial", "single"
-            raise ParameterError("a 2D image has only one plane")
         self._refresh()
-
-    @traitlets.observe("window")
-    @_guarded
-    def _window_changed(self, change) -> None:
-        if not change["new"] > 0:
-            raise ParameterError(f"window must be positive; got {change['new']}")
-
-    @traitlets.observe("points")
-    @_guarded
-    def _points_changed(self, change) -> None:
-        bad = [p for p in change["new"] if len(p) != 3]
-        if bad:
-            raise ParameterError(f"each point must be (x, y, z) in mm; got {bad[0]}")
 
     @staticmethod
     def _check_layout(layout: str) -> None:
         if layout not in ("single", "three"):
             raise ParameterError(f"layout must be 'single' or 'three'; got {layout!r}")
+
+    # ------------------------------------------------------------------ point sets
+    @staticmethod
+    def _new_set(name: str, role: str, color, marker, label) -> dict:
+        default_color, default_marker = POINT_ROLES.get(role, POINT_ROLES["points"])
+        color = tuple(int(c) for c in (color if color is not None else default_color))
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ParameterError(f"colour of point set {name!r} must be (r, g, b) in 0..255; got {color}")
+        marker = marker or default_marker
+        if marker not in MARKERS:
+            raise ParameterError(f"marker must be one of {MARKERS}; got {marker!r}")
+        return {"name": name, "role": role, "label": label or name.replace("_", " "), "color": list(color),
+                "marker": marker, "points": []}
+
+    def add_point_set(self, name: str, *, role: str | None = None, color=None, marker: str | None = None,
+                      label: str | None = None, points=(), active: bool = False) -> None:
+        """Add a named point set (or restyle an existing one), with its own colour and marker.
+
+        Parameters
+        ----------
+        name : str
+            Key of the set (a stage's points parameter uses its own name).
+        role : str, optional
+            ``seeds``, ``background``, ``fixed_landmarks``, ``moving_landmarks`` ... picks the
+            default colour and marker (:data:`POINT_ROLES`); default ``name``.
+        color : (r, g, b), optional
+        marker : {'circle', 'cross', 'plus', 'square', 'diamond', 'triangle'}, optional
+        label : str, optional
+            Legend text; default the name.
+        points : sequence of (x, y, z)
+            Initial points in mm (LPS).
+        active : bool
+            Make it the set that clicks add to.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from medlab import Image
+        >>> v = Viewer(Image(np.zeros((4, 8, 8))))
+        >>> v.add_point_set("seeds", role="seeds", active=True)
+        >>> v.add_point_set("background", role="background")
+        >>> [s["name"] for s in v.point_sets], v.active_set
+        (['points', 'seeds', 'background'], 'seeds')
+        """
+        try:
+            if not isinstance(name, str) or not name:
+                raise ParameterError(f"a point set needs a name; got {name!r}")
+            new = self._new_set(name, role or name, color, marker, label)
+            new["points"] = [[float(c) for c in p] for p in points]
+            sets = [dict(d) for d in self.point_sets]
+            old = next((d for d in sets if d["name"] == name), None)
+            if old is not None:
+                new["points"] = new["points"] or old["points"]
+                sets[sets.index(old)] = new
+            else:
+                sets.append(new)
+            self.point_sets = sets
+            if active:
+                self.active_set = name
+        except Exception as exc:
+            self.show_error(_describe(exc))
+            raise
+
+    def remove_point_set(self, name: str) -> None:
+        """Remove a point set (the default ``points`` set stays)."""
+        if name == "points":
+            raise ParameterError("the default point set 'points' cannot be removed")
+        sets = [d for d in self.point_sets if d["name"] != name]
+        if self.active_set == name:
+            self.active_set = "points"
+        self.point_sets = sets
+
+    def point_set(self, name: str) -> list[list[float]]:
+        """The points (mm, LPS) of set ``name``."""
+        for d in self.point_sets:
+            if d["name"] == name:
+                return [list(p) for p in d["points"]]
+        raise ParameterError(f"no point set {name!r}; sets: {[d['name'] for d in self.point_sets]}")
+
+    def set_point_set(self, name: str, points) -> None:
+        """Replace the points of set ``name``."""
+        pts = [[float(c) for c in p] for p in points]
+        self.point_set(name)  # exists?
+        self.point_sets = [{**d, "points": pts} if d["name"] == name else d for d in self.point_sets]
+
+    @traitlets.observe("point_sets", "active_set")
+    def _sets_changed(self, change) -> None:
+        if self._syncing_points:
+            return
+        self._syncing_points = True
+        try:
+            self.points = self.point_set(self.active_set)
+        finally:
+            self._syncing_points = False
+
+    @traitlets.observe("points")
+    def _points_changed(self, change) -> None:
+        if self._syncing_points:
+            return
+        self._syncing_points = True
+        try:
+            self.point_sets = [{**d, "points": [list(p) for p in change["new"]]} if d["name"] == self.active_set else d
+                               for d in self.point_sets]
+        finally:
+            self._syncing_points = False
 
     # ------------------------------------------------------------------ layers
     def _layer_volume(self, layer, name: str) -> tuple[Image, np.ndarray]:
@@ -504,12 +719,15 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("heat", None)
                 self._heat_info = {}
             else:
+                lut = render.colormap_lut(cmap)  # everything is checked before anything changes
+                if not np.isfinite(float(threshold)):
+                    raise ParameterError(f"heat-map threshold must be a finite number; got {threshold}")
                 _, volume = self._layer_volume(image, "heat map")
                 volume = volume.astype(np.float32, copy=False)
                 finite = volume[np.isfinite(volume)]
                 vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
                 self._layers["heat"] = volume
-                self._heat_info = {"lut": render.colormap_lut(cmap).ravel().tolist(), "cmap": cmap,
+                self._heat_info = {"lut": lut.ravel().tolist(), "cmap": cmap,
                                    "range": [vmin, vmax], "threshold": float(threshold), "opacity": float(opacity)}
             self._layers_changed()
         except Exception as exc:
@@ -523,6 +741,8 @@ class Viewer(anywidget.AnyWidget):
             self._check_alpha(alpha, "alpha")
             if mode not in ("blend", "checkerboard", "difference"):
                 raise ParameterError(f"mode must be 'blend', 'checkerboard' or 'difference'; got {mode!r}")
+            if isinstance(checker, bool) or not isinstance(checker, (int, np.integer)) or not 1 <= checker <= 4096:
+                raise ParameterError(f"checker must be a tile size of 1 to 4096 pixels; got {checker!r}")
             if image is None:
                 self._layers.pop("second", None)
                 self._second_info = {}
@@ -539,7 +759,7 @@ class Viewer(anywidget.AnyWidget):
 
     @staticmethod
     def _check_alpha(value: float, name: str) -> None:
-        if not 0.0 <= float(value) <= 1.0:
+        if not (_is_real(value) and 0.0 <= float(value) <= 1.0):
             raise ParameterError(f"{name} must be between 0 and 1; got {value}")
 
     # ------------------------------------------------------------------ output
@@ -602,21 +822,19 @@ class Viewer(anywidget.AnyWidget):
                                                points=self._points_on(plane)))
         return render.to_png(render.montage(panels))
 
-    def _points_on(self, plane: str) -> list[tuple[float, float]]:
-        """Slice pixel ``(row, col)`` of the points lying in the shown slice of ``plane``."""
-        if not self.points or self._image is None:
+    def _points_on(self, plane: str) -> list[tuple[float, float, tuple[int, int, int]]]:
+        """Slice pixel ``(row, col)`` and colour of the points of every set in the shown slice."""
+        if self._image is None:
             return []
-        inv = np.linalg.inv(self._affine)
-        axis = render._NORMAL_AXIS[plane]
-        nk = self._volume.shape[0]
+        geom = self._geometry["planes"][plane]
+        from_mm = np.asarray(geom["from_mm"])
+        index = (np.asarray(geom["from_display"]) @ [*self._cursor, 1])[2]
         out = []
-        for p in self.points:
-            i, j, k = inv[:3] @ [*p, 1]
-            idx = (i, j, k)
-            if abs(idx[axis] - self._cursor[axis]) > 0.5:
-                continue
-            row, col = {"axial": (j, i), "coronal": (nk - 1 - k, i), "sagittal": (nk - 1 - k, j)}[plane]
-            out.append((row, col))
+        for d in self.point_sets:
+            for p in d["points"]:
+                col, row, k = (from_mm @ [*p, 1])[:3]
+                if abs(k - index) <= 0.5:
+                    out.append((row, col, tuple(d["color"])))
         return out
 
     # ------------------------------------------------------------------ messages and errors

@@ -1,0 +1,110 @@
+// medlab viewer · drawing one plane: grey levels, second image, heat map and labels composed
+// into the canvas, one canvas pixel per voxel (formulas match medlab.render.compose).
+
+function drawPlane(ctx, plane) {
+  const entry = ctx.state.panes[plane];
+  const p = payload(ctx, plane);
+  const g = geometry(ctx);
+  const model = ctx.model;
+  if (!entry || !p || !p.data) return;
+  const { rows, cols } = p;
+  const n = rows * cols;
+  const channels = g.channels || 1;
+  const raw = typed(p.data, p.dtype);
+  ctx.state.raw[plane] = { raw, rows, cols, dtype: p.dtype, index: p.index,
+    labels: p.labels ? typed(p.labels, p.labels_dtype) : null };
+  const canvas = entry.canvas;
+  if (canvas.width !== cols || canvas.height !== rows) {
+    canvas.width = cols;
+    canvas.height = rows;
+  }
+  const c2d = canvas.getContext("2d", { willReadFrequently: true });
+  const image = c2d.createImageData(cols, rows);
+  const out = image.data;
+  if (channels > 1) {
+    for (let i = 0; i < n; i++) {
+      out[4 * i] = raw[channels * i];
+      out[4 * i + 1] = raw[channels * i + 1];
+      out[4 * i + 2] = raw[channels * i + 2];
+      out[4 * i + 3] = 255;
+    }
+    c2d.putImageData(image, 0, 0);
+    drawn(ctx, canvas, p.index);
+    return;
+  }
+  let grey = greyLevels(raw, p.dtype, model.get("window"), model.get("level"));
+  const second = model.get("_second_info");
+  if (p.second && second && second.mode) grey = mixSecond(grey, typed(p.second, p.second_dtype), p.second_dtype, second, rows, cols);
+  const rgb = new Float64Array(3 * n);
+  for (let i = 0; i < n; i++) rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = grey[i];
+  const heat = model.get("_heat_info");
+  if (p.heat && heat && heat.lut) blendHeat(rgb, typed(p.heat, p.heat_dtype), heat);
+  const labels = model.get("_labels_info");
+  if (p.labels && labels && labels.legend) blendLabels(rgb, ctx.state.raw[plane].labels, labels, rows, cols);
+  for (let i = 0; i < n; i++) {
+    out[4 * i] = rgb[3 * i];
+    out[4 * i + 1] = rgb[3 * i + 1];
+    out[4 * i + 2] = rgb[3 * i + 2];
+    out[4 * i + 3] = 255;
+  }
+  c2d.putImageData(image, 0, 0);
+  drawn(ctx, canvas, p.index);
+}
+
+function mixSecond(grey, raw2, dtype2, second, rows, cols) {
+  const n = rows * cols;
+  const g2 = greyLevels(raw2, dtype2, second.window, second.level);
+  const mixed = new Float64Array(n);
+  const a = second.alpha;
+  for (let i = 0; i < n; i++) {
+    if (second.mode === "blend") mixed[i] = Math.floor(grey[i] * (1 - a) + g2[i] * a + 0.5);
+    else if (second.mode === "difference") mixed[i] = Math.abs(grey[i] - g2[i]);
+    else {
+      const r = Math.floor(i / cols), c = i % cols;
+      const odd = (Math.floor(r / second.checker) + Math.floor(c / second.checker)) % 2 === 1;
+      mixed[i] = odd ? g2[i] : grey[i];
+    }
+  }
+  return mixed;
+}
+
+function blendHeat(rgb, h, heat) {
+  const [vmin, vmax] = heat.range;
+  const span = vmax > vmin ? vmax - vmin : 1;
+  const op = heat.opacity;
+  for (let i = 0; i < h.length; i++) {
+    const v = h[i];
+    if (!(v > heat.threshold)) continue;
+    let t = (v - vmin) / span;
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    const idx = Math.floor(t * 255 + 0.5);
+    for (let c = 0; c < 3; c++) rgb[3 * i + c] = Math.floor(rgb[3 * i + c] * (1 - op) + heat.lut[3 * idx + c] * op + 0.5);
+  }
+}
+
+function blendLabels(rgb, lab, labels, rows, cols) {
+  const colors = {};
+  for (const item of labels.legend) colors[item.value] = item.color;
+  const outline = labels.outline;
+  const alpha = outline ? 1 : labels.opacity;
+  const n = rows * cols;
+  for (let i = 0; i < n; i++) {
+    const v = lab[i];
+    if (v === 0) continue;
+    if (outline) {
+      const r = Math.floor(i / cols), c = i % cols;
+      const up = r > 0 ? lab[i - cols] : 0, down = r < rows - 1 ? lab[i + cols] : 0;
+      const left = c > 0 ? lab[i - 1] : 0, right = c < cols - 1 ? lab[i + 1] : 0;
+      if (up === v && down === v && left === v && right === v) continue;
+    }
+    const color = colors[v] || [255, 0, 0];
+    for (let c = 0; c < 3; c++) rgb[3 * i + c] = Math.floor(rgb[3 * i + c] * (1 - alpha) + color[c] * alpha + 0.5);
+  }
+}
+
+// Tells tests and benchmarks that a new picture is on the canvas (and which slice).
+function drawn(ctx, canvas, index) {
+  ctx.state.drawn[canvas.dataset.plane] = { index, vols: ctx.model.get("_volumes") };
+  canvas.dataset.drawnIndex = String(index);
+  canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, time: performance.now() } }));
+}

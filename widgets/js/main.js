@@ -1,0 +1,162 @@
+// medlab viewer · the widget: builds the DOM, keeps the panes laid out, and redraws what a
+// model change affects. Python sends raw voxels and the display geometry; this module does
+// window/level, overlays, crosshair, points and the readout.
+
+function buildPanes(ctx) {
+  const { model, state, dom } = ctx;
+  dom.panes.replaceChildren();
+  state.panes = {};
+  dom.root.dataset.layout = model.get("layout_mode");
+  const planes = model.get("layout_mode") === "three" ? PLANES : [model.get("plane")];
+  for (const plane of planes) {
+    const pane = el("div", "medlab-pane", { "data-plane": plane });
+    const stack = el("div", "medlab-stack");
+    const canvas = el("canvas", "medlab-canvas", { "data-plane": plane });
+    const overlay = el("canvas", "medlab-overlay", { "data-plane": plane });
+    const title = el("div", "medlab-pane-title");
+    const info = el("div", "medlab-pane-info");
+    stack.append(canvas, overlay, title, info);
+    const letters = {};
+    for (const side of ["left", "right", "top", "bottom"]) {
+      letters[side] = el("span", "medlab-letter medlab-" + side);
+      stack.appendChild(letters[side]);
+    }
+    const slider = el("input", "medlab-slice", { type: "range", min: "0", max: "0", step: "1", "data-plane": plane, title: plane + " slice" });
+    pane.append(stack, slider);
+    dom.panes.appendChild(pane);
+    const entry = { plane, pane, stack, canvas, overlay, letters, title, info, slider };
+    state.panes[plane] = entry;
+    wirePane(ctx, entry);
+  }
+  layout(ctx);
+}
+
+function planeSize(ctx, plane) {
+  const pg = planeGeom(ctx, plane);
+  if (!pg) return { width: 1, height: 1 };
+  return { width: pg.cols * pg.pixel_mm[0], height: pg.rows * pg.pixel_mm[1] };
+}
+
+function layout(ctx) {
+  const { state, dom, model } = ctx;
+  const planes = Object.keys(state.panes);
+  if (!planes.length) return;
+  const total = Math.max(dom.root.clientWidth || dom.host.clientWidth || 640, 200);
+  const maxW = (total - 8 * planes.length) / planes.length;
+  const maxH = model.get("height");
+  let scale = Infinity;
+  for (const plane of planes) {
+    const s = planeSize(ctx, plane);
+    scale = Math.min(scale, maxW / s.width, maxH / s.height);
+  }
+  for (const plane of planes) {
+    const s = planeSize(ctx, plane);
+    const entry = state.panes[plane];
+    const w = Math.max(1, Math.round(s.width * scale));
+    const h = Math.max(1, Math.round(s.height * scale));
+    for (const c of [entry.canvas, entry.overlay]) {
+      c.style.width = w + "px";
+      c.style.height = h + "px";
+    }
+    entry.stack.style.width = w + "px";
+    entry.stack.style.height = h + "px";
+    entry.slider.style.width = w + "px";
+    const dpr = window.devicePixelRatio || 1;
+    entry.overlay.width = Math.round(w * dpr);
+    entry.overlay.height = Math.round(h * dpr);
+    drawOverlay(ctx, plane);
+  }
+}
+
+function redrawAll(ctx) {
+  for (const p of Object.keys(ctx.state.panes)) { drawPlane(ctx, p); drawOverlay(ctx, p); }
+}
+
+function render({ model, el: host }) {
+  // the data-* attributes keep JupyterLab's keyboard shortcuts and context menu off the viewer
+  const root = el("div", "medlab-viewer", { tabindex: "0", "data-lm-suppress-shortcuts": "true",
+    "data-jp-suppress-context-menu": "true" });
+  host.appendChild(root);
+  const ctx = { model, state: { active: model.get("plane"), panes: {}, raw: {}, drag: null, drawn: {},
+    volCache: {}, sliceCache: {}, pending: null, wlFrame: 0 }, dom: { root, host } };
+  ctx.fail = (err) => {
+    console.error(err);
+    ctx.dom.status.textContent = "Error (browser): " + err.message;
+    ctx.dom.status.dataset.kind = "error";
+    try { model.send({ type: "error", message: String(err && err.message || err) }); } catch (e) { /* closed */ }
+  };
+  ctx.guard = (fn) => (...args) => { try { return fn(...args); } catch (err) { ctx.fail(err); } };
+  const guard = ctx.guard;
+
+  const bar = buildToolbar(ctx);
+  const image = el("div", "medlab-image-area");
+  const panes = el("div", "medlab-panes");
+  const readout = el("div", "medlab-readout");
+  readout.textContent = "\u00a0";
+  image.append(panes, readout);
+  const legend = el("div", "medlab-legend");
+  const pointsets = el("div", "medlab-pointsets");
+  const status = el("div", "medlab-status");
+  root.append(bar, image, pointsets, legend, status);
+  Object.assign(ctx.dom, { panes, readout, legend, pointsets, status });
+  const unwire = wireWindow(ctx);
+
+  // window and level often change together (a preset): draw once, after both
+  let wlQueued = false;
+  function onWindowLevel() {
+    if (wlQueued) return;
+    wlQueued = true;
+    queueMicrotask(guard(() => {
+      wlQueued = false;
+      syncControls(ctx);
+      for (const p of Object.keys(ctx.state.panes)) { drawPlane(ctx, p); drawOverlay(ctx, p); }
+    }));
+  }
+
+  function slicePayloadArrived(plane) {
+    layout(ctx);
+    const d = ctx.state.drawn[plane];
+    const fresh = volumeMode(ctx) && d && d.index === payload(ctx, plane).index && d.vols === model.get("_volumes");
+    if (!fresh) drawPlane(ctx, plane);
+    drawOverlay(ctx, plane);
+  }
+
+  const overlays = () => { for (const p of Object.keys(ctx.state.panes)) drawOverlay(ctx, p); };
+  const handlers = [
+    ["change:layout_mode change:plane", guard(() => { buildPanes(ctx); syncControls(ctx); redrawAll(ctx); })],
+    ["change:window change:level", onWindowLevel],
+    ["change:_axial", guard(() => slicePayloadArrived("axial"))],
+    ["change:_coronal", guard(() => slicePayloadArrived("coronal"))],
+    ["change:_sagittal", guard(() => slicePayloadArrived("sagittal"))],
+    ["change:_volumes", guard(() => { layout(ctx); redrawAll(ctx); })],
+    ["change:_cursor", guard(() => {
+      const c = model.get("_cursor"), p = ctx.state.pending;
+      if (p && p.cursor.every((v, i) => v === c[i])) ctx.state.pending = null;
+      // Python moved elsewhere (or echoes an older step): once the pending cursor expires,
+      // show where Python is.
+      else if (p) setTimeout(guard(() => redrawLocal(ctx)), Math.max(0, 1010 - (performance.now() - p.t)));
+      redrawLocal(ctx);
+      overlays();
+    })],
+    ["change:point_sets change:active_set", guard(() => { overlays(); syncPointSets(ctx); syncControls(ctx); })],
+    ["change:point_mode change:_presets change:_geometry change:interpolation", guard(() => { syncControls(ctx); layout(ctx); })],
+    ["change:_labels_info", guard(() => { syncLegend(ctx); redrawAll(ctx); })],
+    ["change:_heat_info change:_second_info", guard(() => redrawAll(ctx))],
+    ["change:status change:status_kind", () => syncStatus(ctx)],
+    ["change:height", guard(() => layout(ctx))],
+  ];
+  for (const [ev, fn] of handlers) model.on(ev, fn);
+
+  const resize = new ResizeObserver(guard(() => layout(ctx)));
+  resize.observe(root);
+
+  guard(() => { buildPanes(ctx); syncControls(ctx); syncLegend(ctx); syncPointSets(ctx); syncStatus(ctx); redrawAll(ctx); })();
+
+  return () => {
+    for (const [ev, fn] of handlers) model.off(ev, fn);
+    unwire();
+    resize.disconnect();
+  };
+}
+
+export default { render };

@@ -1,0 +1,76 @@
+// medlab viewer · slices: where a plane's pixels come from. The display geometry (pixel sizes,
+// screen flips, pixel <-> mm, strides into the volume) is computed once in Python
+// (medlab.render.plane_geometry) and read here from `_geometry.planes`; nothing is recomputed.
+
+function geometry(ctx) { return ctx.model.get("_geometry") || {}; }
+
+function planeGeom(ctx, plane) {
+  const planes = geometry(ctx).planes;
+  return planes ? planes[plane] : null;
+}
+
+// Small volumes arrive whole in `_volumes` (display order [k, j, i]): slices are cut here, so
+// scrolling needs no kernel round trip. Otherwise Python sends each slice in `_<plane>`.
+function volumeMode(ctx) {
+  const v = ctx.model.get("_volumes"), g = geometry(ctx);
+  return !!(v && v.shape && g.shape && v.shape[0] === g.shape[2] && v.shape[1] === g.shape[1] && v.shape[2] === g.shape[0]);
+}
+
+function volumeArray(ctx, name) {
+  const vols = ctx.model.get("_volumes");
+  const cache = ctx.state.volCache;
+  if (cache.vols !== vols) ctx.state.volCache = { vols, arrays: {} };
+  const arrays = ctx.state.volCache.arrays;
+  if (!(name in arrays)) arrays[name] = vols[name] ? typed(vols[name], vols[name + "_dtype"]) : null;
+  return arrays[name];
+}
+
+// pixel (row, col) of slice `index` is element offset + index*s + row*r + col*c of the volume
+function cutSlice(arr, pg, index) {
+  const [offset, s, r, c] = pg.strides;
+  const rows = pg.rows, cols = pg.cols;
+  const base = offset + index * s;
+  if (c === 1 && r === cols) return arr.subarray(base, base + rows * cols);
+  const out = new arr.constructor(rows * cols);
+  for (let row = 0; row < rows; row++) {
+    const start = base + row * r;
+    if (c === 1) { out.set(arr.subarray(start, start + cols), row * cols); continue; }
+    for (let col = 0; col < cols; col++) out[row * cols + col] = arr[start + col * c];
+  }
+  return out;
+}
+
+// The cursor the user asked for, until Python's reply catches up (fast key repeats and wheel
+// ticks step from it, not from a stale _cursor).
+function currentCursor(ctx) {
+  const pending = ctx.state.pending;
+  if (pending && performance.now() - pending.t < 1000) return pending.cursor.slice();
+  return ctx.model.get("_cursor").slice();
+}
+
+// the slice index a plane shows: the cursor's coordinate along the plane's normal
+function cursorIndex(ctx, plane, cursor) {
+  const pg = planeGeom(ctx, plane);
+  const [, , index] = apply(pg.from_display, cursor);
+  return Math.round(index);
+}
+
+function payload(ctx, plane) {
+  const sent = ctx.model.get("_" + plane);
+  if (!volumeMode(ctx)) return sent;
+  const pg = planeGeom(ctx, plane);
+  const vols = ctx.model.get("_volumes");
+  const index = Math.max(0, Math.min(pg.count - 1, cursorIndex(ctx, plane, currentCursor(ctx))));
+  const key = plane + ":" + index;
+  const cache = ctx.state.sliceCache;
+  if (cache.vols === vols && cache[key]) return cache[key];
+  if (cache.vols !== vols) ctx.state.sliceCache = { vols };
+  const out = { index, rows: pg.rows, cols: pg.cols, dtype: vols.base_dtype,
+    data: cutSlice(volumeArray(ctx, "base"), pg, index) };
+  for (const name of ["labels", "heat", "second"]) {
+    const arr = volumeArray(ctx, name);
+    if (arr) { out[name] = cutSlice(arr, pg, index); out[name + "_dtype"] = vols[name + "_dtype"]; }
+  }
+  ctx.state.sliceCache[key] = out;
+  return out;
+}
