@@ -1,0 +1,192 @@
+"""The ``medlab`` console command.
+
+Sub-commands
+------------
+``medlab review STUDY --reviewer NAME [--port P] [--db FILE] [--no-browser]``
+    Serves the clinician review app (:mod:`medlab.widgets.review`) with Voila on 127.0.0.1 only,
+    behind a random token, and prints its address. The reviewer sees the scan, the map and the
+    verdict form, no code; every verdict goes into the study's SQLite file as it is saved.
+    Stop it with Ctrl-C.
+``medlab review STUDY --export FOLDER``
+    Writes ``verdicts.csv`` (current verdicts, un-blinded), ``verdict_history.csv`` (every
+    version) and the summary tables (verdicts per method, Cohen's and Fleiss' kappa, click vs map
+    peak) into FOLDER, and prints the summary.
+
+Adding a sub-command: write ``_add_NAME(subparsers)`` that calls ``subparsers.add_parser`` and
+``set_defaults(func=...)`` (the function takes the parsed arguments and returns an exit code),
+and append it to :data:`COMMANDS`. A :class:`~medlab.errors.MedlabError` becomes a one-line
+message and exit code 2, never a traceback.
+
+Examples
+--------
+.. code-block:: console
+
+    $ medlab review pilot/study.json --reviewer "Dr Grey"
+    medlab review: pilot (3 cases, 6 maps) for Dr Grey
+    open http://127.0.0.1:8866/?token=...   (Ctrl-C to stop)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import MedlabError, ParameterError
+
+REVIEW_TEMPLATE = "medlab-review"
+DEFAULT_REVIEW_PORT = 8866
+
+
+def widgets_dir() -> Path:
+    """The installed ``medlab.widgets`` folder (found without importing Jupyter libraries)."""
+    spec = importlib.util.find_spec("medlab.widgets")
+    if spec is None or not spec.submodule_search_locations:
+        raise MedlabError("medlab.widgets is not installed; reinstall medlab")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def review_notebook() -> Path:
+    """The Voila app notebook shipped with the package."""
+    return widgets_dir() / "review_app.ipynb"
+
+
+def voila_command(notebook: Path, *, port: int, token: str, open_browser: bool = False) -> list[str]:
+    """The Voila command line serving ``notebook`` on 127.0.0.1:``port`` with the review template."""
+    cmd = [sys.executable, "-m", "voila", str(notebook), f"--template={REVIEW_TEMPLATE}", "--theme=dark",
+           "--VoilaConfiguration.strip_sources=True", "--VoilaConfiguration.show_tracebacks=False",
+           "--Voila.ip=127.0.0.1", f"--port={port}", "--Voila.port_retries=0", f"--token={token}"]
+    if not open_browser:
+        cmd.append("--no-browser")
+    return cmd
+
+
+def review_environment(study: Path, reviewer: str, database: Path | None = None,
+                       base: dict | None = None) -> dict[str, str]:
+    """The environment of the Voila server (its kernels inherit it): which study, which reviewer,
+    and ``JUPYTER_PATH`` extended with the packaged template."""
+    env = dict(os.environ if base is None else base)
+    env["MEDLAB_REVIEW_STUDY"] = str(Path(study).resolve())
+    env["MEDLAB_REVIEW_REVIEWER"] = reviewer
+    if database is not None:
+        env["MEDLAB_REVIEW_DATABASE"] = str(Path(database).resolve())
+    else:
+        env.pop("MEDLAB_REVIEW_DATABASE", None)
+    templates = str(widgets_dir() / "jupyter-data")
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (templates, env.get("JUPYTER_PATH", "")) if p)
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- review
+def _add_review(subparsers) -> None:
+    p = subparsers.add_parser(
+        "review", help="serve the clinician review app (Voila, 127.0.0.1) or export its results",
+        description="Serve the clinician review of explanation maps for one reviewer, on 127.0.0.1 only; "
+                    "or, with --export, write the verdicts and their summary as CSV.")
+    p.add_argument("study", type=Path, help="the review study file (JSON)")
+    p.add_argument("--reviewer", help="the reviewer's name, recorded with every verdict")
+    p.add_argument("--port", type=int, default=DEFAULT_REVIEW_PORT,
+                   help=f"port on 127.0.0.1 (default {DEFAULT_REVIEW_PORT})")
+    p.add_argument("--db", type=Path, help="the verdict database (default: the study's)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    p.add_argument("--export", type=Path, metavar="FOLDER",
+                   help="write verdicts.csv, verdict_history.csv and the summary tables there, then exit")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace existing CSV files")
+    p.set_defaults(func=_review)
+
+
+def _review(args: argparse.Namespace) -> int:
+    from .review import ReviewStudy, summarize
+
+    study = ReviewStudy.load(args.study)
+    store = study.open_store(args.db)  # refuses a corrupt or foreign database before serving
+    if args.export is not None:
+        folder = args.export
+        folder.mkdir(parents=True, exist_ok=True)
+        store.export_csv(folder / "verdicts.csv", overwrite=args.overwrite)
+        store.export_csv(folder / "verdict_history.csv", history=True, overwrite=args.overwrite)
+        summary = summarize(store)
+        summary.to_csv(folder, overwrite=args.overwrite)
+        print(summary)
+        print(f"\nwritten to {folder}")
+        return 0
+    if not args.reviewer or not args.reviewer.strip():
+        raise ParameterError('give the reviewer\'s name: medlab review STUDY --reviewer "Dr Grey"')
+    if not 1 <= args.port <= 65535:
+        raise ParameterError(f"--port must be between 1 and 65535; got {args.port}")
+    if not _port_free(args.port):
+        raise ParameterError(f"port {args.port} on 127.0.0.1 is in use; choose another with --port")
+    items = study.items(args.reviewer.strip())
+    for problem in study.check():
+        print(f"warning: {problem} (the app will say so on that case)", file=sys.stderr)
+    token = secrets.token_urlsafe(24)
+    env = review_environment(args.study, args.reviewer.strip(), args.db, base=dict(os.environ))
+    print(f"medlab review: {study.name} ({len(study.cases)} cases, {len(items)} maps) for {args.reviewer.strip()}")
+    print(f"verdicts are saved in {store.path}")
+    print(f"open http://127.0.0.1:{args.port}/?token={token}   (Ctrl-C to stop)", flush=True)
+    return _serve(voila_command(review_notebook(), port=args.port, token=token, open_browser=not args.no_browser), env)
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server until it stops; a SIGTERM sent to this process is passed on to it, so it
+    shuts its kernels down rather than being orphaned."""
+    proc = subprocess.Popen(cmd, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # Voila got the same Ctrl-C and is stopping its kernels
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+COMMANDS: list[Callable] = [_add_review]
+"""Functions that add one sub-command each to the ``medlab`` parser."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medlab`` argument parser with every sub-command of :data:`COMMANDS`."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="medlab", description="medlab: interactive medical image processing.")
+    parser.add_argument("--version", action="version", version=f"medlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medlab`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedlabError as exc:
+        print(f"medlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
