@@ -33,3 +33,22 @@ class GeometryError(MedlabError, ValueError):
 
 class Cancelled(MedlabError):
     """A long computation was cancelled by the user."""
+
+
+class MedlabWarning(UserWarning):
+    """Something was read or written by a stated rule that the user should know about
+    (a header field that readers interpret differently, information a format cannot hold)."""
+
+
+def warn(message: str, category: type[Warning] = MedlabWarning) -> None:
+    """Issue a warning attributed to the user's line (the first caller outside medlab),
+    however deep inside medlab it is raised; Python 3.12's ``skip_file_prefixes`` in 3.11."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

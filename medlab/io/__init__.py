@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from ..errors import ImageError, ParameterError, ReadError, WriteError
 from ..image import Image, as_image
 from .atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
 from .dicom import SeriesInfo, list_series
+from .paths import check_readable
 
 __all__ = [
     "SeriesInfo",
@@ -72,7 +76,8 @@ def load(
     allow_nonfinite : bool
         Accept NaN or infinite voxels (refused by default, as most processing breaks on them).
     volume : int, optional
-        For a 4D file (time series, diffusion): which 3D volume to load.
+        For a 4D file (time series, diffusion): which 3D volume to load (a whole number,
+        from 0).
 
     Returns
     -------
@@ -85,9 +90,18 @@ def load(
     Raises
     ------
     ReadError
-        The path does not exist, is not a readable image, is corrupt, or is an inconsistent
-        DICOM series (mixed orientations, missing slices, different sizes); the message says
-        which file and what to do.
+        The path does not exist (or is a broken or looping link), may not be read by this
+        user, is not a readable image, is corrupt, claims more voxels than the file or the
+        memory can hold, or is an inconsistent DICOM series (mixed orientations, missing
+        slices, different sizes); the message says which file and what to do.
+    ParameterError
+        ``kind``, ``labels``, ``series`` or ``volume`` is not a valid value.
+
+    Warns
+    -----
+    MedlabWarning
+        A header read by a stated rule where readers differ (NIfTI qform/sform, pixdim 0,
+        DICOM PixelSpacing 0); the rule is also recorded in ``metadata["notes"]``.
     ImageError
         NaN/infinite voxels (unless ``allow_nonfinite``), a single-voxel image, or a label map
         that does not hold integers.
@@ -102,9 +116,10 @@ def load(
     >>> seg.labels[5].name                                         # doctest: +SKIP
     'liver'
     """
-    path = Path(path)
+    path = _as_path(path, "load")
     if kind not in (None, "intensity", "label"):
         raise ParameterError(f"kind must be 'intensity' or 'label'; got {kind!r}")
+    volume = _volume_index(volume)
     names = read_labels(labels) if isinstance(labels, (str, Path)) else labels
     if names is not None and not isinstance(names, Mapping):
         raise ParameterError(f"labels must be a mapping {{value: name}} or the path of a JSON file; got {type(labels).__name__}")
@@ -113,15 +128,37 @@ def load(
     return image
 
 
+def _as_path(path, what: str) -> Path:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        example = "'scan.nii.gz' or a DICOM folder" if what == "load" else "'out.nii.gz'"
+        raise ParameterError(f"{what}: path must be a file name such as {example}; got {path!r}")
+    return Path(path)
+
+
+def _volume_index(volume) -> int | None:
+    """``volume`` as a whole number >= 0 (1.7 is refused, not rounded)."""
+    if volume is None:
+        return None
+    if isinstance(volume, (bool, np.bool_)) or not isinstance(volume, (numbers.Integral, np.integer)):
+        raise ParameterError(f"volume must be a whole number (0 for the first volume of a 4D file); got {volume!r}")
+    if volume < 0:
+        raise ParameterError(f"volume must be 0 or more (0 is the first volume of a 4D file); got {volume}")
+    return int(volume)
+
+
 def _read(path: Path, *, series, kind, labels, volume) -> Image:
     from . import dicom, formats
 
-    if not path.exists():
-        raise ReadError(f"{path} does not exist; check the path (relative paths start at {Path.cwd()})")
-    if path.is_dir():
+    st = check_readable(path)
+    suffix = formats.suffix_of(path)
+    if stat.S_ISDIR(st.st_mode) and suffix in formats.READ_SUFFIXES:
+        raise ReadError(f"{path} is a folder, not a {formats.READ_SUFFIXES[suffix]} file; give the path of the "
+                        "image file itself (or rename the folder if it holds DICOM files)")
+    if stat.S_ISDIR(st.st_mode):
         image = dicom.read_dicom(path, series=series)
     else:
-        suffix = formats.suffix_of(path)
         fmt = formats.READ_SUFFIXES.get(suffix)
         if fmt is None:
             if suffix in dicom.DICOM_SUFFIXES or suffix == "" or dicom.is_dicom_file(path) or suffix[1:].isdigit():
@@ -213,6 +250,20 @@ def save(image, path, *, overwrite: bool = False) -> Path:
     Path
         The path written.
 
+    Raises
+    ------
+    WriteError
+        ``path`` exists (without ``overwrite``), has an unsupported extension, or cannot be
+        written (full disk, file-size limit, read-only folder); nothing is left behind, and
+        the message names ``path`` and its folder.
+    ParameterError
+        ``path`` is not a file name (e.g. None), or ``image`` is not an image.
+
+    Warns
+    -----
+    MedlabWarning
+        PNG: the origin or direction cannot be stored and is lost.
+
     Examples
     --------
     >>> import medlab, numpy as np
@@ -223,7 +274,7 @@ def save(image, path, *, overwrite: bool = False) -> Path:
     from . import formats
 
     image = as_image(image)
-    path = Path(path)
+    path = _as_path(path, "save")
     fmt = formats.write_format(path)
     if path.exists() and not overwrite:
         raise WriteError(f"{path} exists already; pass overwrite=True to replace it, or choose another name")

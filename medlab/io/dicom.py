@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ReadError
+from ..errors import ReadError, warn
 from ..image import Image
+from .paths import check_readable, permission_message
+from .seg import is_seg, read_seg
 
 # Tags safe to keep in ``metadata["dicom"]``: acquisition and display, never identity
 # (no names, IDs, dates, institutions or UIDs).
@@ -109,6 +111,8 @@ class _Header:
     samples: int
     slope: float
     intercept: float
+    notes: list[str] = field(default_factory=list)
+    spacing_unknown: bool = False
 
 
 # ---------------------------------------------------------------------------- headers
@@ -123,6 +127,8 @@ def is_dicom_file(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(132)
+    except PermissionError:
+        raise
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
@@ -169,6 +175,8 @@ def read_header(path: Path, *, strict: bool, require_image: bool | None = None) 
         if not strict:
             return None
         ds = _read_without_preamble(path)
+    except PermissionError as exc:
+        raise ReadError(permission_message(path)) from exc
     except Exception as exc:  # pydicom raises many types on broken files
         raise ReadError(
             f"{path}: the DICOM header cannot be read ({type(exc).__name__}: {exc}); the file is corrupt "
@@ -232,8 +240,7 @@ def _header_from_dataset(path: Path, ds) -> _Header:
             pvt = _first_item(item, "PixelValueTransformationSequence")
             if pvt is not None and "RescaleSlope" not in ds:
                 slope, intercept = _float(pvt.get("RescaleSlope"), 1.0), _float(pvt.get("RescaleIntercept"), 0.0)
-    if spacing is None:
-        spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
+    spacing, notes, unknown = _pixel_spacing(ds, spacing)
     return _Header(
         path=path, ds=ds, uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         number=_int(ds.get("SeriesNumber")), description=str(ds.get("SeriesDescription", "") or ""),
@@ -241,7 +248,35 @@ def _header_from_dataset(path: Path, ds) -> _Header:
         iop=iop, ipp=ipp, pixel_spacing=spacing,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper(),
         samples=_int(ds.get("SamplesPerPixel")) or 1, slope=slope if slope else 1.0, intercept=intercept,
+        notes=notes, spacing_unknown=unknown,
     )
+
+
+def _pixel_spacing(ds, spacing: np.ndarray | None) -> tuple[np.ndarray | None, list[str], bool]:
+    """The pixel size (row, column) in mm, with medlab's rule for a PixelSpacing that is not one.
+
+    Real CR files carry ``PixelSpacing = 0\\0``. GDCM (so SimpleITK and 3D Slicer) then takes
+    ImagerPixelSpacing, and 1 mm when that is missing too; medlab does the same, but says so in
+    a note (and a warning, see ``read_series``) and flags a 1 mm guess as unknown.
+    Returns (spacing or None for "1 mm, unknown", notes, unknown).
+    """
+    imager = _floats(ds.get("ImagerPixelSpacing"), 2)
+    imager = imager if imager is not None and np.all(imager > 0) else None
+    if spacing is not None and np.all(spacing > 0):
+        return spacing, [], False
+    if spacing is None and imager is not None:  # a projection radiograph: the detector's pixel size
+        return imager, [], False
+    if spacing is None:
+        return None, [], False  # no spacing at all: handled where the image is built, as before
+    shown = "\\".join(f"{v:g}" for v in spacing)
+    if imager is not None:
+        note = (f"PixelSpacing is {shown}, not a pixel size; ImagerPixelSpacing {imager[0]:g}\\{imager[1]:g} mm "
+                "is used instead (as GDCM/SimpleITK do): the size at the detector, which magnifies the patient "
+                "slightly on a projection radiograph")
+        return imager, [note], False
+    note = (f"PixelSpacing is {shown}, not a pixel size, and there is no ImagerPixelSpacing: the pixel size is "
+            "unknown and 1 mm is assumed (as GDCM/SimpleITK do); distances and areas are not in mm")
+    return None, [note], True
 
 
 def scan_folder(folder: Path) -> list[_Header]:
@@ -249,26 +284,51 @@ def scan_folder(folder: Path) -> list[_Header]:
 
     Files that are not DICOM are ignored, except those with a DICOM suffix (``.dcm`` ...),
     which must be readable: a broken ``.dcm`` file in a series would otherwise go unnoticed.
+    Files and folders this user may not read are never taken for "no DICOM here": when
+    nothing else is found they are the error, otherwise a warning names them.
     """
     headers = []
-    for root, dirs, files in os.walk(folder):
+    unreadable: list[Path] = []
+
+    def walk_error(exc: OSError) -> None:
+        if isinstance(exc, PermissionError):
+            unreadable.append(Path(exc.filename))
+
+    for root, dirs, files in os.walk(folder, onerror=walk_error):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             path = Path(root) / name
             strict = path.suffix.lower() in DICOM_SUFFIXES
-            if not strict and not is_dicom_file(path):
+            try:
+                dicom = is_dicom_file(path)
+            except PermissionError:
+                unreadable.append(path)
+                continue
+            if not strict and not dicom:
                 continue
             header = read_header(path, strict=strict, require_image=False)
             if header is not None:
                 headers.append(header)
+    if unreadable:
+        _report_unreadable(folder, unreadable, found=len(headers))
     return headers
+
+
+def _report_unreadable(folder: Path, unreadable: list[Path], found: int) -> None:
+    examples = ", ".join(str(p) for p in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+    text = (f"{len(unreadable)} file(s) or folder(s) in {folder} may not be read by this user (permission denied: "
+            f"{examples})")
+    if not found:
+        raise ReadError(f"{text}, and no readable DICOM image was found. The files may be fine: ask for read "
+                        "access (chmod/chown), or copy the folder somewhere readable")
+    warn(f"{text}; they were skipped, so a series may miss slices. Ask for read access to load them")
 
 
 # ---------------------------------------------------------------------------- grouping
 def _group_key(h: _Header) -> tuple:
-    if h.frames > 1:  # a multi-frame file is a series of its own
+    if h.frames > 1 or is_seg(h.ds):  # a multi-frame file or a segmentation is a series of its own
         return ("file", str(h.path))
     if h.uid:
         return ("uid", h.uid)
@@ -340,8 +400,7 @@ def list_series(folder) -> list[SeriesInfo]:
     number 3: 'CT Body 3.0', CT, 20 slice(s), 512×512×20 voxels, 0.977×0.977×2 mm, uid (empty UID)
     """
     path = Path(folder)
-    if not path.exists():
-        raise ReadError(f"{path} does not exist; check the path (relative paths start at {Path.cwd()})")
+    check_readable(path)
     if path.is_file():
         headers = [read_header(path, strict=True)]
     else:
@@ -532,6 +591,8 @@ def decode_pydicom(path: Path):
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path)
+    except PermissionError as exc:
+        raise ReadError(permission_message(path)) from exc
     except Exception as exc:
         raise ReadError(f"{path}: the DICOM file cannot be read ({type(exc).__name__}: {exc}); it is corrupt or truncated. "
                         "Remove it or export the series again.") from exc
@@ -789,7 +850,14 @@ def _window(ds, h: _Header) -> tuple[float, float] | None:
 
 def read_series(headers: Sequence[_Header], where: str, source: Path) -> Image:
     """A volume (or 2D image) from the headers of one series."""
+    image = _read_series(headers, where, source)
+    return _with_header_notes(image, headers, where)
+
+
+def _read_series(headers: Sequence[_Header], where: str, source: Path) -> Image:
     h = headers[0]
+    if is_seg(h.ds):
+        return read_seg(h.path, _metadata(h, source))
     if h.frames > 1:
         return _read_multiframe(h, source)
     if h.samples != 1:
@@ -808,6 +876,21 @@ def read_series(headers: Sequence[_Header], where: str, source: Path) -> Image:
     voxels = _voxels_of_slices(ordered)
     extra = _slice_metadata(geom, thickness, len(headers))
     return Image(voxels, geom.spacing, geom.origin, geom.direction, metadata=_metadata(h, source, extra))
+
+
+def _with_header_notes(image: Image, headers: Sequence[_Header], where: str) -> Image:
+    """Record (and warn once about) the rules applied to the headers, e.g. PixelSpacing 0."""
+    notes = list(dict.fromkeys(note for h in headers for note in h.notes))
+    if not notes:
+        return image
+    meta = dict(image.metadata)
+    meta["notes"] = [*meta.get("notes", []), *notes]
+    if any(h.spacing_unknown for h in headers):
+        meta["spacing_unknown"] = ["x", "y"]
+    for note in notes:
+        warn(f"{where}: {note}")
+    return Image(image.array, image.spacing, image.origin, image.direction, kind=image.kind, labels=image.labels,
+                 metadata=meta, rgb=image.rgb)
 
 
 def _slice_metadata(geom: _Geometry, thickness: float | None, n: int) -> dict:
@@ -841,7 +924,7 @@ def _read_2d(h: _Header, source: Path) -> Image:
         stored = _invert_monochrome1(raw, ds) if h.photometric == "MONOCHROME1" else raw
         voxels = _rescale(stored, h.slope, h.intercept)
     extra: dict[str, Any] = {}
-    if h.pixel_spacing is None:
+    if h.pixel_spacing is None and not h.spacing_unknown:  # (a PixelSpacing of 0 has its own note)
         extra["notes"] = ["no PixelSpacing/ImagerPixelSpacing in the file: 1 mm pixels assumed"]
     ps = h.pixel_spacing if h.pixel_spacing is not None else np.ones(2)
     meta = _metadata(h, source)
@@ -865,6 +948,8 @@ def _read_multiframe(h: _Header, source: Path) -> Image:
         raise ReadError(f"{where}: pydicom has no decoder for this multi-frame file's transfer syntax "
                         f"({getattr(ts, 'name', ts)}); decompress it first (e.g. `gdcmconv --raw`)")
     iops, ipps, pss, rescale = _frame_geometry(ds, (h.slope, h.intercept))
+    # per-frame PixelSpacing of 0 follows the file's rule (see _pixel_spacing)
+    pss = [p if p is not None and np.all(p > 0) else h.pixel_spacing for p in pss]
     if any(p is None for p in ipps):
         raise ReadError(
             f"{where} holds {h.frames} frames without slice positions (a cine loop or a time series?); medlab loads "

@@ -8,6 +8,7 @@ NRRD and MetaImage carry a ``medlab`` key holding JSON; NIfTI carries the label 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import struct
@@ -16,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageError, ReadError, WriteError
+from ..errors import ImageError, ReadError, WriteError, warn
 from ..image import Image
-from .atomic import atomic_path
+from . import nifti, png
+from .atomic import atomic_path, likely_write_error, write_error
+from .headers import check_itk_header
+from .nifti import NIFTI_INTENT_LABEL, four_d_message
 
 # suffix -> format name; the longest suffix wins (".nii.gz" before ".gz")
 READ_SUFFIXES = {
@@ -27,7 +31,6 @@ READ_SUFFIXES = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
 }
 WRITE_SUFFIXES = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".mha": "MetaImage", ".png": "PNG"}
-NIFTI_INTENT_LABEL = 1002
 
 # What the first bytes of each format look like (after gunzip for .nii.gz).
 _MAGIC = {
@@ -56,6 +59,10 @@ def _head(path: Path, n: int = 4096) -> bytes:
         if head[:2] == b"\x1f\x8b":
             with gzip.open(path, "rb") as f:
                 head = f.read(n)
+    except PermissionError as exc:
+        from .paths import permission_message
+
+        raise ReadError(permission_message(path)) from exc
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ReadError(f"{path} cannot be read ({exc}); the file is corrupt or truncated") from exc
     return head
@@ -88,6 +95,7 @@ def read_sitk(path: Path, fmt: str):
     import SimpleITK as sitk
 
     check_magic(path, fmt)
+    check_itk_header(path, fmt)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -100,79 +108,12 @@ def read_sitk(path: Path, fmt: str):
 def read_nifti(path: Path, *, volume: int | None, kind: str | None, labels) -> Image:
     """A NIfTI file via nibabel (SimpleITK's reader turns NaN into 0 and accepts truncated files).
 
-    The RAS affine (sform when set, else qform, as nibabel chooses) becomes LPS geometry.
+    The geometry follows the rules of :mod:`medlab.io.nifti` (sform, else qform, else pixdim;
+    a note and a warning where readers disagree). A 2D file (``dim[0] = 2``) stays 2D.
     """
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
     check_magic(path, "NIfTI")
-    try:
-        nii = nib.load(str(path))
-        data = _nifti_voxels(nii)
-    except (OSError, EOFError, ValueError, ImageFileError) as exc:
-        raise ReadError(f"{path}: the NIfTI file cannot be read ({exc}); it is corrupt or truncated") from exc
-    if data.ndim > 4 and any(n > 1 for n in data.shape[4:]):
-        raise ReadError(f"{path} holds {data.shape[4:]} values per voxel (a vector or tensor field, shape {data.shape}); "
-                        "medlab loads scalar volumes: pick one component with nibabel first")
-    data = data.reshape(data.shape[:4]) if data.ndim > 4 else data
-    data = data if data.ndim >= 3 else data.reshape(data.shape + (1,) * (3 - data.ndim))
-    if data.ndim == 4:
-        data = _pick_volume(data, path, volume)
-    elif volume not in (None, 0):
-        raise ReadError(f"{path} holds a single volume; volume={volume} does not apply (leave it out)")
-    affine = _LPS_FROM_RAS @ np.asarray(nii.affine, dtype=float)
-    lin = affine[:3, :3]
-    spacing = np.linalg.norm(lin, axis=0)
-    header = nii.header
-    stored: dict[str, Any] = {}
-    if int(header.get("intent_code", 0)) == NIFTI_INTENT_LABEL:
-        stored["kind"] = "label"
-    stored.update(_parse_descrip(header.get("descrip", b"")))
-    return _image(np.ascontiguousarray(data.T), spacing, affine[:3, 3], lin / spacing[None, :], path, "NIfTI",
-                  stored, kind=kind, labels=labels)
-
-
-_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _nifti_voxels(nii) -> np.ndarray:
-    proxy = nii.dataobj
-    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
-    scaled = not (slope in (None, 1.0) or np.isnan(slope)) or not (inter in (None, 0.0) or np.isnan(inter))
-    data = nii.get_fdata(dtype=np.float32) if scaled else np.asarray(proxy.get_unscaled())
-    if not data.dtype.isnative:
-        data = data.astype(data.dtype.newbyteorder("="))
-    return data
-
-
-def _pick_volume(data: np.ndarray, path: Path, volume: int | None) -> np.ndarray:
-    n = data.shape[3]
-    if n == 1 and volume in (None, 0):
-        return data[..., 0]
-    if volume is None:
-        raise ReadError(_four_d_message(path, data.shape[:3], n))
-    if not 0 <= int(volume) < n:
-        raise ReadError(f"{path}: volume={volume} is out of range; this file holds volumes 0 to {n - 1}")
-    return data[..., int(volume)]
-
-
-def _four_d_message(path: Path, size, n: int) -> str:
-    return (f"{path} is a 4D file holding {n} volumes of {size[0]}×{size[1]}×{size[2]} voxels (a time series, "
-            f"diffusion directions...); medlab works on one 3D volume at a time: pick one with "
-            f"medlab.load(path, volume=i), i from 0 to {n - 1}")
-
-
-def _parse_descrip(descrip) -> dict:
-    text = descrip.tobytes() if hasattr(descrip, "tobytes") else descrip
-    text = text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
-    text = text.strip("\x00 ")
-    out = {}
-    if text.startswith("medlab "):
-        for part in text.split()[1:]:
-            key, _, value = part.partition("=")
-            if key in ("kind", "modality", "units") and value:
-                out[key] = value
-    return out
+    array, spacing, origin, direction, stored, notes = nifti.read_nifti_image(path, volume=volume)
+    return _image(array, spacing, origin, direction, path, "NIfTI", stored, kind=kind, labels=labels, notes=notes)
 
 
 def split_volume(image, path: Path, volume: int | None):
@@ -186,7 +127,7 @@ def split_volume(image, path: Path, volume: int | None):
     size = list(image.GetSize())
     n = size[3]
     if volume is None:
-        raise ReadError(_four_d_message(path, size, n))
+        raise ReadError(four_d_message(path, size, n))
     if not 0 <= int(volume) < n:
         raise ReadError(f"{path}: volume={volume} is out of range; this file holds volumes 0 to {n - 1}")
     return sitk.Extract(image, size[:3] + [0], [0, 0, 0, int(volume)])
@@ -200,8 +141,11 @@ def image_from_sitk(image, path: Path, fmt: str, *, kind: str | None, labels) ->
                         "medlab loads scalar volumes and 2D colour pictures: pick one channel with "
                         "SimpleITK.VectorIndexSelectionCast first")
     arr = sitk_array(image)
+    stored = _stored_metadata(image)
+    if fmt == "PNG":
+        stored.update(_png_metadata(path))
     return _image(arr, image.GetSpacing(), image.GetOrigin(), np.reshape(image.GetDirection(), (d, d)), path, fmt,
-                  _stored_metadata(image), kind=kind, labels=labels, rgb=ncomp > 1)
+                  stored, kind=kind, labels=labels, rgb=ncomp > 1)
 
 
 def sitk_array(image) -> np.ndarray:
@@ -210,34 +154,40 @@ def sitk_array(image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
-def _image(array, spacing, origin, direction, path: Path, fmt: str, stored: dict, *, kind, labels, rgb=False) -> Image:
+def _image(array, spacing, origin, direction, path: Path, fmt: str, stored: dict, *, kind, labels, rgb=False,
+           notes=()) -> Image:
     """An Image with medlab's kind/labels/modality restored from what the file stored."""
     if kind is None:
         kind = stored.get("kind", "label" if labels is not None else "intensity")
     if labels is None and kind == "label":
         labels = stored.get("labels")
     meta: dict[str, Any] = {"source": str(path), "format": fmt}
-    for key in ("modality", "units"):
+    for key in ("modality", "units", "spacing_unknown"):
         if stored.get(key):
             meta[key] = stored[key]
+    if notes:
+        meta["notes"] = list(notes)
     try:
         out = Image(array, spacing, origin, direction, kind=kind, labels=labels, metadata=meta, rgb=rgb)
     except ImageError as exc:
         hint = " (load it with kind='intensity')" if kind == "label" else ""
         raise ImageError(f"{path}: {exc}{hint}") from exc
-    return _grey_if_colourless(out)
+    return out if stored.get("rgb") else _grey_if_colourless(out, path)
 
 
-def _grey_if_colourless(image: Image) -> Image:
-    """An RGB picture whose three channels are equal (a grey X-ray saved as RGB) becomes grey."""
+def _grey_if_colourless(image: Image, path: Path) -> Image:
+    """An RGB picture whose channels are equal (a grey X-ray saved as RGB by another program)
+    becomes grey, with a note and a warning; medlab's own colour PNGs stay colour."""
     if not image.rgb:
         return image
     a = image.array
     if a.shape[-1] == 4 and not np.all(a[..., 3] == a[..., 3].flat[0]):
         return image
     if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+        note = "RGB file with three equal channels loaded as grey (one channel kept)"
+        warn(f"{path}: {note}")
         meta = dict(image.metadata)
-        meta.setdefault("notes", []).append("RGB file with equal channels loaded as grey")
+        meta["notes"] = [*meta.get("notes", []), note]
         return Image(np.ascontiguousarray(a[..., 0]), image.spacing, image.origin, image.direction,
                      kind=image.kind, labels=image.labels, metadata=meta)
     return image
@@ -247,19 +197,33 @@ def _stored_metadata(image) -> dict:
     keys = set(image.GetMetaDataKeys())
     out: dict[str, Any] = {}
     if "medlab" in keys:
-        try:
-            out = dict(json.loads(image.GetMetaData("medlab")))
-        except (ValueError, TypeError):
-            out = {}
+        out = _medlab_info(image.GetMetaData("medlab"))
     if "intent_code" in keys and image.GetMetaData("intent_code").strip() == str(NIFTI_INTENT_LABEL):
         out.setdefault("kind", "label")
     if "descrip" in keys:
-        for key, value in _parse_descrip(image.GetMetaData("descrip")).items():
+        for key, value in nifti.parse_descrip(image.GetMetaData("descrip")).items():
             out.setdefault(key, value)
+    return out
+
+
+def _png_metadata(path: Path) -> dict:
+    text = png.read_text(path)
+    return _medlab_info(text) if text else {}
+
+
+def _medlab_info(text: str) -> dict:
+    """The ``medlab`` JSON a file carries, keeping only well-formed entries."""
+    try:
+        out = dict(json.loads(text))
+    except (ValueError, TypeError):
+        return {}
     if out.get("kind") not in (None, "intensity", "label"):
         out.pop("kind")
     if isinstance(out.get("labels"), dict):
         out["labels"] = {int(k): v for k, v in out["labels"].items() if str(k).lstrip("-").isdigit()}
+    else:
+        out.pop("labels", None)
+    out["rgb"] = out.get("rgb") is True
     return out
 
 
@@ -277,6 +241,7 @@ def write_format(path: Path) -> str:
 
 
 def check_png(image: Image, path: Path) -> None:
+    """Refuse what PNG cannot hold; warn about the geometry it drops (origin, direction)."""
     if image.ndim != 2:
         raise WriteError(f"cannot write {path}: PNG holds 2D pictures and this image is 3D {image.size}; "
                          "save it as .nii.gz/.nrrd/.mha, or save one slice (e.g. medlab.render.extract_slice)")
@@ -284,6 +249,15 @@ def check_png(image: Image, path: Path) -> None:
     if not ok:
         raise WriteError(f"cannot write {path}: PNG holds 8/16-bit grey or 8-bit RGB voxels, not {image.dtype}; "
                          "convert first, e.g. medlab.render.window_level(image.array, window, level)")
+    lost = []
+    if any(o != 0 for o in image.origin):
+        lost.append(f"origin {tuple(round(o, 4) for o in image.origin)}")
+    if not np.allclose(image.direction, np.eye(2)):
+        lost.append(f"direction {np.round(image.direction, 4).tolist()}")
+    if lost:
+        warn(f"{path}: PNG has no place for the {' and the '.join(lost)}; the picture will load back at "
+             "origin (0, 0) with an identity direction, so it no longer overlays its source. Save as "
+             ".nii.gz, .nrrd or .mha to keep them")
 
 
 def _medlab_json(image: Image) -> str:
@@ -293,26 +267,9 @@ def _medlab_json(image: Image) -> str:
     for key in ("modality", "units"):
         if isinstance(image.metadata.get(key), str):
             info[key] = image.metadata[key]
-    return json.dumps(info, separators=(",", ":"))
-
-
-def _descrip(image: Image) -> bytes:
-    parts = ["medlab", f"kind={image.kind}"]
-    for key in ("modality", "units"):
-        value = image.metadata.get(key)
-        if isinstance(value, str) and value and " " not in value:
-            parts.append(f"{key}={value}")
-    return " ".join(parts).encode("ascii", "replace")[:79]
-
-
-def _patch_nifti_header(data: bytearray, image: Image) -> None:
-    order = "<" if struct.unpack("<i", data[:4])[0] == 348 else ">"
-    if struct.unpack(order + "i", data[:4])[0] != 348:
-        raise WriteError("unexpected NIfTI header written by SimpleITK")
-    if image.is_label:
-        struct.pack_into(order + "h", data, 68, NIFTI_INTENT_LABEL)
-        data[328:344] = b"medlab label".ljust(16, b"\x00")
-    data[148:228] = _descrip(image).ljust(80, b"\x00")
+    if image.rgb:
+        info["rgb"] = True
+    return json.dumps(info, separators=(",", ":"))  # ensure_ascii: fits a PNG tEXt chunk
 
 
 def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
@@ -324,29 +281,23 @@ def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
     out = image.to_sitk()
     if fmt in ("NRRD", "MetaImage"):
         out.SetMetaData("medlab", _medlab_json(image))
-    try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
             if fmt == "NIfTI":
-                _write_nifti(out, image, tmp, gz=suffix_of(path) == ".nii.gz")
+                nifti.write_nifti(out, image, tmp, path, gz=suffix_of(path) == ".nii.gz")
             else:
                 sitk.WriteImage(out, str(tmp), fmt != "PNG")
-    except RuntimeError as exc:
-        raise WriteError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from exc
+                if fmt == "PNG":
+                    png.add_text(tmp, _medlab_json(image))
+        except RuntimeError as exc:
+            raise _itk_write_error(path, tmp, exc, image) from exc
     return path
 
 
-def _write_nifti(out, image: Image, tmp: Path, *, gz: bool) -> None:
-    import SimpleITK as sitk
-
-    raw = tmp.with_name(tmp.name[: -len(".nii.gz")] + ".raw.nii") if gz else tmp
-    try:
-        sitk.WriteImage(out, str(raw), False)
-        data = bytearray(raw.read_bytes())
-        _patch_nifti_header(data, image)
-        if gz:  # level 1: 4x faster than 6 for ~3 % more bytes; mtime 0 keeps the bytes reproducible
-            tmp.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
-        else:
-            raw.write_bytes(data)
-    finally:
-        if gz:
-            raw.unlink(missing_ok=True)
+def _itk_write_error(path: Path, tmp: Path, exc: RuntimeError, image: Image) -> WriteError:
+    """A WriteError for an ITK writer failure, naming ``path`` (never the temporary file)."""
+    likely = likely_write_error(path, image.array.nbytes, 0)
+    if likely.errno != errno.EIO:  # a full disk or a file-size limit explains it
+        return write_error(path, likely)
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+    return WriteError(f"cannot write {path}: {reason.replace(str(tmp), str(path))}")

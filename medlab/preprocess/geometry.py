@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import GeometryError, ImageError, ParameterError
 from ..image import _ORIENT_CODES, Image
+from ..io.memory import check_allocation, size_text, voxel_count
 from ..stage import Choice, Float, Grid, Int, Vector, execute_sitk, report, stage
 from ._common import as_float, foreground_mask, sitk_image
 
@@ -31,6 +32,32 @@ def _interpolator(image: Image, name: str):
     return {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}[name]
 
 
+def _work_dtype(image: Image) -> np.dtype:
+    """float32 for intensities, unless the values do not fit it (float64 beyond ±3.4e38
+    would become infinite, and then NaN in any later blend)."""
+    a = image.array
+    if a.dtype == np.float64 and a.size and np.abs(a).max() > np.finfo(np.float32).max:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _check_output(image: Image, size, parameter: str, value, stage_name: str) -> None:
+    """Refuse a grid whose voxels would not fit in memory, before anything is allocated.
+
+    ITK allocates the output, then numpy copies it; an intensity image is also cast to float.
+    """
+    out_bytes = image.dtype.itemsize if image.is_label else _work_dtype(image).itemsize
+    needed = 2 * voxel_count(size) * out_bytes + (0 if image.is_label else image.array.size * out_bytes)
+    shown = tuple(round(float(v), 6) for v in value) if isinstance(value, (tuple, list, np.ndarray)) else value
+    check_allocation(
+        needed,
+        f"{stage_name}: {parameter}={shown} gives an output of {size_text(size)} voxels "
+        f"({voxel_count(size):,} voxels, from {size_text(image.size)}), which",
+        f"choose a larger {parameter}" if parameter == "spacing" else f"choose a smaller {parameter}",
+        ParameterError,
+    )
+
+
 def _resample_onto(image: Image, size, spacing, origin, direction, interpolator: str) -> Image:
     import SimpleITK as sitk
 
@@ -44,7 +71,8 @@ def _resample_onto(image: Image, size, spacing, origin, direction, interpolator:
         src = image.to_sitk()
         filt.SetDefaultPixelValue(0)
     else:
-        src = sitk.Cast(image.to_sitk(), sitk.sitkFloat32)
+        work = sitk.sitkFloat64 if _work_dtype(image) == np.float64 else sitk.sitkFloat32
+        src = sitk.Cast(image.to_sitk(), work)
         filt.SetDefaultPixelValue(float(np.min(image.array)))
     return sitk_image(image, execute_sitk(filt, src))
 
@@ -73,7 +101,14 @@ def resample(image: Image, *, spacing=None, interpolator: str = "linear") -> Ima
     Returns
     -------
     Image
-        On the new grid; float32 for intensities, the input dtype for label maps.
+        On the new grid; float32 for intensities (float64 when the values exceed float32's
+        range), the input dtype for label maps.
+
+    Raises
+    ------
+    ParameterError
+        ``spacing`` has the wrong length, or gives a grid too large for the memory available
+        (checked before allocating; the message gives the voxel count and the memory needed).
 
     Examples
     --------
@@ -93,6 +128,7 @@ def resample(image: Image, *, spacing=None, interpolator: str = "linear") -> Ima
         else:
             raise ParameterError(f"resample: spacing has {len(spacing)} values; this image is {image.ndim}D")
     size = [max(1, round(n * s / t)) for n, s, t in zip(image.size, image.spacing, spacing)]
+    _check_output(image, size, "spacing", spacing, "resample")
     return _resample_onto(image, size, spacing, image.origin, image.direction, interpolator)
 
 
@@ -132,6 +168,7 @@ def resample_to(image: Image, *, reference=None, interpolator: str = "linear") -
     if not image.overlaps(reference):
         raise GeometryError("resample_to: the image and the reference do not overlap in physical space "
                             "(check origins and orientation); the result would be empty")
+    _check_output(image, reference.size, "reference", f"a grid of {size_text(reference.size)} voxels", "resample_to")
     return _resample_onto(image, reference.size, reference.spacing, reference.origin, reference.direction,
                           interpolator)
 
@@ -268,6 +305,10 @@ def pad(image: Image, *, width: int = 8, mode: str = "constant") -> Image:
     if mode == "reflect" and min(arr.shape[: image.ndim]) < 2:
         raise ImageError("pad: mode 'reflect' needs at least 2 voxels along each axis; use 'edge'")
     widths = [(width, width)] * image.ndim + [(0, 0)] * (arr.ndim - image.ndim)
+    size = [n + 2 * width for n in image.size]
+    check_allocation(voxel_count(size) * arr.itemsize * (arr.shape[-1] if image.rgb else 1),
+                     f"pad: width={width} gives an output of {size_text(size)} voxels (from {size_text(image.size)}), which",
+                     "choose a smaller width", ParameterError)
     report(0.0, "pad")
     if mode == "constant":
         fill = 0 if image.is_label else arr.min()
