@@ -9,10 +9,12 @@ from .bridges import open_in_napari, view_itk
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
 from .viewer import Viewer, link
+from .view3d import View3D
 
 __all__ = [
            "PreprocessWidget",
            "StagePanel",
+           "View3D",
            "Viewer",
            "link",
            "link_window",
