@@ -67,11 +67,9 @@ def _volume(seg, path: Path, notes: list[str]):
     """Segments combined into one label volume (segment number per voxel)."""
     try:
         return seg.get_volume(combine_segments=True, relabel=False)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         if "overlap" not in str(exc).lower():
             raise _not_a_volume(path, exc) from exc
-    except RuntimeError as exc:
-        raise _not_a_volume(path, exc) from exc
     notes.append("segments overlap; a label map holds one value per voxel, so where they overlap the highest "
                  "segment number is kept (highdicom's rule). Read single segments with highdicom to keep them all")
     try:
