@@ -74,6 +74,7 @@ class Recipe:
             self.medlab_version = __version__
         self._objects: dict[int, tuple[Any, str]] = {}  # id(value) -> (value, source), while building
         self._added_by: dict[str, str] = {}  # recipe input -> the step whose recording introduced it
+        self._candidates: dict[int, tuple[Any, str]] = {}  # named values not used yet (a session's images)
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -104,6 +105,16 @@ class Recipe:
         self.inputs[name] = describe_input(value)
         self._objects[id(value)] = (value, name)
 
+    def name_values(self, **values: Any) -> None:
+        """Names for values that become recipe inputs when a recorded step first uses them.
+
+        A workbench names its session's images this way: the recipe then needs only the ones
+        its steps used, under the names the user knows them by.
+        """
+        for name, value in values.items():
+            _check_name(name, "recipe input")
+            self._candidates[id(value)] = (value, name)
+
     def append(self, step: Step) -> Step:
         """Add a recorded step, telling where each input came from by identity: a recipe input, an
         earlier step's output, or (for an object seen for the first time) a new recipe input."""
@@ -114,8 +125,14 @@ class Recipe:
             if value is None:
                 continue
             known = self._objects.get(id(value))
+            candidate = self._candidates.get(id(value))
             if known is not None and known[0] is value:
                 sources[name] = known[1]
+            elif candidate is not None and candidate[0] is value:
+                new = _unique(candidate[1], self.inputs)
+                self.bind(new, value)
+                self._added_by[new] = sid
+                sources[name] = new
             else:
                 new = _unique(name, self.inputs)
                 self.bind(new, value)
@@ -133,6 +150,7 @@ class Recipe:
     def forget_values(self) -> None:
         """Drop the references to recorded values (they are only needed while recording)."""
         self._objects = {}
+        self._candidates = {}
 
     def add(self, name: str, params: dict[str, Any] | None = None, inputs: Mapping[str, str] | None = None) -> Recipe:
         """Append a step by hand, validating its parameters now (JSON-form values).
@@ -178,11 +196,12 @@ class Recipe:
         if not self.steps:
             return None
         step = self.steps.pop()
-        for name, sid in list(self._added_by.items()):
-            if sid == step.id:
-                self.inputs.pop(name, None)
-                del self._added_by[name]
-        self._objects = {k: v for k, v in self._objects.items() if not v[1].startswith(f"{step.id}.")}
+        dropped = {name for name, sid in self._added_by.items() if sid == step.id}
+        for name in dropped:
+            self.inputs.pop(name, None)
+            del self._added_by[name]
+        self._objects = {k: v for k, v in self._objects.items()
+                         if not v[1].startswith(f"{step.id}.") and v[1] not in dropped}
         return step
 
     # -------------------------------------------------------------- running

@@ -70,7 +70,9 @@ def test_recipe_export_replays_bit_identically(widget, img, tmp_path):
     widget.apply(wait=True)
     assert widget.image is widget.history[-1][2] and len(widget.history) == 3
     path = widget.export(tmp_path / "r.json")
-    assert json.loads(path.read_text())["steps"][2] == {"stage": "_pp_shift", "params": {"offset": [0.0, 1.25, 0.0]}}
+    assert json.loads(path.read_text())["steps"][2] == {"id": "step3", "stage": "_pp_shift",
+                                                        "inputs": {"image": "step2.image"},
+                                                        "params": {"offset": [0.0, 1.25, 0.0]}}
     replay = Recipe.load(path).run(img)
     assert np.array_equal(replay.array, widget.image.array)
     assert replay.dtype == widget.image.dtype
@@ -225,7 +227,11 @@ def test_real_preprocess_stages_round_trip_through_json(tmp_path):
     assert np.array_equal(again.array, w.image.array)
     assert again.same_grid(img) and w.image.same_grid(img)
     assert "from medlab.preprocess import gaussian_smooth, clahe" in w.code.value
-    # a stage whose preview needs the whole volume says so instead of previewing a slice
+    # a stage whose preview needs the whole volume previews a downsampled volume, shown in 3D
     w.select("n4_bias_correction")
-    assert w.panel.wait_preview() is None and "no slice preview" in w.panel.preview_note.value
+    w.set(iterations=5, levels=2)
+    prev = w.panel.wait_preview(60)
+    assert prev is not None and prev.ndim == 3 and max(prev.size) <= w.panel.volume_preview_size
+    assert w.after.image is prev and "downsampled volume" in w.panel.preview_time.value
+    assert "N4 bias field" in w.panel.preview_outputs["field"].metadata["description"]
     w.close()

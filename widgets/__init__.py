@@ -3,19 +3,24 @@
 >>> from medlab.widgets import Viewer, link          # doctest: +SKIP
 >>> Viewer(medlab.load("scan/"), layout="three")     # doctest: +SKIP
 >>> PreprocessWidget(image)                          # doctest: +SKIP
+>>> Workbench({"fixed": ct, "moving": mr}, group="register")   # doctest: +SKIP
 """
 
 from .bridges import open_in_napari, view_itk
+from .outputs import CurvePlot
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
-from .viewer import Viewer, link
 from .view3d import View3D
+from .viewer import Viewer, link
+from .workbench import Workbench
 
 __all__ = [
+           "CurvePlot",
            "PreprocessWidget",
            "StagePanel",
            "View3D",
            "Viewer",
+           "Workbench",
            "link",
            "link_window",
            "open_in_napari",

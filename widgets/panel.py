@@ -62,9 +62,11 @@ import traitlets
 
 from medlab.errors import Cancelled, MedlabError, ParameterError
 from medlab.image import Image
-from medlab.stage import StageSpec, get_stage, progress_to, record
+from medlab.outputs import describe_value
+from medlab.stage import Result, StageSpec, get_stage, progress_to, record
 
 from .controls import ParamControl, param_control
+from .outputs import LiveView, OutputsView
 
 __all__ = ["ParamControl", "StagePanel", "link_window", "param_control", "preview_quality"]
 
@@ -200,7 +202,8 @@ _NORMAL_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
 def _slab(image: Image, plane: str, index: int | None, half: int) -> Image:
-    """``2*half+1`` slices of the display-oriented volume around slice ``index`` of ``plane``.
+    """``2*half+1`` slices of the display-oriented volume around slice ``index`` of ``plane``,
+    as a 3D image that keeps its physical geometry (a point in mm lands where it was clicked).
 
     Slice ``half`` of the slab is slice ``index`` of the image in that plane (as
     :func:`medlab.render.extract_slice` numbers them); indices beyond the volume are mirrored.
@@ -225,6 +228,30 @@ def _middle_slice(slab: Image, plane: str, half: int) -> Image:
     return extract_slice(slab, plane, half)
 
 
+def _downsampled(image: Image, largest: int) -> Image:
+    """``image`` shrunk by whole factors so that no axis exceeds ``largest`` voxels (block mean
+    for intensities, every n-th voxel for labels); the physical extent is kept."""
+    import SimpleITK as sitk
+
+    factors = [max(1, int(np.ceil(s / largest))) for s in image.size]
+    if max(factors) == 1:
+        return image
+    src = image.to_sitk()
+    out = sitk.Shrink(src, factors) if image.is_label else sitk.BinShrink(sitk.Cast(src, sitk.sitkFloat32), factors)
+    return Image.from_sitk(out, kind=image.kind, labels=image.labels, metadata=image.metadata)
+
+
+def _first_image(outputs: dict) -> tuple[str | None, Image | None]:
+    for name, value in outputs.items():
+        if isinstance(value, Image):
+            return name, value
+    return None, None
+
+
+def _as_dict(spec: StageSpec, out) -> dict:
+    return out.as_dict() if isinstance(out, Result) else {next(iter(spec.outputs)): out}
+
+
 # ---------------------------------------------------------------------------- the panel
 class StagePanel(widgets.VBox):
     """Controls, live preview and Apply for one stage, built from its declaration.
@@ -234,11 +261,15 @@ class StagePanel(widgets.VBox):
     stage : callable, StageSpec or str
         A stage function (``medlab.preprocess.nlm_denoise``), its declaration, or its name.
     viewer : Viewer, optional
-        The viewer showing the input; the preview runs on the slice it shows and follows it.
+        The viewer showing the stage's first image input; the preview runs on the slice it shows
+        and follows it, and each points parameter gets its own point set in it (by role: colour,
+        marker, legend chip).
     after : Viewer, optional
-        Where the preview (a 2D slice) is shown. Created when ``viewer`` or ``image`` is given.
+        Where the preview is shown. Created when ``viewer`` or ``image`` is given.
     image : Image, optional
-        The input when there is no viewer (a viewer is then created for it).
+        The first image input when there is no viewer (a viewer is then created for it).
+    inputs : dict, optional
+        Values of the other inputs (``{"moving": img}``); see :meth:`set_input`.
     debounce : float
         Quiet time in seconds after the last change before a preview starts.
     slab : int
@@ -248,17 +279,23 @@ class StagePanel(widgets.VBox):
         default :func:`preview_quality`.
     live : bool
         Preview on every change (True) or only on :meth:`request_preview`.
+    volume_preview_size : int
+        Largest axis, in voxels, of the downsampled volume a ``preview="volume"`` stage runs on.
 
     Attributes
     ----------
     result : Image or None
-        The last Apply's output image (the first output of a multi-output stage).
-    outputs : tuple or None
-        Everything the last Apply returned.
+        The first image output of the last Apply.
+    outputs : tuple or Result or None
+        Everything the last Apply returned (a :class:`~medlab.stage.Result` for several outputs;
+        after a Cancel that kept the best so far, that partial result).
     steps : list
-        The recipe steps the last Apply recorded, ``[(name, params)]``.
+        The recipe steps the last Apply recorded.
+    live_values : dict
+        What the running (or last) Apply published, by name.
     preview, preview_input : Image or None
-        The shown preview slice and the input slice it came from.
+        The shown preview and the input it came from (2D slices, or the downsampled volumes
+        of a volume preview).
     message : str
         The status line's text; ``error`` holds the last exception (None if the last action
         succeeded).
@@ -275,17 +312,23 @@ class StagePanel(widgets.VBox):
     running = traitlets.Bool(False)
     preview_ms = traitlets.Float(float("nan"))
 
-    def __init__(self, stage, viewer=None, *, after=None, image: Image | None = None, debounce: float = 0.15,
-                 slab: int = 2, quality: Callable | None = None, live: bool = True):
+    def __init__(self, stage, viewer=None, *, after=None, image: Image | None = None, inputs: dict | None = None,
+                 debounce: float = 0.15, slab: int = 2, quality: Callable | None = None, live: bool = True,
+                 volume_preview_size: int = 64):
         super().__init__()
         self.add_class("medlab-panel")
         self.spec: StageSpec = _as_spec(stage)
         self.function = self.spec.function or self.spec.func
-        self._image = image
+        self._inputs: dict[str, Any] = dict(inputs or {})
+        if image is not None and self.spec.primary is not None:
+            self._inputs[self.spec.primary] = image
         self.slab, self.live = int(slab), live
+        self.volume_preview_size = int(volume_preview_size)
         self.quality = preview_quality if quality is None else quality
         self.result = self.outputs = self.preview = self.preview_input = self.error = None
+        self.preview_outputs: dict = {}
         self.quality_rows: list = []
+        self.live_values: dict[str, Any] = {}
         self._apply_error: BaseException | None = None
         self.steps: list = []
         self._lock = threading.RLock()
@@ -300,6 +343,7 @@ class StagePanel(widgets.VBox):
         self._active = True
         self._unlink = None
         self._error_source = ""
+        self._syncing_points = False
 
         _LIVE.add(self)
         created = self._make_viewers(viewer, after, image)
@@ -316,7 +360,7 @@ class StagePanel(widgets.VBox):
             if self.viewer is not None:
                 self.viewer.add_class("medlab-before")
                 created.append(self.viewer)
-        if self.after is None and self.viewer is not None and self.spec.preview == "slice":
+        if self.after is None and self.viewer is not None and self.spec.preview is not None:
             self.after = _new_viewer(None)
             if self.after is not None:
                 self.after.add_class("medlab-after")
@@ -328,12 +372,16 @@ class StagePanel(widgets.VBox):
         s = self.spec
         title = widgets.HTML(f"<b>{html.escape(s.title)}</b> <span style='opacity:.75'>{html.escape(s.summary)}</span>")
         title.add_class("medlab-stage-title")
+        self.inputs_note = widgets.HTML(self._inputs_html())
+        self.inputs_note.add_class("medlab-inputs")
         self.controls = {n: param_control(p, self.image) for n, p in s.params.items()}
         for c in self.controls.values():
             c.observe(self._on_param_change)
         self.apply_button = widgets.Button(description="Apply", button_style="primary", icon="check",
                                            tooltip="run on the whole image")
-        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                            tooltip="stop the run" + (" and keep the best result so far"
+                                                                      if s.keeps_best else ""))
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
                                               layout=widgets.Layout(width="14em", visibility="hidden"))
         self.status = widgets.HTML("")
@@ -342,6 +390,9 @@ class StagePanel(widgets.VBox):
         self.difference = widgets.Checkbox(value=False, description="difference", indent=False,
                                            tooltip="show preview minus input", layout=widgets.Layout(width="8em"))
         self.metrics = widgets.HTML("")
+        self.live_view = LiveView()
+        self.outputs_view = OutputsView(on_show=self._show_output, on_overlay=self._overlay_output,
+                                        on_error=lambda exc: self._fail(exc))
         for w, cls in ((self.apply_button, "medlab-apply"), (self.cancel_button, "medlab-cancel"),
                        (self.progress, "medlab-progress"), (self.status, "medlab-status"),
                        (self.preview_time, "medlab-preview-time"), (self.preview_note, "medlab-preview-note"),
@@ -350,16 +401,34 @@ class StagePanel(widgets.VBox):
         self.apply_button.on_click(lambda _: self.apply())
         self.cancel_button.on_click(lambda _: self.cancel())
         self.difference.observe(lambda _: self._redisplay(), "value")
-        for c in self.controls.values():
+        for n, c in self.controls.items():
             if hasattr(c, "pick"):
-                c.pick.observe(self._on_pick, "value")
+                c.pick.observe(lambda ch, name=n: self._on_pick(name, ch), "value")
         self._set_status("", "info")
-        rows = [title, widgets.VBox([c.widget for c in self.controls.values()]),
+        rows = [title, self.inputs_note, widgets.VBox([c.widget for c in self.controls.values()]),
                 widgets.HBox([self.apply_button, self.cancel_button, self.progress]),
-                widgets.HBox([self.preview_time, self.difference, self.preview_note]), self.metrics, self.status]
+                widgets.HBox([self.preview_time, self.difference, self.preview_note]), self.metrics, self.status,
+                self.live_view, self.outputs_view]
         if viewers:
             rows.append(widgets.HBox(viewers))
         self.children = rows
+
+    def _inputs_html(self) -> str:
+        others = [n for n in self.spec.inputs if n != self.spec.primary]
+        if not others:
+            return ""
+        parts = []
+        for n in others:
+            v = self._inputs.get(n)
+            text = describe_value(v) if v is not None else (
+                "optional, not set" if self.spec.inputs[n].optional else f"not set: panel.set_input({n!r}, value)")
+            parts.append(f"<b>{html.escape(n)}</b>: {html.escape(text)}")
+        return "<br>".join(parts)
+
+    def _point_set_name(self, name: str) -> str:
+        """The viewer point set a points parameter uses: its own, or the shared 'points' set."""
+        p = self.spec.params[name]
+        return "points" if p.role == "points" else name
 
     def _bind_viewer(self) -> None:
         v = self.viewer
@@ -367,9 +436,15 @@ class StagePanel(widgets.VBox):
             return
         names = [n for n in ("plane", "slice_index") if v.has_trait(n)]
         v.observe(self._on_view_change, names)
-        if v.has_trait("points"):
-            v.observe(self._on_points, "points")
-            self._on_points({"new": v.points})
+        if v.has_trait("point_sets"):
+            for n, p in self.spec.point_params().items():
+                label = p.label or (p.role.replace("_", " ") if p.role != "points" else n)
+                if self._point_set_name(n) != "points":
+                    v.add_point_set(n, role=p.role, label=label)
+            v.observe(self._on_point_sets, "point_sets")
+            self._on_point_sets({"new": v.point_sets})
+        elif v.has_trait("points"):
+            v.observe(self._on_point_sets, "points")
 
     def detach(self) -> None:
         """Stop following the viewer (when another panel takes over the same viewers)."""
@@ -379,7 +454,8 @@ class StagePanel(widgets.VBox):
         self._worker.cancel()
         v = self.viewer
         if v is not None and hasattr(v, "unobserve"):
-            for fn, names in ((self._on_view_change, ["plane", "slice_index"]), (self._on_points, ["points"])):
+            for fn, names in ((self._on_view_change, ["plane", "slice_index"]),
+                              (self._on_point_sets, ["point_sets", "points"])):
                 for n in names:
                     try:
                         v.unobserve(fn, n)
@@ -393,19 +469,36 @@ class StagePanel(widgets.VBox):
             self._bind_viewer()
         self.request_preview()
 
-    # -------------------------------------------------------------- parameters
+    # -------------------------------------------------------------- inputs and parameters
     @property
     def image(self) -> Image | None:
-        """The input: the image given, else the viewer's image."""
-        if self._image is not None:
-            return self._image
+        """The first image input: the one given, else the viewer's image."""
+        primary = self.spec.primary
+        if primary is not None and self._inputs.get(primary) is not None:
+            return self._inputs[primary]
         return getattr(self.viewer, "image", None)
 
     @image.setter
     def image(self, image: Image | None) -> None:
-        self._image = image
-        if self.viewer is not None and image is not None:
-            self.viewer.image = image
+        self.set_input(self.spec.primary or "image", image)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Every input's current value (the first image input from :attr:`image`)."""
+        out = {n: self._inputs.get(n) for n in self.spec.inputs}
+        if self.spec.primary is not None:
+            out[self.spec.primary] = self.image
+        return out
+
+    def set_input(self, name: str, value) -> None:
+        """Give input ``name`` a value (the first image input is also shown in the viewer)."""
+        if name not in self.spec.inputs:
+            raise ParameterError(f"{self.spec.name} has no input {name!r}; its inputs are {list(self.spec.inputs)}")
+        self._inputs[name] = value
+        if name == self.spec.primary and self.viewer is not None and value is not None \
+                and getattr(self.viewer, "image", None) is not value:
+            self.viewer.image = value
+        self.inputs_note.value = self._inputs_html()
         self.request_preview()
 
     @property
@@ -427,9 +520,13 @@ class StagePanel(widgets.VBox):
             raise
         for n, v in params.items():
             self.controls[n].value = v
-            if self.spec.params[n].kind == "points" and self.viewer is not None and self.viewer.has_trait("points"):
+            if self.spec.params[n].kind == "points" and self.viewer is not None and self.viewer.has_trait("point_sets"):
                 # the viewer works in 3D mm: a 2D image's points lie at z = 0
-                self.viewer.points = [[*p, 0.0][:3] for p in v]
+                self._syncing_points = True
+                try:
+                    self.viewer.set_point_set(self._point_set_name(n), [[*p, 0.0][:3] for p in v])
+                finally:
+                    self._syncing_points = False
 
     def reset(self) -> None:
         """Back to the declared defaults."""
@@ -446,10 +543,14 @@ class StagePanel(widgets.VBox):
 
     # -------------------------------------------------------------- preview
     def _preview_off_reason(self) -> str | None:
-        if self.spec.preview != "slice":
+        if self.spec.preview is None:
             return "<i>no slice preview for this stage: Apply runs it on the whole image</i>"
         if any(c.param.kind == "grid" and c.value is not None for c in self.controls.values()):
             return "<i>no slice preview while a target grid is set: Apply to see the result</i>"
+        missing = [n for n, i in self.spec.inputs.items() if not i.optional and self.inputs.get(n) is None
+                   and n != self.spec.primary]
+        if missing:
+            return f"<i>no preview until input(s) {', '.join(missing)} are set</i>"
         return None
 
     def _on_param_change(self, change=None) -> None:
@@ -461,15 +562,28 @@ class StagePanel(widgets.VBox):
         if self.live:
             self.request_preview()
 
-    def _on_points(self, change) -> None:
-        pts = change["new"] or []
-        for n, p in self.spec.params.items():
-            if p.kind == "points":
-                self.controls[n].value = pts
+    def _on_point_sets(self, change) -> None:
+        if self._syncing_points:
+            return
+        v = self.viewer
+        for n in self.spec.point_params():
+            set_name = self._point_set_name(n)
+            pts = v.point_set(set_name) if v.has_trait("point_sets") else (change["new"] or [])
+            self.controls[n].value = pts
 
-    def _on_pick(self, change) -> None:
-        if self.viewer is not None and self.viewer.has_trait("point_mode"):
-            self.viewer.point_mode = "edit" if change["new"] else "off"
+    def _on_pick(self, name: str, change) -> None:
+        v = self.viewer
+        if v is None or not v.has_trait("point_mode"):
+            return
+        if change["new"]:
+            if v.has_trait("active_set"):
+                v.active_set = self._point_set_name(name)
+            v.point_mode = "edit"
+            for other, c in self.controls.items():  # one set is picked at a time
+                if other != name and hasattr(c, "pick"):
+                    c.pick.value = False
+        elif not any(c.pick.value for c in self.controls.values() if hasattr(c, "pick")):
+            v.point_mode = "off"
 
     def request_preview(self) -> int:
         """Ask for a preview of the current parameters; returns its generation (0: none)."""
@@ -493,32 +607,68 @@ class StagePanel(widgets.VBox):
         self._worker.wait_idle(timeout)
         return self.preview
 
-    def _preview_source(self) -> tuple[Image, Image, str | None]:
-        """(input slice, what the stage runs on, plane if a slab was taken)."""
+    def _preview_source(self):
+        """``(input shown, inputs to run on, cut)``: ``cut(output)`` gives what to show."""
         image, v = self.image, self.viewer
+        inputs = self.inputs
+        primary = self.spec.primary
+        if self.spec.preview == "volume":
+            small = _downsampled(image, self.volume_preview_size)
+            for n, inp in self.spec.inputs.items():
+                if n != primary and getattr(inp, "same_grid", None) == primary and inputs.get(n) is not None:
+                    inputs[n] = _downsampled(inputs[n], self.volume_preview_size)
+            inputs[primary] = small
+            return small, inputs, None
         if image.ndim == 2:
-            return image, image, None
+            return image, inputs, None
         shows_it = v is not None and getattr(v, "image", None) is image
         plane = v.plane if shows_it else "axial"
         index = v.slice_index if shows_it else None
-        if 2 in self.spec.dims:
+        physical = bool(self.spec.point_params()) or len(self.spec.image_inputs) > 1
+        if 2 in self.spec.dims and not physical:
             cut = v.current_slice() if shows_it else _middle_slice(_slab(image, plane, index, 0), plane, 0)
-            return cut, cut, None
-        slab = _slab(image, plane, index, self.slab)
-        return _middle_slice(slab, plane, self.slab), slab, plane
+            inputs[primary] = cut
+            return cut, inputs, None
+        # a slab in physical space: seeds in mm land on it, other images are found where they are
+        half = 0 if 2 in self.spec.dims else self.slab
+        slab = _slab(image, plane, index, half)
+        for n, inp in self.spec.inputs.items():
+            if n != primary and getattr(inp, "same_grid", None) == primary and inputs.get(n) is not None:
+                inputs[n] = _slab(inputs[n], plane, index, half)
+        inputs[primary] = slab
+        return _middle_slice(slab, plane, half), inputs, lambda out: _middle_slice(out, plane, half)
+
+    def _preview_points(self, values: dict, inputs: dict) -> str | None:
+        """Keep the points that lie on the previewed slab; a reason when too few are left."""
+        for n, p in self.spec.point_params().items():
+            image = inputs.get(p.image) if p.image else None
+            if image is None or not values.get(n):
+                continue
+            inside = tuple(q for q in values[n] if image.contains(q[: image.ndim] if image.ndim == 2 else q))
+            if len(inside) < p.min_count:
+                return (f"<i>put {p.min_count - len(inside)} more {html.escape(p.role.replace('_', ' '))} point(s) on "
+                        "this slice to preview (Apply uses every point)</i>")
+            values[n] = inside
+        return None
 
     def _compute_preview(self, gen: int, values: dict, cancel: threading.Event) -> None:
         if gen != self._generation:
             return
         try:
-            before, source, plane = self._preview_source()
+            before, inputs, cut = self._preview_source()
+            values = dict(values)
+            reason = self._preview_points(values, inputs)
+            if reason is not None:
+                self.preview_note.value = reason
+                return
             t0 = time.perf_counter()
-            with progress_to(_noop_progress, cancel):
-                out = self.function(source, **values)
+            with progress_to(_noop_progress, cancel, publish=_noop_publish):
+                out = self.function(**inputs, **values)
             ms = (time.perf_counter() - t0) * 1000
-            after = out[0] if isinstance(out, tuple) else out
-            if plane is not None:
-                after = _middle_slice(after, plane, self.slab)
+            outputs = _as_dict(self.spec, out)
+            _, after = _first_image(outputs)
+            if after is not None and cut is not None:
+                after = cut(after)
         except Cancelled:
             return
         except Exception as exc:  # noqa: BLE001 - any failure belongs in the status line
@@ -531,7 +681,13 @@ class StagePanel(widgets.VBox):
             if gen != self._generation or gen <= self._shown_generation:
                 return  # a newer request exists: this preview is stale
             self._shown_generation = gen
+        self.preview_outputs = outputs
+        if after is None:
+            return
         if not self._show_preview(before, after, ms, gen):
+            return
+        if after.is_label or self.spec.preview == "volume":
+            self.quality_rows, self.metrics.value = [], ""
             return
         try:
             rows = self.quality(before, after)
@@ -547,7 +703,9 @@ class StagePanel(widgets.VBox):
             if gen is not None and gen != self._generation:
                 return False
             self.preview_input, self.preview, self.preview_ms = before, after, ms
-            self.preview_time.value = f"preview {ms:.1f} ms" if ms < 10 else f"preview {ms:.0f} ms"
+            what = "preview on a downsampled volume" if self.spec.preview == "volume" else "preview"
+            self.preview_time.value = f"{what} {ms:.1f} ms" if ms < 10 else f"{what} {ms:.0f} ms"
+            self.preview_note.value = self._preview_off_reason() or ""
             if self.error is not None and self._error_source in ("params", "preview") and not self.running:
                 self._set_status("", "info")  # the values are valid again
                 self.error = None
@@ -566,18 +724,42 @@ class StagePanel(widgets.VBox):
         with self._display_lock:
             try:
                 wl = (self.viewer.window, self.viewer.level) if self.viewer is not None else None
-                a.image = self.preview
+                if self.preview.is_label:  # a segmentation: the input with the labels over it
+                    a.image = self.preview_input
+                    a.set_labels(self.preview, opacity=0.45)
+                else:
+                    a.image = self.preview
+                    if hasattr(a, "set_labels"):
+                        a.set_labels(None)
                 if wl is not None:  # the preview keeps the input's window (not its own automatic one)
                     a.window, a.level = wl
-                if hasattr(a, "set_second_image"):
+                if hasattr(a, "set_second_image") and not self.preview.is_label:
                     diff = self.difference.value and self.preview.same_grid(self.preview_input)
                     a.set_second_image(self.preview_input if diff else None, mode="difference")
+                if self.spec.preview == "volume" and self.viewer is not None and self.preview.ndim == 3:
+                    a.position = list(self.viewer.position)  # same place, in mm
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc, "display: ")
 
+    # -------------------------------------------------------------- outputs
+    def _show_output(self, name: str, image: Image) -> None:
+        target = self.after if self.after is not None else self.viewer
+        if target is None:
+            raise MedlabError("no viewer to show the output in")
+        target.image = image
+        if hasattr(target, "set_labels"):
+            target.set_labels(None)
+        self._set_status(f"showing output {name!r}", "info")
+
+    def _overlay_output(self, name: str, image: Image) -> None:
+        if self.viewer is None:
+            raise MedlabError("no viewer to overlay the output on")
+        self.viewer.set_labels(image, opacity=0.4)
+        self._set_status(f"output {name!r} overlaid on the input", "info")
+
     # -------------------------------------------------------------- apply
-    def apply(self, wait: bool = False) -> Image | None:
-        """Run the stage on the whole image in a background thread.
+    def apply(self, wait: bool = False):
+        """Run the stage on the whole inputs in a background thread.
 
         Parameters
         ----------
@@ -587,17 +769,17 @@ class StagePanel(widgets.VBox):
 
         Returns
         -------
-        Image or None
-            The result when ``wait`` is true.
+        Image, Result or None
+            When ``wait`` is true: the stage's output (its image for one-output stages).
         """
         if self.running:
             self._set_status("already running: wait, or Cancel", "busy")
             if wait:
                 raise MedlabError(f"{self.spec.name} is already running; wait for it or cancel it")
             return None
-        image = self.image
         try:
-            if image is None:
+            inputs = self.inputs
+            if self.spec.primary is not None and inputs.get(self.spec.primary) is None:
                 raise ParameterError("no input image: give the panel an image or a viewer showing one")
             values = self.spec.validate(self.params)
         except MedlabError as exc:
@@ -611,10 +793,12 @@ class StagePanel(widgets.VBox):
         self.apply_button.disabled, self.cancel_button.disabled = True, False
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.progress.layout.visibility = "visible"
+        self.live_values = {}
+        self.live_view.clear()
         self._set_status(f"running {self.spec.title} on the whole image…", "busy")
         # in the caller's context, so that an enclosing Recipe.record() sees the step
         context = contextvars.copy_context()
-        self._apply_thread = threading.Thread(target=context.run, args=(self._apply_job, image, values, self._cancel),
+        self._apply_thread = threading.Thread(target=context.run, args=(self._apply_job, inputs, values, self._cancel),
                                               name=f"medlab-apply-{self.spec.name}", daemon=True)
         self._apply_thread.start()
         if not wait:
@@ -622,7 +806,7 @@ class StagePanel(widgets.VBox):
         self._apply_thread.join()
         if self._apply_error is not None:
             raise self._apply_error
-        return self.result
+        return self.outputs if isinstance(self.outputs, Result) else self.outputs[0]
 
     def cancel(self) -> None:
         """Ask the running Apply to stop at its next progress step."""
@@ -630,7 +814,13 @@ class StagePanel(widgets.VBox):
         if self.running:
             self._set_status("cancelling…", "busy")
 
-    def _apply_job(self, image: Image, values: dict, cancel: threading.Event) -> None:
+    def _on_publish(self, stage: str, values: dict) -> None:
+        if stage != self.spec.name:
+            return  # a stage the running one calls inside
+        self.live_values.update(values)
+        self.live_view.update(values)
+
+    def _apply_job(self, inputs: dict, values: dict, cancel: threading.Event) -> None:
         t0 = time.perf_counter()
         last = [-1.0]
 
@@ -641,19 +831,28 @@ class StagePanel(widgets.VBox):
                 self.progress.description = f"{fraction:.0%}"
 
         try:
-            with progress_to(report, cancel), record() as steps:
-                out = self.function(image, **values)
-            self.outputs = out if isinstance(out, tuple) else (out,)
-            self.result, self.steps = self.outputs[0], list(steps)
+            with progress_to(report, cancel, publish=self._on_publish), record() as steps:
+                out = self.function(**inputs, **values)
+            self.live_view.flush()
+            self._keep(out)
+            self.steps = list(steps)
             self.progress.value, self.progress.bar_style = 1.0, "success"
             self._set_status(f"applied {self.spec.title} in {time.perf_counter() - t0:.2f} s", "ok")
             for cb in self._apply_callbacks:
                 cb(self)
         except Cancelled as exc:
+            self.live_view.flush()
             self.error = self._apply_error = exc
             self.progress.bar_style = "warning"
-            self._set_status("cancelled: the input is unchanged", "info")
+            kept = getattr(exc, "result", None)
+            if kept is not None:
+                self._keep(kept, title=f"{self.spec.title} (cancelled: the best result so far)")
+                self._set_status("cancelled: the best result so far is kept below (it is not in the recipe); "
+                                 "the input is unchanged", "info")
+            else:
+                self._set_status("cancelled: the input is unchanged", "info")
         except Exception as exc:  # noqa: BLE001 - never a dead callback: show it
+            self.live_view.flush()
             self.progress.bar_style = "danger"
             self._apply_error = exc
             self._fail(exc)
@@ -661,6 +860,12 @@ class StagePanel(widgets.VBox):
             self.running = False
             self.apply_button.disabled, self.cancel_button.disabled = False, True
             self.progress.layout.visibility = "hidden" if self._apply_error is None else "visible"
+
+    def _keep(self, out, title: str = "") -> None:
+        outputs = _as_dict(self.spec, out)
+        self.outputs = out if isinstance(out, Result) else (out,)
+        self.result = _first_image(outputs)[1]
+        self.outputs_view.show(outputs, title=title or f"outputs of {self.spec.title}")
 
     # -------------------------------------------------------------- status
     def _fail(self, exc: BaseException, prefix: str = "", source: str = "action") -> None:
@@ -687,6 +892,10 @@ class StagePanel(widgets.VBox):
         if self._unlink is not None:
             self._unlink()
         super().close()
+
+
+def _noop_publish(stage: str, values: dict) -> None:
+    pass
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
