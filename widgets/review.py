@@ -180,7 +180,7 @@ class ReviewApp(W.VBox):
 
     def _fatal(self, message: str) -> None:
         self.error = message
-        box = W.HTML(f"<b>The review cannot start.</b><br>{html.escape(message)}<br><br>"
+        box = W.HTML(f"<b>The review cannot start.</b><br>{html.escape(message[:1].upper() + message[1:])}<br><br>"
                      "No verdict has been changed. Please tell the person who set up this review.")
         box.add_class("medlab-review-fatal")
         self.children = [W.HTML(_CSS), box]
@@ -293,7 +293,7 @@ class ReviewApp(W.VBox):
         if problem:
             self.case_error.value = f"<b>This map cannot be shown.</b><br>{html.escape(problem)}"
             self.image_area.children = [self.case_error]
-            self._status("You can go on with the next map; this problem has been noted on screen only.", "info")
+            self._status("Skip to the next map, and please tell the person who set up this review.", "info")
             return
         self.image_area.children = [self.viewer]
         if self.viewer.image is not self.loaded.scan:
@@ -470,10 +470,11 @@ class ReviewApp(W.VBox):
         self._status(saved, "ok")
 
     def _next_unrated(self) -> int:
-        """The first unrated map after this one, else the first unrated before it, else the end."""
+        """The first unrated map after this one, else the end (maps skipped earlier, e.g. one
+        that cannot be shown, are listed on the final screen rather than coming back)."""
         rated = {(v.case_id, v.method) for v in self.store.current(self.reviewer)}
-        order = list(range(self.index + 1, len(self.items))) + list(range(self.index + 1))
-        return next((i for i in order if (self.items[i].case_id, self.items[i].method) not in rated), len(self.items))
+        later = range(self.index + 1, len(self.items))
+        return next((i for i in later if (self.items[i].case_id, self.items[i].method) not in rated), len(self.items))
 
     def _status(self, message: str, kind: str) -> None:
         if not hasattr(self, "status_line"):
