@@ -811,6 +811,24 @@ def segmentation_scores(pred, truth, labels=None, *, resample: bool = False) -> 
     list of dict
         One row per label, in increasing label order.
 
+    Notes
+    -----
+    Against other tools (checked in ``tests/test_metrics.py`` on an oblique, anisotropic grid):
+
+    * MONAI ``compute_hausdorff_distance`` (with and without ``percentile=95``),
+      ``compute_average_surface_distance(symmetric=True)`` and ``DiceMetric`` give the same
+      numbers when given the spacing in array order (``image.spacing[::-1]``); MONAI ignores
+      the direction, which is right because it is orthonormal. Its empty cases differ: NaN
+      for both empty, and NaN for HD95 with one empty.
+    * SimpleITK ``LabelOverlapMeasuresImageFilter`` (source = prediction): Dice, Jaccard,
+      ``1 - FalseNegativeError`` = sensitivity, ``1 - FalsePositiveError`` = specificity (ITK's
+      false positive error is FP / (FP + TN)), ``1 - FalseDiscoveryRate`` = precision.
+    * SimpleITK ``HausdorffDistanceImageFilter`` measures from every voxel of one mask to the
+      other mask (0 inside it), not surface to surface; run on ``LabelContour(mask,
+      fullyConnected=False)`` images it gives our maximum (its contours leave out voxels on
+      the image border, which ours count), and its "average Hausdorff distance" is the mean
+      of the two directed means, not the pooled ASSD.
+
     Examples
     --------
     >>> import numpy as np
