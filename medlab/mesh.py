@@ -142,7 +142,7 @@ class Mesh:
     @property
     def volume_ml(self) -> float:
         """Enclosed volume in mL (1 mL = 1000 mm³); meaningful only when :attr:`is_watertight`."""
-        return abs(float(self._tm().volume)) / 1000.0
+        return abs(_signed_volume(self.vertices, self.faces)) / 1000.0
 
     @property
     def area_mm2(self) -> float:
@@ -271,9 +271,9 @@ def _surface(labels: Image, value: int, box: tuple[slice, ...], smoothing: int, 
     start = np.array([s.start for s in box[::-1]], float) - 1    # (x, y, z) index of mask[0, 0, 0]
     index_mm = verts[:, ::-1] + start * spacing                  # (x, y, z), mm along the index axes
     points = index_mm @ labels.direction.T + np.asarray(labels.origin)
-    tm = trimesh.Trimesh(points, faces, process=True)
-    if tm.volume < 0:   # the (z, y, x) -> (x, y, z) swap and a left-handed direction flip the winding
-        tm.invert()
+    tm = trimesh.Trimesh(points, faces, process=False)   # vertices are shared already
+    if _signed_volume(tm.vertices, tm.faces) < 0:   # the (z, y, x) -> (x, y, z) swap and a
+        tm.invert()                                  # left-handed direction flip the winding
     if smoothing:
         trimesh.smoothing.filter_taubin(tm, lamb=_TAUBIN_LAMBDA, nu=_TAUBIN_MU, iterations=2 * smoothing)
     if reduction and len(tm.faces) > 8:
@@ -282,6 +282,17 @@ def _surface(labels: Image, value: int, box: tuple[slice, ...], smoothing: int, 
     return Mesh(tm.vertices, tm.faces, label=value,
                 name=info.name if info else f"label {value}",
                 color=info.color if info else label_color(value))
+
+
+def _signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Volume enclosed by a closed surface, positive when the faces wind outward (mm³).
+
+    The divergence theorem over the triangles, by hand: trimesh's ``Trimesh.volume`` computes
+    the full mass properties (inertia included) and took ~0.2 s per brain-phantom surface,
+    longer than marching cubes itself.
+    """
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
 
 
 # ---------------------------------------------------------------------------- export
