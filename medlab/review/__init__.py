@@ -43,16 +43,16 @@ pair of reviewers and Fleiss' kappa for all, from ``statsmodels.stats.inter_rate
 Examples
 --------
 >>> import medlab
->>> from medlab.review import ReviewStudy
+>>> from medlab.review import ReviewStudy, summarize
 >>> p = medlab.data.brain_mri(size=(48, 48, 24))
->>> blob = p.t1.with_array(p.mask("tumour core", "enhancing rim").astype("float32"))  # doctest: +SKIP
+>>> blob = p.t1.with_array(p.mask("enhancing tumour", "necrotic core").astype("float32"))
 >>> study = ReviewStudy.create("pilot/", [{"id": "c1", "scan": p.t1, "maps": {"truth": blob}}],
 ...                            name="pilot")                                        # doctest: +SKIP
 >>> store = study.open_store()                                                      # doctest: +SKIP
 >>> item = study.items("Dr Grey")[0]                                                # doctest: +SKIP
 >>> store.record("Dr Grey", item.case_id, item.method, verdict="relevant", confidence=4,
 ...              shown_as=item.shown_as)                                            # doctest: +SKIP
->>> print(summarize(store.current()))                                               # doctest: +SKIP
+>>> print(summarize(store))                                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
