@@ -37,7 +37,7 @@ state = W.Label()
 state.add_class("view3d-state")
 def report(_=None):
     vol = view.niivue.volumes[0]
-    state.value = json.dumps({{"position": view.position,
+    state.value = json.dumps({{"position": view.position, "viewer": list(viewer.position),
                               "img_back": vol.img is not None,
                               "pts_back": view.niivue.meshes[0].pts is not None,
                               "ready": vol.frac2mm_ortho is not None}})
@@ -148,6 +148,22 @@ def test_volume_and_tumour_surface_in_physical_space(notebook, tmp_path):
     s = state(page)
     assert s["img_back"] is False and s["pts_back"] is False
     assert sent and sum(sent) < 150_000, f"the page sent {sum(sent)} bytes to the kernel"
+
+    # the other way: a click in niivue's axial plane (multiplanar mode) moves the 2D viewer
+    page.evaluate(f"() => {{ const nv = {NIIVUE}; nv.setSliceType(3); }}")
+    tile = page.evaluate(f"""() => {{ const nv = {NIIVUE}; const s = nv.screenSlices.find(t => t.axCorSag === 0);
+        const r = nv.canvas.getBoundingClientRect(), k = nv.canvas.width / r.width, b = s.leftTopWidthHeight;
+        return [r.left + (b[0] + 0.3 * b[2]) / k, r.top + (b[1] + 0.6 * b[3]) / k]; }}""")
+    before = state(page)["viewer"]
+    page.mouse.click(*tile)
+    page.wait_for_function("(prev) => JSON.stringify(JSON.parse(document.querySelector('.view3d-state')"
+                           ".textContent).viewer) !== JSON.stringify(prev)", arg=before, timeout=15_000)
+    clicked = np.array(crosshair_ras(page)) * [-1, -1, 1]
+    s = state(page)
+    np.testing.assert_allclose(s["viewer"], clicked, atol=1e-3)
+    np.testing.assert_allclose(s["position"], clicked, atol=1e-3)
+    assert abs(clicked[2] - moved[2]) < 1e-3, "a click in the axial plane keeps its height"
+    page.evaluate(f"() => {{ const nv = {NIIVUE}; nv.setSliceType(4); }}")
 
     # pictures for a person to look at: from the front and from the left side
     for name, azimuth, elevation in (("anterior", 180, 0), ("left", 90, 0), ("oblique", 135, 20)):
