@@ -151,6 +151,7 @@ def test_export_round_trip_through_trimesh(tmp_path, suffix):
     mesh = label_surface(off_centre_box(rotation((0, 1, 1), 33)), 3)
     path = save_mesh(mesh, tmp_path / f"lesion{suffix}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"lesion{suffix}"]     # no temp file, no .mtl
+    assert b"SPACE=LPS" in path.read_bytes()[:400]         # the frame, where 3D Slicer reads it
     back = trimesh.load(path, force="mesh", process=True)
     assert len(back.faces) == len(mesh.faces)
     np.testing.assert_allclose(back.bounds, np.array(mesh.bounds()), atol=1e-4)  # STL holds float32
