@@ -214,3 +214,26 @@ def test_bad_input_gives_medlab_errors():
     with pytest.raises(ParameterError, match="save_mesh"):
         save_mesh("not a mesh", "x.stl")
     assert issubclass(ImageError, MedlabError) and issubclass(WriteError, MedlabError)
+
+
+# ---------------------------------------------------------------------------- real data
+def test_real_label_map_stored_las_lands_on_the_ct(shared):
+    """TotalSegmentator's liver on the shared CT series: the label map is stored y-flipped (LAS),
+    so only a surface that honours its direction lands inside the LPS-stored DICOM series."""
+    seg = medlab.load(shared("ct_abdomen/example_seg_dicom.nii.gz"), kind="label",
+                      labels=shared("ct_abdomen/labels_total.json"))
+    ct = medlab.load(shared("ct_abdomen/example_ct_dicom"))
+    assert seg.orientation == "LAS" and ct.orientation == "LPS"
+    liver = label_surface(seg, 5, smoothing=0)
+    again = label_surface(seg.reorient("LPS"), 5, smoothing=0)
+    np.testing.assert_allclose(liver.bounds()[0], again.bounds()[0], atol=1e-4)
+    np.testing.assert_allclose(liver.bounds()[1], again.bounds()[1], atol=1e-4)
+    clo, chi, half = voxel_extent(seg, 5)
+    np.testing.assert_allclose(liver.bounds()[0], clo - half, atol=1e-4)
+    np.testing.assert_allclose(liver.bounds()[1], chi + half, atol=1e-4)
+    lo, hi = ct.bounds()
+    assert np.all(liver.bounds()[0] >= lo - 1) and np.all(liver.bounds()[1] <= hi + 1)
+    assert liver.vertices[:, 0].mean() < 0, "the liver is on the patient's right (LPS x < 0)"
+    assert liver.name == "liver" and liver.is_watertight
+    voxels = np.count_nonzero(seg.array == 5) * np.prod(seg.spacing) / 1000
+    assert liver.volume_ml == pytest.approx(voxels, rel=0.03)

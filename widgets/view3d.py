@@ -120,7 +120,10 @@ def _drop_chunks(state: dict) -> dict:
 @functools.lru_cache(maxsize=1)
 def _classes():
     """niivue widget classes that load the patched module and ignore voxels sent back."""
-    import ipyniivue
+    try:
+        import ipyniivue
+    except ImportError as exc:
+        raise ImportError("the 3D view needs ipyniivue (a medlab dependency): pip install ipyniivue") from exc
 
     class Volume(ipyniivue.Volume):
         def set_state(self, state):
