@@ -8,19 +8,22 @@ work offline and put a volume and meshes in one scene in millimetres:
 =====================  ==========  ===========================================================
 viewer                 wheel       verdict
 =====================  ==========  ===========================================================
-ipyniivue 2.4          1.7 MB      anywidget; niivue's JavaScript is inside the wheel (no
-                                   request leaves 127.0.0.1); reads NIfTI with its full affine
-                                   (oblique, anisotropic) and draws volume rendering, slices
-                                   and meshes in one world frame in mm; WebGL2 works under
-                                   headless Chromium's software renderer.
-k3d 3.2                8.5 MB      ships its JS, but a volume is placed by an axis-aligned
-                                   ``bounds`` box only (no direction matrix) and its notebook
-                                   code names CDN fallbacks (unpkg, cdnjs).
-plotly 7.1 (mesh3d)    9.7 MB      meshes fine, but no real volume rendering (``go.Volume``
-                                   is stacked isosurfaces, slow beyond ~10^5 voxels); 40 MB
-                                   installed.
-pyvista + trame/vtk    140 MB      ``vtk`` wheel alone; needs a trame server or a remote
-                                   (ipyvtklink, unmaintained since 2022) OpenGL render window.
+ipyniivue 2.4          1.7 MB      anywidget (like medlab's viewer: no lab extension); niivue's
+                                   JavaScript is inside the wheel (no request left 127.0.0.1 in
+                                   the browser test); reads NIfTI with its full affine
+                                   (oblique, anisotropic) itself, and draws volume rendering,
+                                   slices, crosshair and meshes in one world frame in mm, with
+                                   an orientation cube; WebGL2 works under headless Chromium's
+                                   software renderer.
+k3d 3.2                8.5 MB      ships its JS and can place a volume by a 4x4 model matrix,
+                                   but reads no medical format (every placement is ours to
+                                   write), has no patient-frame crosshair or orientation
+                                   markers, and its JS names CDN URLs (unpkg, cdnjs; not
+                                   tested offline here).
+plotly 7.1 (mesh3d)    9.7 MB      meshes fine, but ``go.Volume`` draws stacked isosurfaces,
+                                   not a ray-cast volume rendering; 40 MB installed.
+pyvista + trame/vtk    140 MB      the ``vtk`` wheel alone; the Jupyter backend runs a trame
+                                   server beside the kernel (ipyvtklink: last release 2022).
 itkwidgets 1.0         –           loads its viewer from IPFS/CDN at display time: not offline
                                    (see stack-facts).
 =====================  ==========  ===========================================================
