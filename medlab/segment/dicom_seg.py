@@ -96,9 +96,16 @@ def _source_datasets(folder: Path, series) -> list:
     return [datasets[i] for i in order]
 
 
-def _fill_missing_uids(datasets: list) -> None:
-    """Give copies of the headers the UIDs highdicom needs when the files leave them empty.
+# Type 2 attributes of the Patient and General Study modules (present, possibly empty) that a
+# SEG copies from its source; files from anonymisers often drop them.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+          "StudyDate", "StudyTime", "ReferringPhysicianName")
 
+
+def _complete_headers(datasets: list) -> None:
+    """Give the (in-memory) headers what highdicom needs when the files leave it out.
+
+    Missing type 2 patient and study attributes become empty, as the standard allows.
     SOP Class/Instance UIDs come from the file meta header (the same values); empty Study or
     Series Instance UIDs get UIDs derived from the Frame of Reference and the instance UIDs,
     so exporting again gives the same ones, and a warning says a PACS will not link them.
@@ -107,6 +114,9 @@ def _fill_missing_uids(datasets: list) -> None:
 
     missing = []
     for ds in datasets:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         meta = getattr(ds, "file_meta", None)
         if not ds.get("SOPInstanceUID") and meta is not None and meta.get("MediaStorageSOPInstanceUID"):
             ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -150,11 +160,10 @@ def _frame_grid(datasets: list) -> tuple[Image, bool]:
     return grid, bool(uniform)
 
 
-def _on_series_grid(labels: Image, datasets: list, where: Path) -> np.ndarray:
+def _on_series_grid(labels: Image, datasets: list, grid: Image, uniform: bool, where: Path) -> np.ndarray:
     """The label map's values at every source pixel (nearest neighbour in mm), [frame, row, col]."""
     import SimpleITK as sitk
 
-    grid, uniform = _frame_grid(datasets)
     if not labels.overlaps(grid):
         raise GeometryError(f"write_dicom_seg: the label map ({labels.describe()}) and the series in {where} "
                             "do not overlap in physical space; was it made from another scan?")
@@ -297,8 +306,9 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
         raise WriteError(f"{path} exists already; pass overwrite=True to replace it, or choose another name")
 
     datasets = _source_datasets(Path(source_series_folder), series)
-    _fill_missing_uids(datasets)
-    frames = _on_series_grid(labels, datasets, Path(source_series_folder))
+    _complete_headers(datasets)
+    grid, uniform = _frame_grid(datasets)
+    frames = _on_series_grid(labels, datasets, grid, uniform, Path(source_series_folder))
     values = [int(v) for v in np.unique(frames) if v != 0]
     if not values:
         raise ImageError(f"write_dicom_seg: no labelled voxel of the label map falls on the series in "
@@ -308,6 +318,13 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
     segment_map = numbers[np.clip(frames, 0, None)]
     descriptions = [_segment_description(n, v, labels, algorithm_type, algorithm, dict(segment_codes or {}))
                     for n, v in enumerate(values, 1)]
+    thickness = float(datasets[0].get("SliceThickness") or 0) or round(abs(grid.spacing[2]), 6)
+    for ds in datasets:  # highdicom reads it from every source header; type 2, so often left out
+        if not ds.get("SliceThickness"):
+            ds.SliceThickness = thickness
+    measures = hd.PixelMeasuresSequence(  # the header's thickness, and the measured slice step
+        pixel_spacing=[float(v) for v in datasets[0].PixelSpacing], slice_thickness=thickness,
+        spacing_between_slices=grid.spacing[2] if uniform and len(datasets) > 1 else None)
     try:
         seg = hd.seg.Segmentation(
             source_images=datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -315,7 +332,8 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medlab",
             manufacturer_model_name="medlab", software_versions=str(__version__), device_serial_number="none",
             series_description=dicom_text(str(series_description)), content_label="SEGMENTATION",
-            content_description=dicom_text(str(series_description)), omit_empty_frames=True)
+            content_description=dicom_text(str(series_description)), omit_empty_frames=True,
+            pixel_measures=measures)
     except (ValueError, TypeError, AttributeError) as exc:
         raise WriteError(f"write_dicom_seg: highdicom refused the segmentation for {path}: {exc}") from exc
     with atomic_path(path, overwrite=overwrite, suffix=".dcm") as tmp:
