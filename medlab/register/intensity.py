@@ -1,0 +1,425 @@
+"""Intensity-based registration: translation, rigid, similarity, affine and B-spline, driven by
+an image similarity metric (mutual information across modalities, correlation or mean
+squares within one), with a multi-resolution schedule, live metric curve and Cancel that keeps
+the best transform so far.
+
+The engine is SimpleITK's ``ImageRegistrationMethod``, run once per resolution level on an
+image pyramid medlab builds itself (optional recursive-Gaussian smoothing, then block
+averaging). Why not SimpleITK's built-in pyramid: it smooths the full-size images with a
+discrete Gaussian at every level, which took most of the time of a whole-head registration.
+Why a fixed number of random samples per level rather than a percentage: the coarse levels of
+a pyramid have few voxels, the fine ones millions; a number (like elastix's 2048 per
+iteration) keeps every level equally well estimated. Measured on the 197×233×189 MNI T1 moved
+by a known rigid transform (``benchmarks/bench_register.py``): the defaults reach a mean TRE
+of a few hundredths of a millimetre faster than elastix's default rigid map, and stay accurate
+on an inverted-contrast, noisy copy.
+
+Examples
+--------
+>>> from medlab.data import registration_pair
+>>> from medlab.register import linear_register, target_registration_error
+>>> pair = registration_pair(size=(64, 64, 32), spacing=(3, 3, 4), seed=1)
+>>> transform, registered, history, report = linear_register(pair.fixed, pair.moving)
+>>> float(target_registration_error(transform, pair.landmarks, truth=pair.transform).mean()) < 1.0
+True
+>>> registered.same_grid(pair.fixed)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..image import Image
+from ..outputs import Curve, Transform
+from ..stage import (
+    Choice,
+    CurveOut,
+    Float,
+    ImageInput,
+    ImageOut,
+    Int,
+    TableOut,
+    TransformInput,
+    TransformOut,
+    publish,
+    stage,
+)
+from ._common import (
+    INITIALISATION,
+    METRIC_NAMES,
+    METRICS,
+    OPTIMISERS,
+    SAMPLING,
+    Tracker,
+    centre,
+    check_pair,
+    grids,
+    level_shrinks,
+    pyramid_level,
+    registered_image,
+    report_table,
+    run_level,
+    set_metric,
+    set_optimiser,
+    set_sampling,
+    stop_reason,
+    to_float,
+)
+from .evaluation import folded_voxels, jacobian_determinant
+
+__all__ = ["LINEAR_TRANSFORMS", "bspline_register", "linear_register"]
+
+LINEAR_TRANSFORMS = ("translation", "rigid", "versor_rigid", "similarity", "affine")
+
+
+# ---------------------------------------------------------------------------- transforms
+def _new_transform(kind: str, dim: int):
+    import SimpleITK as sitk
+
+    if kind == "translation":
+        return sitk.TranslationTransform(dim)
+    if kind == "affine":
+        return sitk.AffineTransform(dim)
+    if dim == 2:
+        return sitk.Euler2DTransform() if kind in ("rigid", "versor_rigid") else sitk.Similarity2DTransform()
+    return {"rigid": sitk.Euler3DTransform, "versor_rigid": sitk.VersorRigid3DTransform,
+            "similarity": sitk.Similarity3DTransform}[kind]()
+
+
+def _copy(t):
+    return type(t)(t)
+
+
+def affine_parts(t, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(A, b)`` with ``t(p) = A p + b`` when ``t`` is affine (checked on test points), else None."""
+    try:
+        b = np.array(t.TransformPoint((0.0,) * dim))
+        a = np.stack([np.array(t.TransformPoint(tuple(np.eye(dim)[k] * 100.0))) - b for k in range(dim)], axis=1) / 100.0
+        probe = np.random.default_rng(0).uniform(-150, 150, (4, dim))
+    except RuntimeError:
+        return None
+    for p in probe:
+        if not np.allclose(t.TransformPoint(tuple(p)), a @ p + b, atol=1e-6):
+            return None
+    return a, b
+
+
+def _as_kind(initial, kind: str, dim: int, c) -> object | None:
+    """``initial`` expressed as a transform of ``kind`` centred at ``c``, or None if it is not one."""
+    parts = affine_parts(initial, dim)
+    if parts is None:
+        return None
+    a, b = parts
+    c = np.asarray(c, float)
+    if kind == "translation":
+        if not np.allclose(a, np.eye(dim), atol=1e-6):
+            return None
+        import SimpleITK as sitk
+
+        return sitk.TranslationTransform(dim, tuple(map(float, b)))
+    t = _new_transform(kind, dim)
+    if kind in ("rigid", "versor_rigid") and np.allclose(a.T @ a, np.eye(dim), atol=1e-5):
+        u, _, vt = np.linalg.svd(a)
+        a = u @ vt  # re-orthonormalise (files hold rounded matrices)
+    t.SetCenter(tuple(map(float, c)))
+    try:
+        t.SetMatrix(tuple(map(float, a.ravel())))
+    except RuntimeError:  # not a rotation (or scaled rotation): cannot be this kind
+        return None
+    t.SetTranslation(tuple(map(float, a @ c + b - c)))
+    return t
+
+
+def _start(kind: str, fixed, moving, initialisation: str, initial):
+    """The transform to optimise, and a fixed transform applied before it (or None)."""
+    import SimpleITK as sitk
+
+    dim = fixed.GetDimension()
+    c = centre(fixed)
+    if initial is not None:
+        direct = _as_kind(initial, kind, dim, c)
+        if direct is not None:
+            return direct, None
+        t = _new_transform(kind, dim)
+        if hasattr(t, "SetCenter"):
+            t.SetCenter(c)
+        return t, initial
+    t = _new_transform(kind, dim)
+    if initialisation == "none":
+        if hasattr(t, "SetCenter"):
+            t.SetCenter(c)
+        return t, None
+    mode = (sitk.CenteredTransformInitializerFilter.GEOMETRY if initialisation == "geometry"
+            else sitk.CenteredTransformInitializerFilter.MOMENTS)
+    if kind == "translation":
+        e = sitk.CenteredTransformInitializer(fixed, moving, _new_transform("rigid", dim), mode).Downcast()
+        return sitk.TranslationTransform(dim, e.GetTranslation()), None
+    return sitk.CenteredTransformInitializer(fixed, moving, t, mode).Downcast(), None
+
+
+def _compose(before, t):
+    import SimpleITK as sitk
+
+    return t if before is None else sitk.CompositeTransform([before, t])
+
+
+# ---------------------------------------------------------------------------- the engine
+def _register(stage_name: str, fixed: Image, moving: Image, start, before, *, name: str, metric: str,
+              bins: int, optimiser: str, learning_rate: float, iterations: int, levels: int,
+              smoothing_mm: float, sampling: str, samples: int, sampling_percentage: float, large: bool):
+    """Run the multi-resolution loop; returns (full transform, history curve, report rows)."""
+    import SimpleITK as sitk
+
+    f, m = to_float(fixed), to_float(moving)
+    f_grid, m_grid = grids(fixed, moving)
+    curve = Curve("metric", x_label="iteration", y_label=METRIC_NAMES[metric], lower_is_better=True)
+    tracker = Tracker(curve, lambda p: _compose(before, _with_params(start, p)), f_grid, m_grid, name, large=large)
+    reference = min(fixed.spacing)
+    shrinks = level_shrinks(levels)
+    rows = []
+    for level, s in enumerate(shrinks):
+        t0 = time.perf_counter()
+        f_l = pyramid_level(f, s, reference, smoothing_mm * s)
+        m_l = pyramid_level(m, s, reference, smoothing_mm * s)
+        R = sitk.ImageRegistrationMethod()
+        set_metric(R, metric, bins)
+        n = set_sampling(R, sampling, samples, sampling_percentage, int(np.prod(f_l.GetSize())))
+        set_optimiser(R, optimiser, learning_rate, iterations, scales=not large)
+        R.SetInterpolator(sitk.sitkLinear)
+        if before is not None:
+            R.SetMovingInitialTransform(before)
+        R.SetInitialTransform(start, inPlace=True)
+        tracker.start_level(level, start.GetParameters())
+        done_before = tracker.iterations
+
+        def on_iteration(R=R, level=level):
+            it = R.GetOptimizerIteration()
+            tracker.step(it, R.GetMetricValue(), R.GetOptimizerPosition(),
+                         (level + min(it + 1, iterations) / iterations) / len(shrinks))
+
+        R.AddCommand(sitk.sitkIterationEvent, on_iteration)
+        run_level(R, f_l, m_l, tracker, stage_name)
+        if tracker.best_params is not None:
+            start.SetParameters(tracker.best_params)
+        spacing = " × ".join(f"{v:.3g}" for v in f_l.GetSpacing())
+        rows.append({"level": level + 1, "voxel size": spacing, "samples": n,
+                     "iterations": tracker.iterations - done_before,
+                     "final metric": tracker.best_value if math.isfinite(tracker.best_value) else None,
+                     "stop reason": stop_reason(R), "time": round(time.perf_counter() - t0, 3)})
+    final = _compose(before, _copy(start))
+    publish(transform=Transform(final, fixed=f_grid, moving=m_grid, name=name), history=curve)
+    return final, curve, rows
+
+
+def _with_params(proto, params):
+    t = _copy(proto)
+    t.SetParameters(tuple(params))
+    return t
+
+
+def _summary_row(rows: list[dict], started: float, metric: str, extra: dict | None = None) -> dict:
+    last = rows[-1]
+    return {"level": "all", "voxel size": last["voxel size"], "samples": last["samples"],
+            "iterations": sum(r["iterations"] for r in rows), "final metric": last["final metric"],
+            "stop reason": last["stop reason"], "time": round(time.perf_counter() - started, 3),
+            "metric": METRIC_NAMES[metric], **(extra or {})}
+
+
+_COMMON = {
+    "fixed": ImageInput("intensity", help="the reference image; the result lives on its grid"),
+    "moving": ImageInput("intensity", help="the image to move onto the fixed one (any grid, may be oblique)"),
+    "initial": TransformInput(optional=True, help="a starting fixed→moving transform (e.g. from landmarks or ICP)"),
+    "metric": Choice(METRICS, "mattes_mi", help="similarity: mutual information works across modalities; "
+                  "correlation and mean squares need the same contrast"),
+    "bins": Int(8, 256, 32, help="histogram bins of the mutual-information metrics"),
+    "smoothing_mm": Float(0.0, 20.0, 0.0, unit="mm", help="Gaussian σ at the finest level, doubled at each "
+                       "coarser one (0: block averaging only)"),
+    "sampling": Choice(SAMPLING, "random", help="which fixed-image points the metric uses at each iteration: "
+                    "random or regular subsets (fixed seed: deterministic), or all voxels"),
+    "samples": Int(500, 5_000_000, 20000, help="points sampled per level (all voxels of a smaller level)"),
+    "sampling_percentage": Float(0.0, 100.0, 0.0, unit="%", help="if above 0, sample this share of each "
+                              "level's voxels instead of a fixed number"),
+}
+
+
+# ---------------------------------------------------------------------------- linear
+@stage("Linear registration", group="register", preview=None, keeps_best=True, **_COMMON,
+       transform=Choice(LINEAR_TRANSFORMS, "rigid", help="degrees of freedom: translation (3), rigid "
+                        "(Euler angles or versor, 6), similarity (+ isotropic scale, 7), affine (12)"),
+       optimiser=Choice(OPTIMISERS, "regular_step", help="regular-step gradient descent (step in mm, "
+                        "halved when the direction turns), gradient descent with the step estimated at "
+                        "each iteration, or L-BFGS-B"),
+       learning_rate=Float(0.01, 20.0, 1.0, unit="mm", help="largest step of a point, in mm"),
+       iterations=Int(1, 5000, 100, help="largest number of iterations per level"),
+       levels=Int(1, 6, 4, help="resolution levels: voxels 2^(levels-1) times the finest spacing, "
+                  "then halved at each level down to full resolution"),
+       initialisation=Choice(INITIALISATION, "geometry", help="start by aligning the grid centres, the "
+                             "intensity centres of mass (moments), or not at all; ignored with an initial transform"),
+       outputs={"transform": TransformOut(help="fixed → moving transform"),
+                "registered": ImageOut(grid="fixed", help="the moving image resampled on the fixed grid"),
+                "history": CurveOut(help="metric per iteration, one series per level"),
+                "report": TableOut(help="per level: voxel size, samples, iterations, final metric, stop reason, time")})
+def linear_register(fixed, moving, initial=None, *, transform="rigid", metric="mattes_mi", bins=32,
+                    optimiser="regular_step", learning_rate=1.0, iterations=100, levels=4, smoothing_mm=0.0,
+                    sampling="random", samples=20000, sampling_percentage=0.0, initialisation="geometry"):
+    """Align ``moving`` to ``fixed`` with a translation, rigid, similarity or affine transform
+    by optimising an image similarity metric over a multi-resolution pyramid.
+
+    The metric curve (one series per level) and the best transform so far are published at
+    every iteration; Cancel keeps the best transform. The defaults (Mattes mutual
+    information, 4 levels, 20,000 random points per level, regular-step gradient descent)
+    work across modalities (T1 to T2, MR to CT) and within one.
+
+    Parameters
+    ----------
+    fixed, moving : Image
+        2D or 3D intensity images of the same dimension, overlapping in physical space; any
+        spacing, origin and direction.
+    initial : Transform, optional
+        A fixed → moving starting transform (landmarks, ICP, an earlier registration). A
+        rigid start for a rigid registration is refined in place; otherwise the result is the
+        composition ``initial ∘ optimised``.
+    transform : {'translation', 'rigid', 'versor_rigid', 'similarity', 'affine'}
+    metric : {'mattes_mi', 'joint_histogram_mi', 'correlation', 'mean_squares'}
+    bins : int
+        Histogram bins of the mutual-information metrics.
+    optimiser : {'regular_step', 'gradient_descent', 'lbfgsb'}
+    learning_rate : float
+        Largest step of a point, in mm (scales from physical shift make rotations and
+        translations comparable).
+    iterations : int
+        Largest number of iterations per level.
+    levels : int
+        Pyramid levels; level voxels are 2^(levels-1), ..., 2, 1 times the finest spacing
+        (thick-slice axes shrink less).
+    smoothing_mm : float
+        Gaussian σ (mm) at the finest level, doubled per coarser level; 0 for block
+        averaging only.
+    sampling : {'random', 'regular', 'all'}
+    samples : int
+        Points per level when sampling (a fixed seed: the result is deterministic).
+    sampling_percentage : float
+        If above 0, the share (%) of each level's voxels to sample instead of ``samples``.
+    initialisation : {'geometry', 'moments', 'none'}
+
+    Returns
+    -------
+    transform : Transform
+        Maps fixed points to moving points (mm, LPS); save it with ``.save('t.h5')``.
+    registered : Image
+        The moving image resampled onto the fixed grid (float32).
+    history : Curve
+        Metric value per iteration, one series per level (lower is better: MI is negated).
+    report : Table
+        One row per level and a summary row: voxel size, samples, iterations, final metric,
+        stop reason, time.
+
+    Raises
+    ------
+    ImageError
+        Images of different dimension, constant or tiny images.
+    GeometryError
+        Images that do not overlap, or that stop overlapping during the run.
+
+    Examples
+    --------
+    >>> from medlab.data import registration_pair
+    >>> pair = registration_pair(size=(64, 64, 32), spacing=(3, 3, 4))
+    >>> t, registered, history, report = linear_register(pair.fixed, pair.moving)
+    >>> t.summary()["kind"], registered.same_grid(pair.fixed)
+    ('Euler3DTransform', True)
+    """
+    check_pair(fixed, moving, "linear_register")
+    if transform == "versor_rigid" and fixed.ndim == 2:
+        raise ParameterError("linear_register: transform 'versor_rigid' is 3D only; use 'rigid' for 2D images")
+    started = time.perf_counter()
+    f, m = to_float(fixed), to_float(moving)
+    start, before = _start(transform, f, m, initialisation, None if initial is None else initial.sitk)
+    result, curve, rows = _register("linear_register", fixed, moving, start, before, name=transform,
+                                    metric=metric, bins=bins, optimiser=optimiser, learning_rate=learning_rate,
+                                    iterations=iterations, levels=levels, smoothing_mm=smoothing_mm,
+                                    sampling=sampling, samples=samples, sampling_percentage=sampling_percentage,
+                                    large=False)
+    f_grid, m_grid = grids(fixed, moving)
+    out = Transform(result, fixed=f_grid, moving=m_grid, name=transform)
+    registered = registered_image(moving, fixed, result)
+    rows.append(_summary_row(rows, started, metric))
+    return out, registered, curve, report_table(rows, f"{transform} registration")
+
+
+# ---------------------------------------------------------------------------- B-spline
+@stage("B-spline (free-form) registration", group="register", preview=None, keeps_best=True, **_COMMON,
+       grid_spacing_mm=Float(2.0, 200.0, 20.0, unit="mm", help="distance between B-spline control points: "
+                             "smaller follows finer deformations (and can fold)"),
+       optimiser=Choice(OPTIMISERS, "lbfgsb", help="L-BFGS-B (no step to choose), or gradient descent"),
+       learning_rate=Float(0.01, 20.0, 1.0, unit="mm", help="step of the gradient-descent optimisers"),
+       iterations=Int(1, 5000, 100, help="largest number of iterations per level"),
+       levels=Int(1, 6, 3, help="resolution levels (as for linear registration)"),
+       outputs={"transform": TransformOut(help="fixed → moving transform (initial ∘ B-spline)"),
+                "registered": ImageOut(grid="fixed", help="the moving image resampled on the fixed grid"),
+                "history": CurveOut(help="metric per iteration, one series per level"),
+                "report": TableOut(help="per level and overall; folded voxels and Jacobian range"),
+                "jacobian": ImageOut(grid="fixed", help="Jacobian determinant on the fixed grid (≤ 0: folding)")})
+def bspline_register(fixed, moving, initial=None, *, metric="mattes_mi", bins=32, smoothing_mm=0.0,
+                     sampling="random", samples=20000, sampling_percentage=0.0, grid_spacing_mm=20.0,
+                     optimiser="lbfgsb", learning_rate=1.0, iterations=100, levels=3):
+    """Deformable registration with a cubic B-spline (free-form) transform.
+
+    Run it after a linear registration (pass that as ``initial``): the B-spline then models
+    only the local, non-linear part. Reports the Jacobian determinant of the whole transform
+    on the fixed grid and the number of folded voxels (determinant ≤ 0).
+
+    Parameters
+    ----------
+    fixed, moving : Image
+        Intensity images of the same dimension.
+    initial : Transform, optional
+        Applied before the B-spline (the result is ``initial ∘ B-spline``).
+    grid_spacing_mm : float
+        Control-point spacing in mm.
+    metric, bins, smoothing_mm, sampling, samples, sampling_percentage, optimiser, learning_rate, iterations, levels
+        As for :func:`linear_register`.
+
+    Returns
+    -------
+    transform, registered, history, report
+        As for :func:`linear_register`; the report's summary row adds ``folded voxels``,
+        ``jacobian min`` and ``jacobian max``.
+    jacobian : Image
+        Jacobian determinant (float32) on the fixed grid.
+
+    Examples
+    --------
+    >>> from medlab.data import brain_mri
+    >>> from medlab.register import bspline_register
+    >>> p = brain_mri(size=(48, 48, 24), spacing=(4, 4, 5))
+    >>> r = bspline_register(p.t1, p.t1, iterations=5, levels=1)
+    >>> r.report.rows[-1]["folded voxels"]
+    0
+    """
+    import SimpleITK as sitk
+
+    check_pair(fixed, moving, "bspline_register")
+    started = time.perf_counter()
+    f = to_float(fixed)
+    mesh = [max(1, round(sz * sp / grid_spacing_mm)) for sz, sp in zip(fixed.size, fixed.spacing)]
+    start = sitk.BSplineTransformInitializer(f, mesh, 3)
+    before = None if initial is None else initial.sitk
+    result, curve, rows = _register("bspline_register", fixed, moving, start, before, name="B-spline",
+                                    metric=metric, bins=bins, optimiser=optimiser, learning_rate=learning_rate,
+                                    iterations=iterations, levels=levels, smoothing_mm=smoothing_mm,
+                                    sampling=sampling, samples=samples, sampling_percentage=sampling_percentage,
+                                    large=True)
+    f_grid, m_grid = grids(fixed, moving)
+    out = Transform(result, fixed=f_grid, moving=m_grid, name="B-spline")
+    registered = registered_image(moving, fixed, result)
+    jac = jacobian_determinant(result, fixed)
+    extra = {"folded voxels": folded_voxels(jac), "jacobian min": float(jac.array.min()),
+             "jacobian max": float(jac.array.max()), "control points": "×".join(str(v + 3) for v in mesh)}
+    rows.append(_summary_row(rows, started, metric, extra))
+    return out, registered, curve, report_table(rows, "B-spline registration"), jac
