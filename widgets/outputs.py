@@ -261,7 +261,11 @@ class OutputsView(widgets.VBox):
             buttons += [path, self._button("save", "download", "medlab-output-save",
                                            lambda: self._save(name, value, path))]
         body = [] if isinstance(value, (Image, Checkpoint)) else [output_widget(name, value)]
-        row = widgets.VBox([widgets.HBox([head, *buttons]), *body])
+        head.layout = widgets.Layout(flex="1 1 20em")
+        for b in buttons:
+            b.layout.flex = "0 0 auto"
+        row = widgets.VBox([widgets.HBox([head, *buttons], layout=widgets.Layout(flex_flow="row wrap",
+                                                                                 align_items="center")), *body])
         row.add_class("medlab-output")
         row.add_class(f"medlab-output-{name}")
         return row

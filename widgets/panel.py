@@ -62,7 +62,7 @@ import traitlets
 
 from medlab.errors import Cancelled, MedlabError, ParameterError
 from medlab.image import Image
-from medlab.outputs import describe_value
+from medlab.outputs import Curve, describe_value
 from medlab.stage import Result, StageSpec, get_stage, progress_to, record
 
 from .controls import ParamControl, param_control
@@ -370,7 +370,8 @@ class StagePanel(widgets.VBox):
 
     def _build(self, viewers: list) -> None:
         s = self.spec
-        title = widgets.HTML(f"<b>{html.escape(s.title)}</b> <span style='opacity:.75'>{html.escape(s.summary)}</span>")
+        summary = "" if s.summary.strip(". ") == s.title else s.summary
+        title = widgets.HTML(f"<b>{html.escape(s.title)}</b> <span style='opacity:.75'>{html.escape(summary)}</span>")
         title.add_class("medlab-stage-title")
         self.inputs_note = widgets.HTML(self._inputs_html())
         self.inputs_note.add_class("medlab-inputs")
@@ -440,14 +441,17 @@ class StagePanel(widgets.VBox):
             for n, p in self.spec.point_params().items():
                 label = p.label or (p.role.replace("_", " ") if p.role != "points" else n)
                 if self._point_set_name(n) != "points":
-                    v.add_point_set(n, role=p.role, label=label)
+                    kept = [[*q, 0.0][:3] for q in (self.controls[n].value or ())]
+                    v.add_point_set(n, role=p.role, label=label, points=kept)
             v.observe(self._on_point_sets, "point_sets")
+            v.observe(self._on_active_set, ["active_set", "point_mode"])
             self._on_point_sets({"new": v.point_sets})
         elif v.has_trait("points"):
             v.observe(self._on_point_sets, "points")
 
     def detach(self) -> None:
-        """Stop following the viewer (when another panel takes over the same viewers)."""
+        """Stop following the viewer (when another panel takes over the same viewers); this
+        panel's own point sets leave the viewer (their points stay in the controls)."""
         self._active = False
         with self._lock:
             self._generation += 1  # drop any preview in flight
@@ -455,15 +459,22 @@ class StagePanel(widgets.VBox):
         v = self.viewer
         if v is not None and hasattr(v, "unobserve"):
             for fn, names in ((self._on_view_change, ["plane", "slice_index"]),
-                              (self._on_point_sets, ["point_sets", "points"])):
+                              (self._on_point_sets, ["point_sets", "points"]),
+                              (self._on_active_set, ["active_set", "point_mode"])):
                 for n in names:
                     try:
                         v.unobserve(fn, n)
                     except ValueError:
                         pass
+            if v.has_trait("point_sets"):
+                for n in self.spec.point_params():
+                    if self._point_set_name(n) != "points":
+                        v.remove_point_set(n)
+                if v.point_mode == "edit":
+                    v.point_mode = "off"
 
     def attach(self) -> None:
-        """Follow the viewer again and refresh the preview."""
+        """Follow the viewer again (its point sets come back with their points) and refresh the preview."""
         if not self._active:
             self._active = True
             self._bind_viewer()
@@ -571,6 +582,16 @@ class StagePanel(widgets.VBox):
             pts = v.point_set(set_name) if v.has_trait("point_sets") else (change["new"] or [])
             self.controls[n].value = pts
 
+    def _on_active_set(self, change=None) -> None:
+        """The pick toggles show which set clicks go to (also when it is picked in the viewer)."""
+        v = self.viewer
+        editing = v.point_mode == "edit"
+        for n, c in self.controls.items():
+            if hasattr(c, "pick"):
+                want = editing and v.active_set == self._point_set_name(n)
+                if c.pick.value != want:
+                    c.pick.value = want
+
     def _on_pick(self, name: str, change) -> None:
         v = self.viewer
         if v is None or not v.has_trait("point_mode"):
@@ -579,10 +600,9 @@ class StagePanel(widgets.VBox):
             if v.has_trait("active_set"):
                 v.active_set = self._point_set_name(name)
             v.point_mode = "edit"
-            for other, c in self.controls.items():  # one set is picked at a time
-                if other != name and hasattr(c, "pick"):
-                    c.pick.value = False
-        elif not any(c.pick.value for c in self.controls.values() if hasattr(c, "pick")):
+        elif v.has_trait("active_set") and v.active_set == self._point_set_name(name):
+            v.point_mode = "off"
+        elif not v.has_trait("active_set"):
             v.point_mode = "off"
 
     def request_preview(self) -> int:
@@ -835,6 +855,8 @@ class StagePanel(widgets.VBox):
                 out = self.function(**inputs, **values)
             self.live_view.flush()
             self._keep(out)
+            if any(isinstance(v, Curve) for v in _as_dict(self.spec, out).values()):
+                self.live_view.clear()  # the outputs below show the final curves
             self.steps = list(steps)
             self.progress.value, self.progress.bar_style = 1.0, "success"
             self._set_status(f"applied {self.spec.title} in {time.perf_counter() - t0:.2f} s", "ok")

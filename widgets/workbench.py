@@ -216,6 +216,7 @@ class Workbench(widgets.VBox):
         self.panel = panel
         self._wire_inputs(panel)
         panel.attach()
+        self._show_after_pane()
         self._panel_box.children = [panel]
         if self.picker.value != name:
             self.picker.value = name
@@ -333,15 +334,32 @@ class Workbench(widgets.VBox):
             self.history.append((panel.spec.name, dict(last.params) if last else {}, image_out
                                  if image_out is not None else outputs))
             self.results.append(outputs)
-            if image_out is not None and last is not None:
+            advances = self._advances(panel.spec, image_out)
+            if advances and last is not None:
                 key = next((k for k, v in self.session.items() if v is image_out), None)
                 if key is not None:
                     self._current = key
-        if image_out is not None:
-            self.before.image = image_out
-            self._wire_inputs(panel)
+        if advances:
+            self.before.image = image_out   # a chain: the result is what the next stage takes
+        elif image_out is not None and image_out.is_label and image_out.overlaps(self.before.image):
+            self.before.set_labels(image_out, opacity=0.4)   # a segmentation: over its image
+        elif image_out is not None:
+            self.after.image = image_out    # e.g. a registered image: beside its inputs
+        self._wire_inputs(panel)
         self._refresh_history()
+        self._show_after_pane()
         panel.request_preview()
+
+    def _show_after_pane(self) -> None:
+        """The result pane is hidden while it has nothing to show (a stage without preview)."""
+        empty = self.panel.spec.preview is None and self.after.image is None
+        self.after.layout.display = "none" if empty else ""
+
+    @staticmethod
+    def _advances(spec: StageSpec, image_out) -> bool:
+        """Whether a result becomes the current image: an intensity image made from a stage's
+        only image input (preprocessing). Label maps and registered images sit beside it."""
+        return (image_out is not None and not image_out.is_label and len(spec.image_inputs) == 1)
 
     # -------------------------------------------------------------- history
     def undo(self):
