@@ -600,9 +600,7 @@ class StagePanel(widgets.VBox):
             if v.has_trait("active_set"):
                 v.active_set = self._point_set_name(name)
             v.point_mode = "edit"
-        elif v.has_trait("active_set") and v.active_set == self._point_set_name(name):
-            v.point_mode = "off"
-        elif not v.has_trait("active_set"):
+        elif not v.has_trait("active_set") or v.active_set == self._point_set_name(name):
             v.point_mode = "off"
 
     def request_preview(self) -> int:
