@@ -268,16 +268,19 @@ def _surface(labels: Image, value: int, box: tuple[slice, ...], smoothing: int, 
 
     # Crop to the label's box and pad one voxel of background: the surface closes at the
     # image border and marching cubes runs on the label's neighbourhood, not the whole scan.
-    mask = np.pad(labels.array[box] == value, 1).astype(np.float32)
+    mask = np.zeros(tuple(b.stop - b.start + 2 for b in box), np.float32)
+    mask[1:-1, 1:-1, 1:-1] = labels.array[box] == value
     spacing = np.asarray(labels.spacing)                         # (x, y, z)
     verts, faces, _, _ = marching_cubes(mask, 0.5, spacing=tuple(spacing[::-1]), method="lorensen",
                                       allow_degenerate=False)
     start = np.array([s.start for s in box[::-1]], float) - 1    # (x, y, z) index of mask[0, 0, 0]
     index_mm = verts[:, ::-1] + start * spacing                  # (x, y, z), mm along the index axes
     points = index_mm @ labels.direction.T + np.asarray(labels.origin)
+    if np.linalg.det(labels.direction) < 0:
+        # marching cubes winds faces outward in the (x, y, z) index frame; a left-handed
+        # direction mirrors space, so the winding must be reversed to stay outward
+        faces = faces[:, ::-1]
     tm = trimesh.Trimesh(points, faces, process=False)   # vertices are shared already
-    if _signed_volume(tm.vertices, tm.faces) < 0:   # the (z, y, x) -> (x, y, z) swap and a
-        tm.invert()                                  # left-handed direction flip the winding
     if smoothing:
         trimesh.smoothing.filter_taubin(tm, lamb=_TAUBIN_LAMBDA, nu=_TAUBIN_MU, iterations=2 * smoothing)
     if reduction and len(tm.faces) > 8:

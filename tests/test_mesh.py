@@ -46,7 +46,7 @@ def test_axis_aligned_box_lands_on_its_voxels_exactly():
     # marching cubes at 0.5 on a mask puts the surface half a voxel outside the outer centres
     np.testing.assert_allclose(lo, clo - half, atol=1e-6)
     np.testing.assert_allclose(hi, chi + half, atol=1e-6)
-    assert mesh.is_watertight
+    assert mesh.is_watertight and mesh.to_trimesh().volume > 0
     # the enclosed volume of an unsmoothed box-shaped label is its voxel volume, minus the cut
     # edges of marching cubes: within a few % here
     voxels = np.count_nonzero(labels.array == 3) * np.prod(labels.spacing) / 1000
@@ -69,6 +69,7 @@ def test_oblique_anisotropic_label_map_extent_within_half_a_voxel(direction):
         np.testing.assert_array_less(np.abs(lo - (clo - half)), half + 1e-6)
         np.testing.assert_array_less(np.abs(hi - (chi + half)), half + 1e-6)
         assert mesh.is_watertight
+        assert mesh.to_trimesh().volume > 0, "faces must wind outward, also for a left-handed direction"
         # every vertex lies inside the label's voxels (dilated by half a voxel): maps through
         # the direction, not just a box that happens to match
         idx = labels.physical_to_index(mesh.vertices)
