@@ -298,11 +298,15 @@ class View3D(W.VBox):
 
         Examples
         --------
-        >>> unlink = view.link(viewer)       # doctest: +SKIP
-        >>> viewer.position = [10.0, -5.0, 20.0]
-        >>> view.position                    # doctest: +SKIP
-        [10.0, -5.0, 20.0]
-        >>> unlink()                         # doctest: +SKIP
+        >>> import numpy as np, medlab
+        >>> from medlab.widgets import Viewer
+        >>> scan = medlab.Image(np.ones((8, 16, 16), np.float32), spacing=(1.0, 1.0, 2.0))
+        >>> view, viewer = View3D(scan), Viewer(scan)
+        >>> unlink = view.link(viewer)
+        >>> viewer.position = [4.0, 5.0, 6.0]
+        >>> view.position
+        [4.0, 5.0, 6.0]
+        >>> unlink()
         """
         if not (isinstance(viewer, traitlets.HasTraits) and viewer.has_trait("position")):
             raise ParameterError(f"link needs a medlab Viewer (with a position trait); got {type(viewer).__name__}")
