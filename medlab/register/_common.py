@@ -20,7 +20,7 @@ METRICS = ("mattes_mi", "joint_histogram_mi", "correlation", "mean_squares")
 METRIC_NAMES = {"mattes_mi": "Mattes MI", "joint_histogram_mi": "joint-histogram MI",
                 "correlation": "normalised correlation", "mean_squares": "mean squares"}
 OPTIMISERS = ("regular_step", "gradient_descent", "lbfgsb")
-SAMPLING = ("random", "regular", "all")
+SAMPLING = ("regular", "random", "all")
 INITIALISATION = ("geometry", "moments", "none")
 
 SEED = 20240611
@@ -52,10 +52,14 @@ def check_pair(fixed: Image, moving: Image, stage: str) -> None:
 
 
 def to_float(image: Image):
-    """A float32 SimpleITK image of ``image`` (geometry kept)."""
+    """A float32 SimpleITK image of ``image`` (geometry kept), with a single copy of the voxels."""
     import SimpleITK as sitk
 
-    return sitk.Cast(image.to_sitk(), sitk.sitkFloat32)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(image.array, dtype=np.float32))
+    out.SetSpacing(image.spacing)
+    out.SetOrigin(image.origin)
+    out.SetDirection(tuple(float(v) for v in image.direction.ravel()))
+    return out
 
 
 def centre(image) -> tuple[float, ...]:
@@ -236,12 +240,14 @@ def grids(fixed: Image, moving: Image) -> tuple[dict, dict]:
     return grid_of(fixed), grid_of(moving)
 
 
-def registered_image(moving: Image, fixed: Image, transform, *, default: float | None = None) -> Image:
-    """The moving image resampled on the fixed grid through ``transform`` (linear)."""
+def registered_image(moving: Image, fixed: Image, transform, *, moving_sitk=None) -> Image:
+    """The moving image resampled on the fixed grid through ``transform`` (linear); voxels
+    outside the moving image take its smallest value."""
     import SimpleITK as sitk
 
-    fill = float(np.min(moving.array)) if default is None else default
-    out = resample_onto(to_float(moving), fixed, transform, sitk.sitkLinear, fill, sitk.sitkFloat32)
+    fill = float(np.min(moving.array))
+    src = to_float(moving) if moving_sitk is None else moving_sitk
+    out = resample_onto(src, fixed, transform, sitk.sitkLinear, fill, sitk.sitkFloat32)
     return Image.from_sitk(out, metadata={**moving.metadata, "registered_to": fixed.metadata.get("source", "fixed")})
 
 
