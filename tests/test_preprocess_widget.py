@@ -141,9 +141,15 @@ def test_preview_follows_the_current_image(widget, img):
     prev = widget.panel.wait_preview()
     assert np.array_equal(prev.array, _pp_gamma(widget.before.current_slice(), gamma=2.0).array)
     assert widget.after.image is prev
-    widget.apply(wait=True)
+    result = widget.apply(wait=True)
+    # after Apply both panes show the result (not the stage applied a second time) ...
+    assert widget.panel.wait_preview() is None
+    assert widget.before.image is result and widget.after.image is result
+    assert "result" in widget.after_caption.value and "step1" in widget.before_caption.value
+    # ... until a parameter changes: then the preview runs on the result (what the next Apply takes)
+    widget.set(gamma=2.5)
+    widget.set(gamma=2.0)
     prev = widget.panel.wait_preview()
-    # after Apply the preview runs on the result (what the next Apply would take)
     assert np.array_equal(widget.panel.preview_input.array, widget.before.current_slice().array)
     assert np.array_equal(prev.array, _pp_gamma(widget.before.current_slice(), gamma=2.0).array)
     rows = {name for name, _, _ in widget.panel.quality_rows}

@@ -44,6 +44,17 @@ class ParamControl:
         self.param, self.widget, self._get, self._set, self.watched = param, widget, get, set, watched
         widget.add_class("medlab-param")
         widget.add_class(f"medlab-param-{param.name}")
+        # the help is shown, not only a tooltip: "0 = one eighth of the image" must be readable
+        self.hint = widgets.HTML(f"<span title='{html.escape(param.help, quote=True)}'>"
+                                 f"{html.escape(_short(param.help))}</span>" if param.help else "")
+        self.hint.add_class("medlab-param-help")
+
+    @property
+    def row(self) -> widgets.Widget:
+        """The control with its help text beside it."""
+        if not self.param.help:
+            return self.widget
+        return widgets.HBox([self.widget, self.hint], layout=widgets.Layout(align_items="center"))
 
     @property
     def value(self) -> Any:
@@ -59,6 +70,10 @@ class ParamControl:
             w.observe(callback, "value")
 
 
+def _short(text: str, n: int = 90) -> str:
+    return text if len(text) <= n else text[: n - 1].rsplit(" ", 1)[0] + "…"
+
+
 def _description(p: Param) -> str:
     label = p.label or p.name.replace("_", " ")
     return f"{label} ({p.unit})" if p.unit else label
@@ -68,7 +83,7 @@ def _float_control(p, image):
     desc, tip = _description(p), p.help
     if p.log and p.min > 0:
         lo, hi = math.log10(p.min), math.log10(p.max)
-        w = widgets.FloatLogSlider(value=p.default, base=10, min=lo, max=hi, step=(hi - lo) / 100,
+        w = widgets.FloatLogSlider(value=p.default, base=10, min=lo, max=hi, step=_log_step(lo, hi, p.default),
                                    description=desc, tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
     else:
         w = widgets.FloatSlider(value=p.default, min=p.min, max=p.max, step=p.step, description=desc,
@@ -78,6 +93,15 @@ def _float_control(p, image):
         return min(max(float(w.value), p.min), p.max)
 
     return ParamControl(p, w, get, lambda v: setattr(w, "value", float(v)), [w])
+
+
+def _log_step(lo: float, hi: float, default: float, n: int = 100) -> float:
+    """A step in log10 units, about (hi - lo) / n, that puts the default exactly on the slider's
+    grid (else a default of 0.01 shows as 0.00977)."""
+    d = math.log10(default) - lo
+    if d <= 0:
+        return (hi - lo) / n
+    return d / max(1, round(d / ((hi - lo) / n)))
 
 
 def _int_control(p, image):

@@ -344,6 +344,7 @@ class StagePanel(widgets.VBox):
         self._unlink = None
         self._error_source = ""
         self._syncing_points = False
+        self._held = self._user_change = False
 
         _LIVE.add(self)
         created = self._make_viewers(viewer, after, image)
@@ -406,7 +407,7 @@ class StagePanel(widgets.VBox):
             if hasattr(c, "pick"):
                 c.pick.observe(lambda ch, name=n: self._on_pick(name, ch), "value")
         self._set_status("", "info")
-        rows = [title, self.inputs_note, widgets.VBox([c.widget for c in self.controls.values()]),
+        rows = [title, self.inputs_note, widgets.VBox([c.row for c in self.controls.values()]),
                 widgets.HBox([self.apply_button, self.cancel_button, self.progress]),
                 widgets.HBox([self.preview_time, self.difference, self.preview_note]), self.metrics, self.status,
                 self.live_view, self.outputs_view]
@@ -478,6 +479,7 @@ class StagePanel(widgets.VBox):
         if not self._active:
             self._active = True
             self._bind_viewer()
+        self._user_change = True  # picking a stage asks for its preview
         self.request_preview()
 
     # -------------------------------------------------------------- inputs and parameters
@@ -566,10 +568,12 @@ class StagePanel(widgets.VBox):
 
     def _on_param_change(self, change=None) -> None:
         self.preview_note.value = self._preview_off_reason() or ""
+        self._user_change = True
         if self.live:
             self.request_preview()
 
     def _on_view_change(self, change=None) -> None:
+        self._user_change = True
         if self.live:
             self.request_preview()
 
@@ -603,8 +607,21 @@ class StagePanel(widgets.VBox):
         elif not v.has_trait("active_set") or v.active_set == self._point_set_name(name):
             v.point_mode = "off"
 
+    def hold_preview(self) -> None:
+        """No automatic preview until the user changes a parameter, the slice or the stage
+        (after an Apply, both panes show the result instead)."""
+        with self._lock:
+            self._generation += 1  # drop any preview in flight
+            self._held = True
+        self._worker.cancel()
+        self.preview = self.preview_input = None
+        self.preview_time.value, self.metrics.value, self.quality_rows = "", "", []
+
     def request_preview(self) -> int:
         """Ask for a preview of the current parameters; returns its generation (0: none)."""
+        if self._held and not self._user_change:
+            return 0
+        self._held = self._user_change = False
         if not self._active or self._preview_off_reason() or self.image is None:
             return 0
         try:

@@ -309,12 +309,38 @@ class Viewer(anywidget.AnyWidget):
             "affine": self._affine.tolist(),
             "inverse": np.linalg.inv(self._affine).tolist(),
             "to_index": render.display_to_index(image).tolist(),
-            "letters": None if image.ndim == 2 else {p: list(v) for p, v in render.EDGE_LETTERS.items()},
+            "letters": self._letters(image),
+            "caption": self._caption(image),
             "units": str(image.metadata.get("units") or ("HU" if render.is_ct(image) else "")),
             "channels": int(image.array.shape[-1]) if image.rgb else 1,
             "oblique": bool(render.orientation_note(image)),
             "planes": render.plane_geometry(self._volume.shape[:3], self._spacing, self._affine),
         }
+
+    @staticmethod
+    def _letters(image: Image) -> dict | None:
+        """Edge letters per pane; a 2D slice cut from a volume keeps its plane's letters."""
+        if image.ndim == 3:
+            return {p: list(v) for p, v in render.EDGE_LETTERS.items()}
+        plane = image.metadata.get("plane")
+        return {"axial": list(render.EDGE_LETTERS[plane])} if plane in render.EDGE_LETTERS else None
+
+    @staticmethod
+    def _caption(image: Image) -> str:
+        """What a 2D picture is, when it is a slice of a volume (e.g. a preview)."""
+        plane, index = image.metadata.get("plane"), image.metadata.get("slice_index")
+        return f"{plane} {index + 1}" if image.ndim == 2 and plane and isinstance(index, int) else ""
+
+    def __repr__(self) -> str:
+        if self._image is None:
+            return "<medlab Viewer: no image>"
+        sets = [f"{d['name']} ({len(d['points'])})" for d in self.point_sets if d["points"] or d["name"] != "points"]
+        where = f"{self.plane} slice {self.slice_index + 1}/{self._cursor_count(render._NORMAL_AXIS[self.plane])}" \
+            if self._image.ndim == 3 else "2D"
+        layers = [n for n in ("labels", "heat", "second") if n in self._layers]
+        return (f"<medlab Viewer: {where} of {self._image.describe()}; W {self.window:.4g} L {self.level:.4g}"
+                + (f"; layers: {', '.join(layers)}" if layers else "")
+                + (f"; point sets: {', '.join(sets)}" if sets else "") + ">")
 
     @staticmethod
     def _preset_dict(image: Image) -> dict:

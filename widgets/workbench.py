@@ -171,13 +171,17 @@ class Workbench(widgets.VBox):
         self.undo_button.on_click(lambda _: self._safely(self.undo))
         self.export_button.on_click(lambda _: self._safely(lambda: self.export(self.export_path.value,
                                                                                overwrite=self.overwrite.value)))
+        self.before_caption, self.after_caption = widgets.HTML(), widgets.HTML()
+        self.before_caption.add_class("medlab-before-caption")
+        self.after_caption.add_class("medlab-after-caption")
         self._panel_box = widgets.VBox([])
         self.panel: StagePanel = None  # type: ignore[assignment]
         self.select(self.picker.value)
         self.children = [
             widgets.HBox([self.group_picker, self.picker]),
             self._inputs_box,
-            widgets.HBox([self.before, self.after]),
+            widgets.HBox([widgets.VBox([self.before_caption, self.before]),
+                          widgets.VBox([self.after_caption, self.after])]),
             self._panel_box,
             widgets.HTML("<b>History</b>"),
             widgets.HBox([self.history_list, self.undo_button]),
@@ -215,8 +219,11 @@ class Workbench(widgets.VBox):
             self._panels[name] = panel
         self.panel = panel
         self._wire_inputs(panel)
+        if panel.error is None and not panel.running:
+            panel.show_status("", "info")  # no stale "applied … in 0.6 s" from an earlier visit
         panel.attach()
         self._show_after_pane()
+        self._caption("preview")
         self._panel_box.children = [panel]
         if self.picker.value != name:
             self.picker.value = name
@@ -340,7 +347,11 @@ class Workbench(widgets.VBox):
                 if key is not None:
                     self._current = key
         if advances:
-            self.before.image = image_out   # a chain: the result is what the next stage takes
+            # a chain: the result is what the next stage takes. Both panes show it until the
+            # user changes something, rather than a preview of the stage applied a second time.
+            panel.hold_preview()
+            self.before.image = image_out
+            self.after.image = image_out
         elif image_out is not None and image_out.is_label and image_out.overlaps(self.before.image):
             self.before.set_labels(image_out, opacity=0.4)   # a segmentation: over its image
         elif image_out is not None:
@@ -348,7 +359,33 @@ class Workbench(widgets.VBox):
         self._wire_inputs(panel)
         self._refresh_history()
         self._show_after_pane()
-        panel.request_preview()
+        self._caption("result" if image_out is not None else "preview")
+        if not advances:
+            panel.request_preview()
+
+    def _caption(self, what: str) -> None:
+        """Say what each pane shows: the input (which session value) and the preview or result."""
+        spec = self.panel.spec
+        key = next((k for k, v in self.session.items() if v is self.before.image), None)
+        source = self._source_text(key)
+        self.before_caption.value = f"<b>input</b> <code>{html.escape(key or '')}</code> {html.escape(source)}"
+        if what == "result" and self.recipe.steps:
+            step = self.recipe.steps[-1]
+            self.after_caption.value = (f"<b>result</b> of {html.escape(step.id)} "
+                                        f"({html.escape(spec.title)}); change a parameter to preview the next step")
+        elif spec.preview is None:
+            self.after_caption.value = "<b>result</b> (this stage has no live preview: Apply runs it)"
+        else:
+            where = "a downsampled volume" if spec.preview == "volume" else "the shown slice"
+            self.after_caption.value = f"<b>preview</b> of {html.escape(spec.title)} on {where}"
+
+    def _source_text(self, key: str | None) -> str:
+        if key is None or "." not in key:
+            return "(original)" if key else ""
+        sid = key.split(".")[0]
+        step = next((s for s in self.recipe.steps if s.id == sid), None)
+        title = self.specs[step.stage].title if step is not None and step.stage in self.specs else ""
+        return f"(after {sid}: {title})" if title else ""
 
     def _show_after_pane(self) -> None:
         """The result pane is hidden while it has nothing to show (a stage without preview)."""
@@ -377,8 +414,10 @@ class Workbench(widgets.VBox):
             if self._current not in self.session:
                 self._current = self._latest_image()
         self.before.image = self.image
+        self.before.set_labels(None)
         self._wire_inputs(self.panel)
         self._refresh_history()
+        self._caption("preview")
         self.panel.show_status(f"undid {self.specs[name].title if name in self.specs else name}", "ok")
         self.panel.request_preview()
         return self.image

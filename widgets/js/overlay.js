@@ -72,6 +72,6 @@ function drawOverlay(ctx, plane) {
   entry.slider.max = String(pg.count - 1);
   entry.slider.value = String(p.index);
   entry.slider.disabled = pg.count <= 1;
-  entry.title.textContent = g.ndim === 3 ? `${plane} ${p.index + 1}/${pg.count}` : "";
-  entry.info.textContent = `W ${fmtValue(ctx.model.get("window"))}  L ${fmtValue(ctx.model.get("level"))}`;
+  entry.title.textContent = g.ndim === 3 ? `${plane} ${p.index + 1}/${pg.count}` : (g.caption || "");
+  entry.info.textContent = `W ${fmtValue(ctx.model.get("window"))}\nL ${fmtValue(ctx.model.get("level"))}`;
 }
