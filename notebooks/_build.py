@@ -65,16 +65,20 @@ print(brain.labels.describe())
 Scroll with the slider, the mouse wheel or the arrow keys; drag with the right mouse button
 (or use the numeric boxes and presets) to change window/level; the readout under the cursor
 gives the voxel index, the position in millimetres and the value. The label map is drawn in
-the image's physical space, with a legend.
+the image's physical space, with a legend — here as **outlines**, so the scan stays readable
+(`set_labels(..., outline=False, opacity=0.4)` fills them instead).
 """),
     code("""
-viewer = Viewer(brain.flair, labels=brain.labels, layout="three")
+viewer = Viewer(brain.flair, layout="three")
+viewer.set_labels(brain.labels, outline=True)
 viewer
 """),
     md("""
-Switch on point mode (the ✚ button, or `viewer.point_mode = "edit"`) and click: the points arrive
-in Python as physical coordinates in millimetres (LPS), ready to be seeds or landmarks.
-Here we place one from Python, at the centre of the tumour, and read it back.
+Switch on point mode (the **✚ points** button, or `viewer.point_mode = "edit"`) and click: the
+points arrive in Python as physical coordinates in millimetres (LPS), ready to be seeds or
+landmarks. A viewer can hold several named point sets (seeds and background, fixed and moving
+landmarks), each with its own colour and marker; the chips under the picture pick the set a
+click adds to. Here we place one point from Python, at the centre of the tumour, and read it back.
 """),
     code("""
 tumour_value = brain.label_value("enhancing tumour")
@@ -171,7 +175,35 @@ png = after.snapshot()
 print("after-view follows the before-view:", after.position == before.position, "| snapshot bytes:", len(png))
 """),
     md("""
-Next: `02_preprocessing.ipynb` (denoising, contrast, resampling, bias correction, recipes).
+## 7. Recipes: what you did, as code that reruns
+
+Every processing step in medlab is a **stage**: a plain function whose inputs (images), parameters
+and outputs are declared once. Inside `Recipe.record(...)`, each stage call is written down with
+where its inputs came from, so the recipe can rerun the exact computation on the same or on
+new data, save itself as JSON (input descriptions and checksums, never voxels) and print itself
+as Python. Here two images go in, and one step has two outputs.
+"""),
+    code("""
+from medlab.recipe import Recipe
+from medlab.preprocess import gaussian_smooth, n4_bias_correction
+
+small = medlab.data.brain_mri(seed=3, size=(64, 64, 24), bias=0.3)
+with Recipe.record(t1=small.t1, flair=small.flair) as recipe:
+    t1_smooth = gaussian_smooth(small.t1, sigma=1.0)
+    flair_corrected, bias_field = n4_bias_correction(small.flair, iterations=10, levels=2)
+print(recipe)
+print(recipe.to_python())
+"""),
+    code("""
+outputs = recipe.run(t1=small.t1, flair=small.flair)   # every output of every step, by name
+print(sorted(outputs))
+same = np.array_equal(outputs["step2.image"].array, flair_corrected.array)
+print("replay is bit-identical:", same, "| the field keeps the geometry:", outputs["step2.field"].same_grid(small.flair))
+"""),
+    md("""
+Next: `02_preprocessing.ipynb` (denoising, contrast, resampling, bias correction, the
+preprocess widget and its recipe). For any group of stages, `medlab.widgets.Workbench(images,
+group=...)` gives the same interface: pick a stage, fill its inputs, preview, apply, export.
 Bridges to other viewers: `medlab.widgets.open_in_napari(image, labels=...)` (with the `napari`
 extra) and `medlab.widgets.view_itk(image)` (the `itk` extra; its viewer loads from the internet).
 """),
