@@ -7,17 +7,54 @@ import numpy as np
 from ..errors import ImageError
 from ..image import Image
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def as_float(image: Image) -> np.ndarray:
-    """The voxels as float32 (a copy only when the dtype changes)."""
-    return np.asarray(image.array, dtype=np.float32)
+    """The voxels as float32 (a copy only when the dtype changes).
+
+    Float64 values beyond float32's range would become infinite here and then NaN in every
+    output voxel of a filter: they are refused instead.
+    """
+    a = image.array
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        top = float(np.max(np.abs(a)))
+        if top > _FLOAT32_MAX:
+            raise ImageError(
+                f"image values reach {top:.3g}, beyond the range medlab's filters compute in (float32, "
+                f"±{_FLOAT32_MAX:.3g}); rescale the image first, e.g. image.with_array(image.array / {top:.0e})"
+            )
+    return np.asarray(a, dtype=np.float32)
 
 
-def float_sitk(image: Image):
-    """A float32 ``SimpleITK.Image`` with the image's geometry."""
+def to_unit_range(array: np.ndarray) -> tuple[np.ndarray, float]:
+    """``array`` (float32) times a power of two that brings huge or tiny magnitudes near 1, and that factor.
+
+    Filters that square intensities (gradients, patch distances, range kernels) overflow
+    float32 above about 1e19 and underflow below 1e-19. Multiplying by a power of two is exact,
+    so they run on the scaled voxels and :func:`from_unit_range` gives the same result as
+    an exact computation would. Magnitudes between 2^-40 and 2^40 (every real image) are
+    returned unchanged, with factor 1.
+    """
+    top = float(np.max(np.abs(array))) if array.size else 0.0
+    if top == 0 or not np.isfinite(top) or 2.0**-40 <= top <= 2.0**40:
+        return array, 1.0
+    scale = float(2.0 ** -np.ceil(np.log2(top)))
+    return (array.astype(np.float64) * scale).astype(np.float32), scale
+
+
+def from_unit_range(array: np.ndarray, scale: float) -> np.ndarray:
+    """Undo :func:`to_unit_range` (float32 out)."""
+    if scale == 1.0:
+        return array
+    return (array.astype(np.float64) / scale).astype(np.float32)
+
+
+def float_sitk(image: Image, array: np.ndarray | None = None):
+    """A float32 ``SimpleITK.Image`` with the image's geometry (and ``array``'s voxels when given)."""
     import SimpleITK as sitk
 
-    out = sitk.GetImageFromArray(np.ascontiguousarray(as_float(image)))
+    out = sitk.GetImageFromArray(np.ascontiguousarray(as_float(image) if array is None else array, dtype=np.float32))
     out.SetSpacing(image.spacing)
     out.SetOrigin(image.origin)
     out.SetDirection(tuple(image.direction.ravel()))
