@@ -47,7 +47,7 @@ import ipywidgets as widgets
 from medlab.errors import MedlabError
 from medlab.image import Image, as_image
 from medlab.outputs import Checkpoint, Transform, describe_value
-from medlab.recipe import Recipe
+from medlab.recipe import Recipe, _unique
 from medlab.stage import ImageInput, ModelInput, StageSpec, TransformInput
 from medlab.stage import groups as registered_groups
 from medlab.stage import stages as registered_stages
@@ -477,12 +477,3 @@ class Workbench(widgets.VBox):
 def _identifier(name: str) -> str:
     key = re.sub(r"\W", "_", str(name)).strip("_") or "image"
     return key if key[0].isalpha() else f"image_{key}"
-
-
-def _unique(name: str, taken) -> str:
-    if name not in taken:
-        return name
-    i = 2
-    while f"{name}{i}" in taken:
-        i += 1
-    return f"{name}{i}"
