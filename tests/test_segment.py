@@ -379,6 +379,15 @@ def test_component_table_volumes_centroids_and_boxes(scene):
     assert len(big) == 1
 
 
+def test_post_processing_names_unnamed_labels():
+    arr = np.zeros((10, 10), np.uint8)
+    arr[2:8, 2:8] = 3
+    out = segment.fill_holes(Image(arr, kind="label"))
+    assert out.labels[3].name == "label 3"
+    named = segment.fill_holes(Image(arr, kind="label", labels={3: ("liver", (1, 2, 3))}))
+    assert named.labels[3].name == "liver" and named.labels[3].color == (1, 2, 3)
+
+
 def test_touching_labels_are_separate_components():
     arr = np.zeros((10, 10), np.uint8)
     arr[2:8, 2:5] = 1

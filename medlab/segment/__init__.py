@@ -24,12 +24,21 @@ export                    :func:`write_dicom_seg`
 
 Examples
 --------
+Region growing from one seed in the oedema of the brain phantom's FLAIR, then hole filling,
+scored against the phantom's whole tumour (oedema, enhancing rim, necrotic core):
+
+>>> import numpy as np
+>>> from scipy import ndimage
+>>> from medlab import metrics, segment
 >>> from medlab.data import brain_mri
->>> from medlab import segment, metrics
->>> p = brain_mri(size=(64, 64, 32), seed=0)
->>> centre = p.info["tumour_centre_mm"]
->>> grown = segment.connected_threshold(p.flair, seeds=[centre], tolerance=0.2)   # doctest: +SKIP
->>> tumour = segment.fill_holes(grown)                                              # doctest: +SKIP
+>>> p = brain_mri(size=(96, 96, 48), seed=0)
+>>> depth = ndimage.distance_transform_edt(p.labels.array == 7, sampling=p.flair.spacing[::-1])
+>>> seed = p.flair.index_to_physical(np.unravel_index(depth.argmax(), depth.shape)[::-1])  # mm, LPS
+>>> grown = segment.connected_threshold(p.flair, seeds=[seed], tolerance=0.25)
+>>> tumour = segment.fill_holes(grown, mode="slices")
+>>> truth = p.labels.with_array(np.isin(p.labels.array, [7, 8, 9]), kind="label")
+>>> round(metrics.dice(grown, truth), 2), round(metrics.dice(tumour, truth), 2)
+(0.82, 0.94)
 """
 
 # imported in the order a method picker lists them: thresholds, seeds, boundaries, clean-up

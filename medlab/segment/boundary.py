@@ -66,7 +66,8 @@ def _sigma() -> Float:
 def watershed(image: Image, *, seeds=(), background=(), sigma: float = 1.0) -> Image:
     """Flood the gradient-magnitude landscape from the seeds and from the background markers;
     the region is the seeds' basin, and its border lies on the crest (the strongest edge)
-    between them.
+    between them. Put seeds where the image is flat (inside the structure, away from its
+    edges): a seed on an edge starts high on the landscape and may keep little more than itself.
 
     Parameters
     ----------

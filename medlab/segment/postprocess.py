@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParameterError
-from ..image import Image
+from ..image import Image, label_color
 from ..stage import Choice, Float, ImageInput, LabelOut, Points, progress, stage
 from ._common import CONNECTIVITY, label_components, point_indices, radius_voxels, where
 
@@ -30,6 +30,13 @@ def _radius() -> Float:
 def _values(labels: Image) -> list[int]:
     v = np.unique(labels.array)
     return [int(x) for x in v if x != 0]
+
+
+def _result(labels: Image, array: np.ndarray) -> Image:
+    """``array`` on the input's grid, keeping its label names; values without a name get
+    ``"label N"`` and the default colour, so every label shown has a name."""
+    names = {v: (f"label {v}", label_color(v)) for v in np.unique(array).tolist() if v and v not in labels.labels}
+    return labels.with_array(array, labels={**labels.labels, **names})
 
 
 def _morphology(labels: Image, radius: float, closing: bool) -> np.ndarray:
@@ -83,7 +90,7 @@ def opening(labels: Image, *, radius: float = 2.0) -> Image:
     >>> int(opening(Image(arr, kind="label"), radius=1).array.sum())  # the speck is gone
     100
     """
-    return labels.with_array(_morphology(labels, radius, closing=False))
+    return _result(labels, _morphology(labels, radius, closing=False))
 
 
 @stage("Closing", group="segment", preview="slice", labels=_labels_input(), radius=_radius(),
@@ -115,7 +122,7 @@ def closing(labels: Image, *, radius: float = 2.0) -> Image:
     >>> int(closing(Image(arr, kind="label"), radius=1).array.sum())
     100
     """
-    return labels.with_array(_morphology(labels, radius, closing=True))
+    return _result(labels, _morphology(labels, radius, closing=True))
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
@@ -195,7 +202,7 @@ def fill_holes(labels: Image, *, mode: str = "3d") -> Image:
     if holes.any():
         owner = _hole_owner(holes, a, "face")
         out[holes] = owner[holes]
-    return labels.with_array(out)
+    return _result(labels, out)
 
 
 @stage("Keep largest component", group="segment", preview="slice", labels=_labels_input(),
@@ -234,7 +241,7 @@ def keep_largest_component(labels: Image, *, connectivity: str = "face") -> Imag
         comps = comps[comps > 0]
         if comps.size:
             keep[comps[np.argmax(sizes[comps])]] = True
-    return labels.with_array(np.where(keep[ids], a, 0).astype(a.dtype))
+    return _result(labels, np.where(keep[ids], a, 0).astype(a.dtype))
 
 
 @stage("Keep seeded component", group="segment", preview="slice", labels=_labels_input(),
@@ -275,4 +282,4 @@ def keep_seeded_component(labels: Image, *, seeds=(), connectivity: str = "face"
                                  "so it marks no piece to keep; click inside a labelled region")
     ids = label_components(a, connectivity)
     keep = np.isin(ids, [ids[j] for j in idx])
-    return labels.with_array(np.where(keep, a, 0).astype(a.dtype))
+    return _result(labels, np.where(keep, a, 0).astype(a.dtype))
