@@ -147,24 +147,29 @@ def test_synthetic_oblique_series_with_shuffled_files(tmp_path):
                     shuffle=True, modality="MR")
     mr = medlab.load(folder)
     arr = np.zeros(mr.shape, np.uint8)
-    arr[1:5, 4:20, 6:14] = 1
-    arr[2:4, 8:16, 20:28] = 2
-    labels = mr.with_array(arr, kind="label", labels={1: "left", 2: ("right", (10, 200, 30))})
+    arr[1:5, 4:20, 6:14] = 3
+    arr[2:4, 8:16, 20:28] = 7          # label values 3 and 7 become segments 1 and 2
+    labels = mr.with_array(arr, kind="label", labels={3: "left", 7: ("right", (10, 200, 30))})
+    value_of = np.array([0, 3, 7])
     with warnings.catch_warnings():
         warnings.simplefilter("error", MedlabWarning)   # UIDs present: nothing to warn about
         path = segment.write_dicom_seg(labels, folder, tmp_path / "seg.dcm", algorithm_family="ManualProcessing")
     seg = hd.seg.segread(path)
     uids = _source_uids_by_slice(folder, mr)
-    assert np.array_equal(seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False), arr)
+    got = seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False)
+    assert np.array_equal(value_of[got], arr)
     # medlab.load builds the SEG's grid from the frames it holds (slices 1-4 here): same physical place
     back = medlab.load(path)
     on_mr = medlab.preprocess.resample_to(back, reference=mr, interpolator="nearest")
-    assert np.array_equal(on_mr.array, arr)
+    assert np.array_equal(value_of[on_mr.array], arr)
     ds = pydicom.dcmread(path)
     src = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
     assert ds.StudyInstanceUID == src.StudyInstanceUID
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["left", "right"]
+    assert [s.TrackingID for s in ds.SegmentSequence] == ["label 3", "label 7"]
+    rgb = hd.color.CIELabColor.from_dicom_value(tuple(ds.SegmentSequence[1].RecommendedDisplayCIELabValue)).to_rgb()
+    assert np.allclose(rgb, (10, 200, 30), atol=1)
 
 
 def test_refusals_leave_no_file(ct_case, tmp_path):

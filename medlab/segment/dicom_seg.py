@@ -313,9 +313,9 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
     if not values:
         raise ImageError(f"write_dicom_seg: no labelled voxel of the label map falls on the series in "
                          f"{source_series_folder} (do they overlap? label map: {labels.describe()})")
-    numbers = np.zeros(int(frames.max()) + 1, np.uint16)
-    numbers[values] = np.arange(1, len(values) + 1)
-    segment_map = numbers[np.clip(frames, 0, None)]
+    segment_map = np.zeros(frames.shape, np.uint16)  # segment k (1..n) = k-th label value present
+    labelled = frames != 0
+    segment_map[labelled] = np.searchsorted(np.asarray(values), frames[labelled]) + 1
     descriptions = [_segment_description(n, v, labels, algorithm_type, algorithm, dict(segment_codes or {}))
                     for n, v in enumerate(values, 1)]
     thickness = float(datasets[0].get("SliceThickness") or 0) or round(abs(grid.spacing[2]), 6)

@@ -35,6 +35,7 @@ from ..image import Image
 from ..stage import Choice, Float, Int, LabelOut, Points, report, stage
 from ._common import (
     CONNECTIVITY,
+    ball,
     capped_interval,
     check_seeds_apart,
     check_seeds_inside,
@@ -214,7 +215,7 @@ def confidence_connected(image: Image, *, seeds=(), background=(), multiplier: f
         region = _grow(image, lower, upper, seeds, background, connectivity)
         values = np.asarray(image.array[region], dtype=np.float64)
         new = (float(values.mean()), float(values.std()))
-        if it and np.allclose(new, (mean, std), rtol=0, atol=0):
+        if it and new == (mean, std):
             break  # converged: the next interval would be the same
         mean, std = new
     report(1.0, "confidence connected")
@@ -265,8 +266,6 @@ def neighbourhood_connected(image: Image, *, seeds=(), background=(), tolerance:
     65
     """
     from scipy import ndimage
-
-    from ._common import ball
 
     stage_name = "neighbourhood_connected"
     check_seeds_apart(stage_name, image, seeds, background)
