@@ -37,7 +37,7 @@ import dicom_factory as df
 import medlab
 from medlab import Image, ParameterError, ReadError, WriteError
 from medlab.errors import MedlabError, MedlabWarning
-from medlab.preprocess import pad, resample, resample_to
+from medlab.preprocess import crop_to_foreground, pad, resample, resample_to
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TMP_NAMES = (".medlab-tmp", ".tmp")  # today's temporary names, and yesterday's
@@ -262,6 +262,16 @@ def test_header_claiming_30000_cubed_is_refused_before_allocating(tmp_path, name
     assert peak < 50e6   # nothing near the claimed size was asked of numpy
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("shape", [(6, 4, 6), (160, 160, 160)])
+def test_the_most_compressible_files_still_load(tmp_path, suffix, shape):
+    """All-zero voxels compress about 1000:1, near deflate's limit (found by the property test:
+    the size check once counted a .nii.gz header offset against the compressed bytes)."""
+    img = Image(np.zeros(shape, np.uint64 if shape[0] < 10 else np.uint8))
+    path = medlab.save(img, tmp_path / f"zeros{suffix}")
+    assert medlab.load(path).size == img.size
+
+
 def test_header_larger_than_available_memory_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "ok.nii.gz"
     medlab.save(_noise((20, 30, 40)), path)
@@ -459,6 +469,27 @@ def test_resample_keeps_float64_values_beyond_float32_finite():
     img = Image(np.array([[1e300, 0.0], [0.0, -1e300]]))
     out = resample(img, spacing=0.5)
     assert np.all(np.isfinite(out.array)) and out.array.max() == pytest.approx(1e300)
+
+
+@pytest.mark.parametrize("values", [np.array([[[0, 6.021e306], [1, 2]], [[3, 4], [5, 6]]]),
+                                    np.array([[[0, 3.4e38], [3.4e38, 0]], [[0, 0], [3.4e38, 1]]], np.float32)])
+def test_bspline_near_the_float_maximum_stays_finite(values):
+    """Found by the property test: B-spline coefficients overshoot, and overflowed to inf/NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for spacing in (1.0, 0.5):
+            out = resample(Image(values), spacing=spacing, interpolator="bspline")
+            assert out.dtype == values.dtype and np.all(np.isfinite(out.array))
+
+
+def test_crop_to_foreground_of_huge_values():
+    """Found by the property test: Otsu's variance sums overflowed on values of 3.9e18."""
+    a = np.zeros((4, 6), np.float32)
+    a[1:3, 2:4] = 3.861e18
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = crop_to_foreground(Image(a), margin=0)
+    assert out.size == (2, 2) and np.all(out.array == np.float32(3.861e18))
 
 
 # ============================================================================ paths that are not what they seem

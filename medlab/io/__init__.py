@@ -5,6 +5,7 @@ format                 read / write
 =====================  ===================================================================
 DICOM file or folder   read: one or several series, multi-frame, compressed (JPEG-2000,
                        JPEG lossless, RLE), rescaled (CT in HU), MONOCHROME1 made bright-bone
+DICOM SEG              read as a label map (segment numbers and names) on its source grid
 NIfTI .nii / .nii.gz   read (big-endian too) / write (label maps keep NIFTI_INTENT_LABEL)
 NRRD .nrrd / .nhdr     read / write .nrrd
 MetaImage .mha / .mhd  read / write .mha
@@ -12,7 +13,12 @@ PNG, JPEG, TIFF, BMP   read 2D (an RGB photograph stays a colour 2D image) / wri
 =====================  ===================================================================
 
 Every write is atomic (temporary file, then rename) and never replaces an existing file
-unless ``overwrite=True``; reading never modifies a file.
+unless ``overwrite=True``; a failed write (full disk, file-size limit) raises
+:class:`~medlab.errors.WriteError` and leaves nothing. Reading never modifies a file, and
+checks a header's claimed size against the file and the memory before allocating. Where
+readers interpret a header differently (NIfTI qform/sform, pixdim 0, DICOM PixelSpacing 0),
+medlab follows a stated rule, records it in ``metadata["notes"]`` and warns
+(:class:`~medlab.errors.MedlabWarning`); see :mod:`medlab.io.nifti`.
 """
 
 from __future__ import annotations

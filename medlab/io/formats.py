@@ -142,10 +142,25 @@ def image_from_sitk(image, path: Path, fmt: str, *, kind: str | None, labels) ->
                         "SimpleITK.VectorIndexSelectionCast first")
     arr = sitk_array(image)
     stored = _stored_metadata(image)
+    spacing = image.GetSpacing()
     if fmt == "PNG":
         stored.update(_png_metadata(path))
-    return _image(arr, image.GetSpacing(), image.GetOrigin(), np.reshape(image.GetDirection(), (d, d)), path, fmt,
+        spacing = _png_spacing(spacing, stored.get("spacing"))
+    return _image(arr, spacing, image.GetOrigin(), np.reshape(image.GetDirection(), (d, d)), path, fmt,
                   stored, kind=kind, labels=labels, rgb=ncomp > 1)
+
+
+def _png_spacing(read, stored):
+    """ITK keeps about 5 significant digits of a PNG's pixel size (0.328125 mm comes back as
+    0.32813): medlab's chunk holds the exact value, used when it agrees with the file's."""
+    if not isinstance(stored, list) or len(stored) != len(read):
+        return read
+    try:
+        exact = tuple(float(v) for v in stored)
+    except (TypeError, ValueError):
+        return read
+    agree = all(v > 0 and abs(v - r) <= 1e-4 * max(abs(v), abs(r)) for v, r in zip(exact, read))
+    return exact if agree else read
 
 
 def sitk_array(image) -> np.ndarray:
@@ -272,6 +287,13 @@ def _medlab_json(image: Image) -> str:
     return json.dumps(info, separators=(",", ":"))  # ensure_ascii: fits a PNG tEXt chunk
 
 
+def _png_json(image: Image) -> str:
+    """medlab's JSON for a PNG chunk: also the exact pixel size, which PNG rounds."""
+    info = json.loads(_medlab_json(image))
+    info["spacing"] = list(image.spacing)
+    return json.dumps(info, separators=(",", ":"))
+
+
 def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
     """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     import SimpleITK as sitk
@@ -288,7 +310,7 @@ def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
             else:
                 sitk.WriteImage(out, str(tmp), fmt != "PNG")
                 if fmt == "PNG":
-                    png.add_text(tmp, _medlab_json(image))
+                    png.add_text(tmp, _png_json(image))
         except RuntimeError as exc:
             raise _itk_write_error(path, tmp, exc, image) from exc
     return path

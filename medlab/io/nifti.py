@@ -9,10 +9,10 @@ naming the file) whenever the rule had to choose:
 
 * **Which transform.** The sform when ``sform_code > 0``, else the qform when
   ``qform_code > 0``, else pixdim alone. This is nibabel's ``get_best_affine`` (and FSL's).
-  ITK (SimpleITK, 3D Slicer, ANTs) also prefers the sform since ITK 5.3, but takes the
+  Recent ITK (5.x: SimpleITK 2.5, 3D Slicer, ANTs) also prefers the sform, but takes the
   spacing from pixdim and falls back to the qform when the sform's scales differ from
-  pixdim ("unexpected scales in sform"): for such a file the two families disagree, so
-  medlab warns and says what ITK reads.
+  pixdim ("unexpected scales in sform", checked with SimpleITK 2.5.7): for such a file the
+  two families disagree, so medlab warns and says what ITK reads.
 * **qform and sform disagree** (beyond float32 rounding): the sform is used, as above; note
   and warning give both.
 * **A sheared sform** (not a rotation times a scaling) cannot be a spacing and a direction:
@@ -136,9 +136,11 @@ def _check_nifti_size(nii, path: Path, shape, n_volumes: int) -> None:
     # nibabel reads the voxels, (scales them to float32), then medlab makes a [z, y, x] copy
     out_itemsize = 4 if scaled else itemsize
     per_voxel = itemsize + out_itemsize + (8 if scaled else 0)
-    check_claimed_size(path, "NIfTI", shape, itemsize, data_file=image_file,
-                       offset=int(getattr(proxy, "offset", 0)), encoding=compression or "raw",
-                       memory_bytes_per_voxel=per_voxel, memory_fraction=1 / n_volumes)
+    # vox_offset counts bytes of the decompressed stream: a compressed file is bounded as a whole
+    offset = 0 if compression else int(getattr(proxy, "offset", 0))
+    check_claimed_size(path, "NIfTI", shape, itemsize, data_file=image_file, offset=offset,
+                       encoding=compression or "raw", memory_bytes_per_voxel=per_voxel,
+                       memory_fraction=1 / n_volumes)
 
 
 def _is_scaled(proxy) -> bool:

@@ -19,6 +19,7 @@ from ._common import as_float, foreground_mask, sitk_image
 __all__ = ["crop_box", "crop_to_foreground", "pad", "reorient", "resample", "resample_to"]
 
 INTERPOLATORS = ("linear", "bspline", "nearest", "label_gaussian")
+_AXES = "xyz"
 
 
 def _interpolator(image: Image, name: str):
@@ -41,21 +42,16 @@ def _work_dtype(image: Image) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _check_output(image: Image, size, parameter: str, value, stage_name: str) -> None:
+def _check_output(image: Image, size, cause: str, hint: str) -> None:
     """Refuse a grid whose voxels would not fit in memory, before anything is allocated.
 
     ITK allocates the output, then numpy copies it; an intensity image is also cast to float.
+    ``cause`` names the parameter and its value, e.g. ``"resample: spacing=(0.01, 0.01, 0.01)"``.
     """
     out_bytes = image.dtype.itemsize if image.is_label else _work_dtype(image).itemsize
     needed = 2 * voxel_count(size) * out_bytes + (0 if image.is_label else image.array.size * out_bytes)
-    shown = tuple(round(float(v), 6) for v in value) if isinstance(value, (tuple, list, np.ndarray)) else value
-    check_allocation(
-        needed,
-        f"{stage_name}: {parameter}={shown} gives an output of {size_text(size)} voxels "
-        f"({voxel_count(size):,} voxels, from {size_text(image.size)}), which",
-        f"choose a larger {parameter}" if parameter == "spacing" else f"choose a smaller {parameter}",
-        ParameterError,
-    )
+    check_allocation(needed, f"{cause} gives an output of {size_text(size)} voxels ({voxel_count(size):,} voxels, "
+                             f"from {size_text(image.size)}), which", hint, ParameterError)
 
 
 def _resample_onto(image: Image, size, spacing, origin, direction, interpolator: str) -> Image:
@@ -68,13 +64,35 @@ def _resample_onto(image: Image, size, spacing, origin, direction, interpolator:
     filt.SetOutputDirection([float(d) for d in np.asarray(direction).ravel()])
     filt.SetInterpolator(_interpolator(image, interpolator))
     if image.is_label:
-        src = image.to_sitk()
         filt.SetDefaultPixelValue(0)
-    else:
-        work = sitk.sitkFloat64 if _work_dtype(image) == np.float64 else sitk.sitkFloat32
-        src = sitk.Cast(image.to_sitk(), work)
-        filt.SetDefaultPixelValue(float(np.min(image.array)))
-    return sitk_image(image, execute_sitk(filt, src))
+        return sitk_image(image, execute_sitk(filt, image.to_sitk()))
+    work = _work_dtype(image)
+    factor = _headroom_factor(image.array)
+    src = image.to_sitk() if factor == 1.0 else image.with_array(image.array.astype(work) * factor).to_sitk()
+    filt.SetDefaultPixelValue(float(np.min(image.array)) * factor)
+    out = execute_sitk(filt, sitk.Cast(src, sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32))
+    if factor == 1.0:
+        return sitk_image(image, out)
+    with np.errstate(over="ignore"):  # a B-spline overshoot at the limit: clipped to it below
+        values = sitk.GetArrayFromImage(out) / work.type(factor)
+    np.clip(values, -np.finfo(work).max, np.finfo(work).max, out=values)
+    return Image(values.astype(work, copy=False), out.GetSpacing(), out.GetOrigin(), np.reshape(out.GetDirection(),
+                 (image.ndim, image.ndim)), kind=image.kind, labels=image.labels, metadata=image.metadata)
+
+
+def _headroom_factor(values: np.ndarray) -> float:
+    """A power of two bringing the largest magnitude under 2**64, or 1.
+
+    Interpolation sums weighted voxels, and a B-spline's coefficients overshoot the values:
+    near the float maximum (3.4e38 for float32, 1.8e308 for float64) that overflows to inf and
+    then NaN. Scaling by a power of two is exact, so ordinary images are untouched and extreme
+    ones come back finite.
+    """
+    if values.dtype.kind != "f" or not values.size:
+        return 1.0
+    largest = float(np.abs(values).max())
+    exponent = np.frexp(largest)[1]
+    return 1.0 if exponent <= 64 else float(2.0 ** (64 - exponent))
 
 
 @stage("Resample", group="preprocess", preview=None, accepts=("intensity", "label"), resamples=True,
@@ -128,7 +146,8 @@ def resample(image: Image, *, spacing=None, interpolator: str = "linear") -> Ima
         else:
             raise ParameterError(f"resample: spacing has {len(spacing)} values; this image is {image.ndim}D")
     size = [max(1, round(n * s / t)) for n, s, t in zip(image.size, image.spacing, spacing)]
-    _check_output(image, size, "spacing", spacing, "resample")
+    shown = tuple(round(float(v), 6) for v in spacing)
+    _check_output(image, size, f"resample: spacing={shown} mm", "choose a larger spacing")
     return _resample_onto(image, size, spacing, image.origin, image.direction, interpolator)
 
 
@@ -168,9 +187,20 @@ def resample_to(image: Image, *, reference=None, interpolator: str = "linear") -
     if not image.overlaps(reference):
         raise GeometryError("resample_to: the image and the reference do not overlap in physical space "
                             "(check origins and orientation); the result would be empty")
-    _check_output(image, reference.size, "reference", f"a grid of {size_text(reference.size)} voxels", "resample_to")
+    _check_output(image, reference.size, "resample_to: the reference grid", "choose a reference with fewer voxels")
     return _resample_onto(image, reference.size, reference.spacing, reference.origin, reference.direction,
                           interpolator)
+
+
+def _unit_range(image: Image) -> np.ndarray:
+    """The voxels mapped onto [0, 1] (float32): Otsu's threshold does not change under such a
+    map, and its variance sums overflow on values near the float maximum (3.9e18 already
+    overflows scikit-image's float32 sums)."""
+    values = image.array.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return as_float(image)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
 
 
 def _crop_index(image: Image, lo, hi) -> Image:
@@ -213,7 +243,7 @@ def crop_to_foreground(image: Image, *, margin: float = 5.0) -> Image:
     >>> crop_to_foreground(Image(a), margin=2.0).size
     (14, 14)
     """
-    mask = image.array != 0 if image.is_label else foreground_mask(as_float(image))
+    mask = image.array != 0 if image.is_label else foreground_mask(_unit_range(image))
     if not mask.any():
         raise ImageError("crop_to_foreground: no foreground found (constant image or empty label map)")
     idx = np.nonzero(mask)
@@ -263,6 +293,11 @@ def crop_box(image: Image, *, start=None, end=None, units: str = "index") -> Ima
     if units == "index":
         lo = np.zeros(d, int) if start is None else np.ceil(np.asarray(start) - 1e-9).astype(int)
         hi = np.asarray(image.size) if end is None else np.ceil(np.asarray(end) - 1e-9).astype(int)
+        empty = [_AXES[i] for i in range(d) if hi[i] <= lo[i]]
+        if empty:  # an inverted or empty box, not one outside the image
+            raise ParameterError(
+                f"crop_box: end must be past start along {', '.join(empty)} (index units, end excluded): the box "
+                f"{lo.tolist()}..{hi.tolist()} (x, y, z) holds no voxel; swap start and end, or use units='mm'")
         return _crop_index(image, lo, hi)
     blo, bhi = image.bounds()
     p0 = blo if start is None else np.asarray(start, float)
