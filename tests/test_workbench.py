@@ -71,9 +71,10 @@ def test_two_input_stage_runs_with_a_live_curve_then_feeds_the_next_stage(sessio
     assert isinstance(result.transform, Transform) and result.difference.same_grid(session["fixed"])
     # every output stays in the session, under the names the recipe uses
     assert {"step1.transform", "step1.difference", "step1.history"} <= set(wb.session)
-    plot = next(c for c in wb.panel.live_view.children if isinstance(c, CurvePlot))
-    assert len(plot.series["level 1"]["y"]) == 30 and plot.best  # the curve, with its best point
+    assert len(wb.panel.live_values["history"]) == 30  # what was published while it ran
     rows = wb.panel.outputs_view.rows
+    plot = next(c for c in rows["history"].children if isinstance(c, CurvePlot))
+    assert len(plot.series["level 1"]["y"]) == 30 and plot.best  # the final curve, with its best point
     assert set(rows) == {"transform", "difference", "history"}
     assert "translation" in rows["transform"].children[1].value  # shown in mm
     # the next stage takes the transform from the session
