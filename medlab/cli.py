@@ -12,6 +12,13 @@ Sub-commands
     version) and the summary tables (verdicts per method, Cohen's and Fleiss' kappa, click vs map
     peak) into FOLDER, and prints the summary.
 
+``medlab run RECIPE.json INPUTS --out DIR [--scheduler ADDRESS] [--workers N] [--list]``
+    Runs a recipe on every case of a cohort (a folder, or a CSV manifest with one column per
+    recipe input) on Dask (:func:`medlab.cohort.run_cohort`): a local cluster of N worker
+    processes on 127.0.0.1, or the scheduler at ADDRESS. Shows the dashboard link, a progress
+    bar and a final summary; cases done before with the same recipe and inputs are skipped.
+    Exits 1 when any case failed. ``--list`` only lists the cases.
+
 Adding a sub-command: write ``_add_NAME(subparsers)`` that calls ``subparsers.add_parser`` and
 ``set_defaults(func=...)`` (the function takes the parsed arguments and returns an exit code),
 and append it to :data:`COMMANDS`. A :class:`~medlab.errors.MedlabError` becomes a one-line
@@ -158,7 +165,50 @@ def _serve(cmd: list[str], env: dict[str, str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-COMMANDS: list[Callable] = [_add_review]
+# ---------------------------------------------------------------------------- run
+def _add_run(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a recipe on a cohort (folder or CSV manifest) on Dask, resumable",
+        description="Run a recipe on every case of a cohort on Dask: a local cluster on 127.0.0.1 (one worker "
+                    "process per core) or an existing scheduler. Cases done before with the same recipe and "
+                    "inputs are skipped; a failing case is recorded and the others go on.")
+    p.add_argument("recipe", type=Path, help="the recipe (JSON, saved with Recipe.save)")
+    p.add_argument("inputs", type=Path, help="a folder of images / DICOM series, or a CSV manifest")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where outputs, records and tables go")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (e.g. tcp://10.0.0.5:8786)")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")
+    p.add_argument("--threads", type=int, default=1, help="threads per case (default 1)")
+    p.add_argument("--rerun", action="store_true", help="recompute cases done before")
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the local Dask dashboard")
+    p.add_argument("--list", action="store_true", help="only list the cases (checked), then exit")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cohort import list_cases, run_cohort
+    from .recipe import Recipe
+
+    if args.scheduler and args.workers:
+        raise ParameterError("--workers sizes the local cluster; with --scheduler the cluster has its own workers")
+    if args.workers is not None and args.workers < 1:
+        raise ParameterError(f"--workers must be 1 or more; got {args.workers}")
+    if args.threads < 1:
+        raise ParameterError(f"--threads must be 1 or more; got {args.threads}")
+    recipe = Recipe.load(args.recipe)
+    cases = list_cases(args.inputs, recipe)  # refuses a bad manifest before any work
+    print(f"medlab run: {len(cases)} case(s) from {args.inputs}; recipe {args.recipe.name} ({len(recipe)} steps)")
+    if args.list:
+        print(cases)
+        return 0
+    where = args.scheduler or f"a local cluster ({args.workers or 'one'} worker process(es){'' if args.workers else ' per core'})"
+    print(f"on {where}; outputs in {args.out}", flush=True)
+    result = run_cohort(recipe, cases, args.out, client=args.scheduler, workers=args.workers, threads=args.threads,
+                        rerun=args.rerun, dashboard=not args.no_dashboard)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+COMMANDS: list[Callable] = [_add_review, _add_run]
 """Functions that add one sub-command each to the ``medlab`` parser."""
 
 
