@@ -239,6 +239,7 @@ def plain_sitk_rigid(fixed: sitk.Image, moving: sitk.Image):
         R.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
         R.SetOptimizerScalesFromPhysicalShift()
         R.SetInterpolator(sitk.sitkLinear)
+        R.SetNumberOfThreads(1)
         R.SetInitialTransform(t, inPlace=True)
         R.Execute(*levels)
     registered = sitk.Resample(m, f, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)

@@ -212,6 +212,13 @@ class Tracker:
 def run_level(R, fixed, moving, tracker: Tracker, stage: str):
     """``R.Execute`` with cancellation turned back into :class:`Cancelled` and ITK failures
     into :class:`ImageError`."""
+    import SimpleITK as sitk
+
+    # ITK's metrics read the global thread count when Execute builds them, and sum their
+    # threads' parts in a run-dependent order (differences of 1e-10 that break bit-identical
+    # replay): optimise on one thread; pyramid and resampling stay multi-threaded
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
         return R.Execute(fixed, moving)
     except RuntimeError as exc:
@@ -223,6 +230,8 @@ def run_level(R, fixed, moving, tracker: Tracker, stage: str):
                                 "fixed points fall inside the moving image). Start closer (initialisation "
                                 "'moments', or an initial transform from landmarks) or lower the learning rate") from None
         raise ImageError(f"{stage}: SimpleITK registration failed: {message}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def stop_reason(R) -> str:

@@ -71,7 +71,11 @@ def _filter(variant: str, field_sigma: float):
 def _field_transform(field):
     import SimpleITK as sitk
 
-    return sitk.DisplacementFieldTransform(sitk.Image(field))  # the transform takes its own copy
+    # a copy through numpy: the transform takes its image over, and a running filter may
+    # share this one's buffer (SimpleITK refuses to copy an aliased image)
+    copy = sitk.GetImageFromArray(sitk.GetArrayFromImage(field), isVector=True)
+    copy.CopyInformation(field)
+    return sitk.DisplacementFieldTransform(copy)
 
 
 @stage("Demons (deformable, same contrast)", group="register", preview=None, keeps_best=True,
@@ -84,15 +88,15 @@ def _field_transform(field):
        levels=Int(1, 5, 3, help="resolution levels (block-averaged pyramid)"),
        field_sigma=Float(0.5, 5.0, 1.5, unit="voxel", help="Gaussian smoothing of the displacement field at "
                          "each iteration, in voxels of the level (larger: smoother, less detail)"),
-       match_histograms=Bool(True, help="map the moving intensities onto the fixed histogram first "
-                             "(demons compare intensities directly)"),
+       match_histograms=Bool(False, help="map the moving intensities onto the fixed histogram first, for "
+                             "scans whose intensity scales differ (on the brain phantom it spoiled the result)"),
        outputs={"transform": TransformOut(help="fixed → moving (initial ∘ displacement field)"),
                 "registered": ImageOut(grid="fixed", help="the moving image resampled on the fixed grid"),
                 "history": CurveOut(help="mean squared difference per iteration, one series per level"),
                 "report": TableOut(help="per level and overall; folded voxels and Jacobian range"),
                 "jacobian": ImageOut(grid="fixed", help="Jacobian determinant on the fixed grid (≤ 0: folding)")})
 def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", iterations=50, levels=3,
-                    field_sigma=1.5, match_histograms=True):
+                    field_sigma=1.5, match_histograms=False):
     """Deformable registration of two images of the same contrast with a demons algorithm.
 
     Parameters
@@ -110,7 +114,9 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
     field_sigma : float
         Field smoothing σ in voxels of each level.
     match_histograms : bool
-        Match the moving histogram to the fixed one first.
+        Match the moving histogram to the fixed one first (demons compare intensities
+        directly). Off by default: on the brain phantom, whose histogram is mostly
+        background, it left 82 % of a known deformation instead of 17 %.
 
     Returns
     -------

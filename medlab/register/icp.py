@@ -100,7 +100,7 @@ def _points(points, name: str) -> np.ndarray:
 
 
 def icp(fixed_points, moving_points, *, initial=None, max_iterations: int = 50, tolerance: float = 1e-4,
-        outlier_factor: float = 2.5, on_iteration=None):
+        outlier_factor: float = 2.5, fixed_groups=None, moving_groups=None, on_iteration=None):
     """Rigid iterative closest point: the transform mapping ``fixed_points`` onto the surface
     sampled by ``moving_points``.
 
@@ -117,6 +117,9 @@ def icp(fixed_points, moving_points, *, initial=None, max_iterations: int = 50, 
     outlier_factor : float
         Pairs farther apart than this × the median pair distance are ignored in the fit
         (``inf``: keep all).
+    fixed_groups, moving_groups : (n,) int arrays, optional
+        A group (e.g. the label) of each point: points are matched within their group only,
+        which keeps nested surfaces (tissue layers a few mm apart) from being confused.
     on_iteration : callable, optional
         ``on_iteration(iteration, rms_mm, transform, history)`` after each iteration (the
         transform is the one the RMS distance was measured with).
@@ -157,19 +160,37 @@ def icp(fixed_points, moving_points, *, initial=None, max_iterations: int = 50, 
         if parts is None:
             raise ParameterError("icp: the initial transform must be linear (rigid, similarity or affine)")
         r, t = parts
-    tree = cKDTree(m)
+    if (fixed_groups is None) != (moving_groups is None):
+        raise ParameterError("give both fixed_groups and moving_groups, or neither")
+    fg = np.zeros(len(f), int) if fixed_groups is None else np.asarray(fixed_groups).ravel()
+    mg = np.zeros(len(m), int) if moving_groups is None else np.asarray(moving_groups).ravel()
+    if fg.shape != (len(f),) or mg.shape != (len(m),):
+        raise ParameterError("fixed_groups and moving_groups need one group per point")
+    groups = [g for g in np.unique(fg) if np.any(mg == g)]
+    if not groups:
+        raise ParameterError("no group has points in both sets")
+    trees = {g: (cKDTree(m[mg == g]), np.flatnonzero(mg == g), fg == g) for g in groups}
+    usable = np.isin(fg, groups)
+
+    def closest(q):
+        dist, idx = np.full(len(q), np.inf), np.zeros(len(q), int)
+        for tree, where, sel in trees.values():
+            dist[sel], j = tree.query(q[sel])
+            idx[sel] = where[j]
+        return dist, idx
     curve = Curve("rms", x_label="iteration", y_label="RMS distance", y_unit="mm", lower_is_better=True)
     previous = np.inf
     centre = f.mean(0)
     for it in range(int(max_iterations)):
         moved = f @ r.T + t
-        dist, idx = tree.query(moved)
-        keep = dist <= outlier_factor * max(float(np.median(dist)), 1e-9) if np.isfinite(outlier_factor) else np.ones(len(f), bool)
+        dist, idx = closest(moved)
+        median = max(float(np.median(dist[usable])), 1e-9)
+        keep = usable & (dist <= outlier_factor * median) if np.isfinite(outlier_factor) else usable
         if keep.sum() < 3 * d:
-            keep = np.ones(len(f), bool)
+            keep = usable
         rms = float(np.sqrt(np.mean(dist[keep] ** 2)))
         curve.append("inliers", it, rms)
-        curve.append("all pairs", it, float(np.sqrt(np.mean(dist ** 2))))
+        curve.append("all pairs", it, float(np.sqrt(np.mean(dist[usable] ** 2))))
         if on_iteration is not None:
             on_iteration(it, rms, _rigid(r, t, centre), curve)
         if abs(previous - rms) < tolerance:
@@ -179,9 +200,10 @@ def icp(fixed_points, moving_points, *, initial=None, max_iterations: int = 50, 
     return _rigid(r, t, centre), curve
 
 
-def surface_points(labels: Image, value: int = 0, *, max_points: int = 5000, seed: int = 0) -> np.ndarray:
-    """Points (mm, LPS) on the surface of a label (``value`` 0: every non-zero label),
-    from marching cubes through :mod:`medlab.mesh`; at most ``max_points``, picked with a
+def surface_points(labels: Image, value: int = 0, *, max_points: int = 5000, seed: int = 0,
+                   return_labels: bool = False):
+    """Points (mm, LPS) on the surface of a label (``value`` 0: the surfaces of every
+    non-zero label), from marching cubes through :mod:`medlab.mesh`; at most ``max_points``, picked with a
     fixed seed.
 
     Examples
@@ -193,23 +215,31 @@ def surface_points(labels: Image, value: int = 0, *, max_points: int = 5000, see
     """
     if labels.ndim != 3:
         raise ImageError(f"surface points need a 3D label map; got a {labels.ndim}D image")
-    mask = labels.array > 0 if value == 0 else labels.array == value
-    if not mask.any():
+    values = [int(v) for v in np.unique(labels.array) if v != 0] if value == 0 else [int(value)]
+    if not values or not np.any(labels.array == values[0]):
         what = "any non-zero label" if value == 0 else f"label {value}"
         raise ImageError(f"the label map has no voxel of {what}: there is no surface")
-    binary = labels.with_array(mask.astype(np.uint8), kind="label", labels={1: "surface"})
-    try:
-        from ..mesh import label_surface
+    # every label's own surface (value 0): inner boundaries pin down rotations that the
+    # near-spherical outer surface of a head leaves loose
+    chunks, owners = [], []
+    for v in values:
+        binary = labels.with_array((labels.array == v).astype(np.uint8), kind="label", labels={1: "surface"})
+        try:
+            from ..mesh import label_surface
 
-        pts = np.asarray(label_surface(binary, 1, smoothing=5).vertices)
-    except ImportError:  # pragma: no cover - medlab.mesh is part of medlab; kept for partial installs
-        from scipy import ndimage
+            chunks.append(np.asarray(label_surface(binary, 1, smoothing=5).vertices))
+        except ImportError:  # pragma: no cover - medlab.mesh ships with medlab; kept for partial installs
+            from scipy import ndimage
 
-        edge = mask & ~ndimage.binary_erosion(mask)
-        pts = labels.index_to_physical(np.argwhere(edge)[:, ::-1].astype(float))
+            mask = binary.array > 0
+            edge = mask & ~ndimage.binary_erosion(mask)
+            chunks.append(labels.index_to_physical(np.argwhere(edge)[:, ::-1].astype(float)))
+        owners.append(np.full(len(chunks[-1]), v))
+    pts, owner = np.concatenate(chunks), np.concatenate(owners)
     if len(pts) > max_points:
-        pts = pts[np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))]
-    return pts
+        pick = np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))
+        pts, owner = pts[pick], owner[pick]
+    return (pts, owner) if return_labels else pts
 
 
 @stage("Surface registration (ICP)", group="register", preview=None, keeps_best=True, dims=(3,),
@@ -230,7 +260,7 @@ def surface_register(fixed, moving, initial=None, *, fixed_label=0, moving_label
     """Rigidly align two label maps of the same structure by ICP on their surfaces.
 
     The surfaces are marching-cubes meshes in mm (so spacing, obliquity and different grids
-    are handled); the fixed surface is sampled (``max_points``, fixed seed), the moving one
+    are handled), one per label, and points are matched to the same label's surface; the fixed surface is sampled (``max_points``, fixed seed), the moving one
     used whole as the target. The RMS distance is published live; Cancel keeps the best
     transform so far.
 
@@ -245,8 +275,10 @@ def surface_register(fixed, moving, initial=None, *, fixed_label=0, moving_label
     from ._common import check_pair
 
     check_pair(fixed, moving, "surface_register")
-    fp = surface_points(fixed, fixed_label, max_points=max_points)
-    mp = surface_points(moving, moving_label, max_points=max(max_points * 4, 20000))
+    fp, fl = surface_points(fixed, fixed_label, max_points=max_points, return_labels=True)
+    mp, ml = surface_points(moving, moving_label, max_points=max(max_points * 4, 20000), return_labels=True)
+    if fixed_label or moving_label:  # one structure each: no grouping
+        fl, ml = np.zeros(len(fp), int), np.zeros(len(mp), int)
     f_grid, m_grid = grids(fixed, moving)
     best = {"rms": np.inf, "t": None}
 
@@ -257,7 +289,7 @@ def surface_register(fixed, moving, initial=None, *, fixed_label=0, moving_label
         publish(history=history, transform=best["t"], rms=rms)
 
     t, curve = icp(fp, mp, initial=initial, max_iterations=max_iterations, outlier_factor=outlier_factor,
-                   on_iteration=on_iteration)
+                   fixed_groups=fl, moving_groups=ml, on_iteration=on_iteration)
     import SimpleITK as sitk
 
     src = moving.to_sitk()
