@@ -4,28 +4,25 @@ rejection and the RMS distance per iteration.
 Surfaces come from label maps (marching cubes in mm through :mod:`medlab.mesh`) or from any
 point sets in mm.
 
-Why a small implementation on scipy's ``cKDTree`` rather than a library (measured here, on a
-3,000-point sphere-with-bumps surface moved by 8°/6 mm, with 5 % outliers):
+Why a small implementation on scipy's ``cKDTree`` rather than a library (compared for this
+module on a 3,000-point bumpy closed surface moved by 8°/6 mm, 0.2 mm noise, 5 % outliers;
+``benchmarks/bench_register.py icp``, one run on a loaded 2-core machine):
 
-==========  ===================================================  =========================
-library     install                                              result
-==========  ===================================================  =========================
-open3d      400.8 MB wheel (0.20.0), plus its dependencies       point-to-point ICP: good
-            (dash, plotly, werkzeug ...)                         when started close; no
-                                                                 outlier model beyond a
-                                                                 distance cut-off
-probreg     1.0 MB source only (C++ build with Eigen and         not tried: needs open3d
-            pybind11) and depends on open3d                      and a compiler
-pycpd       10 kB, numpy only                                    coherent point drift
-                                                                 (rigid): accurate but
-                                                                 O(N·M) memory and time
-scipy       already a dependency                                 this module
-==========  ===================================================  =========================
+==========  =================================================  ===============================
+library     install (pip download)                             result
+==========  =================================================  ===============================
+open3d      400.8 MB wheel (0.20.0), and its import needs       not run: too heavy for one
+            plotly and dash besides                             function
+probreg     1.0 MB source only (0.3.8: a C++ build with Eigen   not run: needs open3d and a
+            and pybind11), and it depends on open3d             compiler
+pycpd       10 kB wheel (2.0.0), numpy only                     rigid CPD: TRE 0.011 mm in 88 s
+                                                                (O(N·M) memory and time)
+medlab      scipy, already a dependency                         TRE 0.009 mm in 1.4 s
+==========  =================================================  ===============================
 
-The figures for this module and pycpd are in ``benchmarks/bench_register.py``. The algorithm
-is Besl and McKay's, with the pairs farther than ``outlier_factor`` × the median distance
-rejected at each iteration (Zhang's rule), and each step solved in closed form (Kabsch /
-Umeyama SVD).
+The algorithm is Besl and McKay's, with pairs farther apart than ``outlier_factor`` × the
+median distance rejected at each iteration (Zhang's rule), each step solved in closed form
+(Kabsch / Umeyama SVD), and, for label maps, points matched within their own label.
 
 Examples
 --------
