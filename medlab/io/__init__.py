@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import ImageError, ParameterError, ReadError, WriteError
 from ..image import Image, as_image
 from .atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
+from .deidentify import deidentify  # noqa: F401  (public: medlab.io.deidentify)
 from .dicom import SeriesInfo, list_series
 from .paths import check_readable
 

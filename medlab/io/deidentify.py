@@ -46,8 +46,9 @@ How each action of the table is applied
 ``U``      UID remapped (an empty UID stays empty: inventing one would join unrelated files)
 ``Z/D``    D, or Z when already empty
 ``X/Z``    Z (present and empty keeps Type 2 attributes conformant; the IOD is not checked)
-``X/D``    D;  ``X/Z/D``: D
-``X/Z/U*`` the sequence is kept and cleaned: its UIDs remapped, its contents cleaned
+``X/D``    D;  ``X/Z/D``: D (a sequence: X/D removed, X/Z/D and Z/D emptied)
+``D`` seq  kept with dummy content: the table applied inside, other free text replaced
+``X/Z/U*`` the sequence is kept and scrubbed as a D sequence: its instance UIDs remapped
 =========  ==================================================================================
 
 Attributes not in the table are kept (the Basic Profile's rule), except private ones
@@ -242,10 +243,12 @@ def _apply(ds, elem, action: str, ctx: _Context) -> None:
     if action == "X":
         del ds[elem.tag]
     elif elem.VR == "SQ":
-        if action in ("Z", "X/Z"):
-            elem.value = []
-        else:  # D, X/Z/U* ...: kept, and cleaned item by item (its UIDs remapped)
-            _clean_items(elem, ctx)
+        if action == "X/D":
+            del ds[elem.tag]
+        elif action in ("Z", "X/Z", "Z/D", "X/Z/D"):
+            elem.value = []  # Z: an empty sequence keeps a Type 2 attribute conformant
+        else:  # D, X/Z/U*: kept with dummy content (table applied inside, other text replaced, UIDs remapped)
+            _scrub_items(elem, ctx)
     elif action in ("Z", "X/Z") or _is_empty(elem.value):
         elem.value = empty_value_for_VR(elem.VR)
     elif elem.VR == "UI":  # U, and D-like actions on a UID
@@ -253,6 +256,23 @@ def _apply(ds, elem, action: str, ctx: _Context) -> None:
     else:  # D, Z/D, X/D, X/Z/D on a value that holds something
         elem.value = _dummy(elem.VR)
     ctx.count(action)
+
+
+def _scrub_items(elem, ctx: _Context) -> None:
+    """A sequence the table says to replace (D) or whose UIDs to replace (U*): every item keeps its
+    structure, the table applies inside, and any other free text (a code meaning may name the
+    institution) becomes a dummy; coded strings (CS), numbers and class UIDs stay."""
+    for item in elem.value or ():
+        _clean(item, ctx)
+        for inner in list(item):
+            if inner.tag.is_private or action_for(inner.tag) is not None:
+                continue
+            if inner.VR == "SQ":
+                _scrub_items(inner, ctx)
+            elif inner.VR in _STRINGS and inner.VR != "CS" and not _is_empty(inner.value):
+                inner.value = _dummy(inner.VR)
+            elif inner.VR in ("DA", "DT", "TM") and ctx.dates == "remove" and not _is_empty(inner.value):
+                inner.value = _dummy(inner.VR)
 
 
 def _is_empty(value) -> bool:
@@ -468,8 +488,6 @@ def deidentify_files(files: Sequence[Path], root: Path, dst: Path, *, key, dates
                      remove_private: bool = True, pseudonyms: bool = True, on_burned_in: str = "flag",
                      overwrite: bool = False, single_file: bool = False) -> DeidentificationReport:
     """:func:`deidentify` on given files (below ``root``): what one cohort task does for one series."""
-    import pydicom
-
     from .atomic import atomic_path
     from .dicom import DICOM_SUFFIXES, is_dicom_file
 
@@ -486,7 +504,7 @@ def deidentify_files(files: Sequence[Path], root: Path, dst: Path, *, key, dates
             report.rows.append({"source": str(f), "output": "", "status": "not copied (not DICOM)", "burned_in": ""})
             continue
         try:
-            header = pydicom.dcmread(f, stop_before_pixels=True)
+            header = _read(f, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a broken file
             bad.append(f"{f} ({type(exc).__name__}: {str(exc)[:120]})")
             continue
@@ -507,7 +525,7 @@ def deidentify_files(files: Sequence[Path], root: Path, dst: Path, *, key, dates
         if flag in ("YES", "possible") and on_burned_in == "skip":
             row["status"] = "skipped (burned-in)"
             continue
-        ds = pydicom.dcmread(f)
+        ds = _read(f)
         deidentify_dataset(ds, key=kb, dates=dates, remove_private=remove_private, pseudonyms=pseudonyms)
         target = dst if single_file else _target(ds, f, root, dst, kb)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -515,6 +533,21 @@ def deidentify_files(files: Sequence[Path], root: Path, dst: Path, *, key, dates
             ds.save_as(tmp)
         row["output"] = str(target)
     return report
+
+
+def _read(path: Path, *, stop_before_pixels: bool = False):
+    """The dataset of a DICOM file; one without the 128-byte preamble (older files) is read too,
+    if it then holds standard attributes."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if not any(e.tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for e in ds):
+            raise
+        return ds
 
 
 def _target(ds, source: Path, root: Path, dst: Path, key: bytes) -> Path:
