@@ -246,7 +246,7 @@ def test_shared_ct_series(tmp_path, ct_series):
     # a re-run with the same key gives the same UIDs; another key other UIDs
     again = deidentify(ct_series, tmp_path / "b", key=KEY)
     other = deidentify(ct_series, tmp_path / "c", key="another secret key")
-    names = lambda rep: sorted(Path(r["output"]).name for r in rep.written)  # noqa: E731
+    names = lambda rep: sorted(Path(r["output"]).name for r in rep.written)
     assert names(again) == names(report) and not set(names(other)) & set(names(report))
     frame = {_read(r["output"]).FrameOfReferenceUID for r in again.written}
     assert len(frame) == 1 and frame == {_read(r["output"]).FrameOfReferenceUID for r in report.written}
@@ -301,7 +301,7 @@ def test_dates_shift_keep_remove(tmp_path):
         out[mode] = {Path(r["source"]).name: _read(r["output"]) for r in rep.written}
     import datetime as dt
 
-    day = lambda s: dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))  # noqa: E731
+    day = lambda s: dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))
     s0, s1, s2 = (out["shift"][p.name] for p in paths)
     assert (day(s1.StudyDate) - day(s0.StudyDate)).days == 35            # intervals of one patient kept
     shift = (day(s0.StudyDate) - dt.date(2020, 1, 1)).days

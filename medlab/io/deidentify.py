@@ -269,9 +269,7 @@ def _scrub_items(elem, ctx: _Context) -> None:
                 continue
             if inner.VR == "SQ":
                 _scrub_items(inner, ctx)
-            elif inner.VR in _STRINGS and inner.VR != "CS" and not _is_empty(inner.value):
-                inner.value = _dummy(inner.VR)
-            elif inner.VR in ("DA", "DT", "TM") and ctx.dates == "remove" and not _is_empty(inner.value):
+            elif inner.VR in _STRINGS and inner.VR != "CS" and not _is_empty(inner.value) or inner.VR in ("DA", "DT", "TM") and ctx.dates == "remove" and not _is_empty(inner.value):
                 inner.value = _dummy(inner.VR)
 
 
