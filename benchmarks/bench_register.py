@@ -241,7 +241,12 @@ def plain_sitk_rigid(fixed: sitk.Image, moving: sitk.Image):
         R.SetInterpolator(sitk.sitkLinear)
         R.SetNumberOfThreads(1)
         R.SetInitialTransform(t, inPlace=True)
-        R.Execute(*levels)
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # deterministic, as medlab does
+        try:
+            R.Execute(*levels)
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     registered = sitk.Resample(m, f, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return t, registered
 
