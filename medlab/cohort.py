@@ -22,7 +22,7 @@ What a run guarantees
   point, not every iteration), and every number produced. A re-run skips a case done with the
   same recipe and inputs, and redoes one whose recipe or input changed.
 * **Results.** ``results.csv`` / ``results.parquet``: every number a stage produced, one row
-  per number (case, step, stage, output, row, label, quantity, value, unit), with segmentation
+  per number (case, step, stage, output, row, label, name, quantity, value, unit), with segmentation
   scores (:func:`medlab.metrics.segmentation_scores`) against ground truth when the manifest
   gives it. ``cases.csv`` / ``cases.parquet``: one row per case (status, timings, memory,
   error, and the numbers of one-row outputs as columns).
@@ -591,12 +591,24 @@ def _ensure_stages(functions: Mapping[str, Callable]) -> None:
             stage_module._REGISTRY[name] = spec
 
 
-def _limit_threads(threads: int) -> None:
+@contextlib.contextmanager
+def _limit_threads(threads: int):
+    """SimpleITK's and torch's thread pools at ``threads`` for one case, restored after (a
+    worker in the client's own process must not change the session's settings)."""
     import SimpleITK as sitk
 
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch is not None else None
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(threads))
+    if torch is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+        if torch is not None and torch_before is not None:
+            torch.set_num_threads(torch_before)
 
 
 def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, out_dir: str, *,
@@ -636,9 +648,9 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
     live: dict[str, dict] = {}
     try:
         staging.mkdir(parents=True)
-        _limit_threads(threads)
         _ensure_stages(functions)
-        record.update(_compute(recipe_dict, case, staging, emit, live))
+        with _limit_threads(threads):
+            record.update(_compute(recipe_dict, case, staging, emit, live))
         record["status"] = "done"
     except Exception as exc:  # noqa: BLE001
         record["status"] = "failed"
@@ -797,17 +809,16 @@ def _table_numbers(step: str, stage_name: str, output: str, rows: Sequence[Mappi
 
     out = []
     for i, row in enumerate(rows):
-        label = next((str(v) for k, v in row.items() if isinstance(v, str)), "")
-        if not label and "label" in row:
-            label = str(row["label"])
+        name = next((str(v) for v in row.values() if isinstance(v, str)), "")
+        label = str(row["label"]) if "label" in row else name  # the value: names may differ by case
         for k, v in row.items():
             if isinstance(v, _numbers.Real) and not isinstance(v, bool):
-                out.append(_number(step, stage_name, output, i, label, k, v, units.get(k, "")))
+                out.append(_number(step, stage_name, output, i, label, k, v, units.get(k, ""), name))
     return out
 
 
-def _number(step, stage_name, output, row, label, quantity, value, unit) -> dict:
-    return {"step": step, "stage": stage_name, "output": output, "row": int(row), "label": label,
+def _number(step, stage_name, output, row, label, quantity, value, unit, name: str = "") -> dict:
+    return {"step": step, "stage": stage_name, "output": output, "row": int(row), "label": label, "name": name,
             "quantity": str(quantity), "value": float(value), "unit": unit}
 
 
@@ -948,6 +959,7 @@ class CohortRun:
         self.records: dict[str, dict] = {}
         self.futures: list = []
         self.topic = f"medlab-cohort-{secrets.token_hex(6)}"
+        self._own_client = False
         self._lock = None
         self._t0 = 0.0
         self.cancelled = False
@@ -985,6 +997,7 @@ class CohortRun:
             from distributed import Client
 
             try:
+                self._own_client = True
                 return Client(self._given, timeout="20s")
             except OSError as exc:
                 raise ParameterError(f"cannot reach the Dask scheduler at {self._given}: {exc}") from None
@@ -1079,12 +1092,13 @@ class CohortRun:
             self._dashboard_seen = self.dashboard
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
-        if self.cluster is not None:
+        if self.cluster is not None or (self._own_client and self.client is not None):
             with contextlib.suppress(Exception):
                 self.client.close()
             with contextlib.suppress(Exception):
                 self.cluster.close()
             self.cluster = None
+        if self.cluster is None and (self._own_client or self._given is None):
             self.client = None
         if self._lock is not None:
             self._lock.close()
@@ -1231,7 +1245,7 @@ def write_tables(out_dir: Path, cases: Sequence[Case], records: Mapping[str, dic
                 row[f"{n['step']}.{n['output']}{label}.{n['quantity']}"] = n["value"]
         rows.append(row)
     cases_df = pd.DataFrame(rows)
-    cols = ["case", "step", "stage", "output", "row", "label", "quantity", "value", "unit"]
+    cols = ["case", "step", "stage", "output", "row", "label", "name", "quantity", "value", "unit"]
     results_df = pd.DataFrame(numbers, columns=cols)
     for name, df in (("cases", cases_df), ("results", results_df)):
         _write_df(df, Path(out_dir) / f"{name}.csv", Path(out_dir) / f"{name}.parquet")

@@ -1,0 +1,389 @@
+"""Cohort runs on Dask: cases listed and manifests refused before any work, failures isolated,
+atomic case folders with records, resume by recipe hash and input checksums, result tables,
+live results in records, the ``medlab run`` command, de-identification of a cohort; slow tests:
+a worker killed mid-run, and a real scheduler with two workers as separate processes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydicom.data import get_testdata_file
+
+import medlab
+from medlab.cli import main
+from medlab.cohort import (
+    CASES_DIR,
+    CohortRun,
+    ManifestError,
+    _lock_folder,
+    list_cases,
+    read_record,
+    recipe_hash,
+    run_cohort,
+)
+from medlab.errors import ParameterError
+from medlab.metrics import segmentation_scores
+from medlab.recipe import Recipe
+
+distributed = pytest.importorskip("distributed")
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An in-process Dask cluster (threads): the same scheduler API, no process start-up."""
+    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    yield c
+    c.close()
+
+
+def _phantom(seed: int, size=(24, 24, 12)):
+    return medlab.data.brain_mri(size=size, seed=seed, contrasts=("t1",))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """N phantom T1 images with head masks as ground truth, and a manifest."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "images").mkdir()
+    (root / "truth").mkdir()
+    rows = ["case,image,truth_step2.labels"]
+    for i in range(N):
+        p = _phantom(i)
+        medlab.save(p.t1, root / "images" / f"sub{i}.nii.gz")
+        head = p.labels.with_array((p.labels.array > 0).astype(np.uint8), kind="label", labels={1: "head"})
+        medlab.save(head, root / "truth" / f"sub{i}.nii.gz")
+        rows.append(f"sub{i},images/sub{i}.nii.gz,truth/sub{i}.nii.gz")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _seg_recipe(image, sigma: float = 1.0) -> Recipe:
+    from medlab.preprocess import gaussian_smooth
+    from medlab.segment import connected_components, otsu_threshold
+
+    with Recipe.record(image) as recipe:
+        labels = otsu_threshold(gaussian_smooth(image, sigma=sigma))
+        connected_components(labels)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def seg_recipe(cohort):
+    return _seg_recipe(medlab.load(cohort / "images" / "sub0.nii.gz"))
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- listing and refusing
+def test_list_cases_of_a_folder(tmp_path, shared):
+    folder = tmp_path / "mixed"
+    (folder / "dicom" / "ct").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "dicom" / "ct" / "slice.dcm")
+    medlab.save(_phantom(0).t1, folder / "a.nii.gz")
+    medlab.save(_phantom(1).t1, folder / "b.nrrd")
+    (folder / "notes.txt").write_text("not an image")
+    cases = list_cases(folder)
+    assert [c.id for c in cases] == ["a", "b", "dicom_ct"]
+    assert "DICOM CT" in cases[2].description and cases[2].inputs["image"].path.endswith("ct")
+    assert list(cases.table.columns) == ["case", "image", "what"] and "3 case(s)" in repr(cases)
+    # the shared folder: a DICOM series (empty Series UIDs) beside NIfTI files
+    real = list_cases(shared("ct_abdomen/example_ct_dicom").parent)
+    series = [c for c in real if c.description.startswith("DICOM")]
+    assert len(series) == 1 and "20 file(s)" in series[0].description
+    assert medlab.load(series[0].inputs["image"].path).size == (512, 512, 20)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("case,image\na,images/sub0.nii.gz\nb,images/nope.nii.gz\n", r"row 2 \(line 3\): image file images/nope.nii.gz does not exist"),
+    ("case,image\na,images/sub0.nii.gz\nb,images/sub1.nii.gz\nc,images/sub0.nii.gz\n", "rows 1, 3 are duplicates"),
+    ("case,image\na,images/sub0.nii.gz\na,images/sub1.nii.gz\n", "share the case name 'a'"),
+    ("case,image,weight\na,images/sub0.nii.gz,3\n", r"unknown column\(s\) \['weight'\]"),
+    ("case,picture\na,images/sub0.nii.gz\n", r"needs input\(s\) \['image'\]"),
+    ("case,image\na,\n", r"row 1 \(line 2\): empty 'image'"),
+    ("case,image,truth_step9.mask\na,images/sub0.nii.gz,truth/sub0.nii.gz\n", "matches none of the recipe's label outputs"),
+    ("case,image\n", "no rows"),
+])
+def test_bad_manifest_refused_before_any_work(cohort, seg_recipe, client, tmp_path, text, message):
+    manifest = _write(cohort / f"bad_{abs(hash(text))}.csv", text)
+    with pytest.raises(ManifestError, match=message):
+        run_cohort(seg_recipe, manifest, tmp_path / "out", client=client, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_refused_for_a_two_input_recipe(cohort):
+    recipe = Recipe.from_dict({"schema": "medlab.recipe", "version": 2, "inputs": {"fixed": {}, "moving": {}},
+                               "steps": [{"stage": "linear_register", "inputs": {"fixed": "fixed", "moving": "moving"},
+                                          "params": {}}]})
+    with pytest.raises(ManifestError, match="header is case,fixed,moving"):
+        list_cases(cohort / "images", recipe)
+
+
+# ---------------------------------------------------------------------------- a run
+def test_run_with_ground_truth(cohort, seg_recipe, client, tmp_path):
+    out = tmp_path / "out"
+    result = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False)
+    assert result.ok and result.counts == {"computed": N, "skipped": 0, "failed": 0}
+    for i in range(N):
+        folder = out / CASES_DIR / f"sub{i}"
+        rec = read_record(folder)
+        assert rec["status"] == "done" and rec["recipe_sha256"] == recipe_hash(seg_recipe)
+        assert rec["inputs"]["image"]["sha256"] == _sha(cohort / "images" / f"sub{i}.nii.gz")
+        assert rec["medlab_version"] == medlab.__version__ and rec["memory"]["peak_rss_mb"] > 0
+        assert set(rec["timings"]["steps"]) == {"step1", "step2", "step3"}
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*rec["outputs"].values(), "record.json"])
+        labels = medlab.load(folder / rec["outputs"]["step2.labels"])
+        image = medlab.load(cohort / "images" / f"sub{i}.nii.gz")
+        assert labels.same_grid(image)                                 # geometry kept through the run
+        truth = medlab.load(cohort / "truth" / f"sub{i}.nii.gz", kind="label")
+        dice = segmentation_scores(labels, truth)[0]["dice"]            # recomputed independently
+        row = result.results.query(f"case == 'sub{i}' and quantity == 'dice'")
+        assert len(row) == 1 and row["value"].iloc[0] == pytest.approx(dice) and 0.5 < dice <= 1
+        assert result.cases.set_index("case").loc[f"sub{i}", "step2.labels vs truth[1].dice"] == pytest.approx(dice)
+    volumes = result.results.query("output == 'table' and quantity == 'volume'")
+    assert len(volumes) >= N and (volumes["unit"] == "mL").all()
+    for name in ("cases", "results"):
+        csv, parquet = pd.read_csv(out / f"{name}.csv"), pd.read_parquet(out / f"{name}.parquet")
+        assert len(csv) == len(parquet) and list(csv.columns) == list(parquet.columns)
+    assert Recipe.load(out / "recipe.json").to_dict()["steps"] == seg_recipe.to_dict()["steps"]
+    assert not [p for p in (out / CASES_DIR).iterdir() if p.name.startswith(".")]
+
+
+def test_two_inputs_and_live_results(tmp_path, client):
+    from medlab.register import linear_register
+
+    rows = ["fixed,moving"]
+    for i in range(2):
+        f, m = _phantom(10 + i).t1, medlab.data.brain_mri(size=(24, 24, 12), seed=20 + i, anatomy_seed=10 + i,
+                                                          contrasts=("t1",)).t1
+        medlab.save(f, tmp_path / f"f{i}.nii.gz")
+        medlab.save(m, tmp_path / f"m{i}.nii.gz")
+        rows.append(f"f{i}.nii.gz,m{i}.nii.gz")
+    manifest = _write(tmp_path / "pairs.csv", "\n".join(rows) + "\n")
+    with Recipe.record(fixed=f, moving=m) as recipe:
+        linear_register(f, m, levels=1, iterations=20)
+    events = []
+    run = CohortRun(recipe, manifest, tmp_path / "out", client, on_event=events.append)
+    run.start()
+    records = list(run.as_completed())
+    result = run.finish()
+    assert result.ok and len(records) == 2 and [c.id for c in run.cases] == ["f0", "f1"]
+    for rec in records:
+        history = rec["live"]["step1"]["values"]["history"]
+        assert history["type"] == "curve" and history["points"] > 0
+        series = next(iter(history["series"].values()))
+        assert series["points"] == history["points"] and len(series["last"]) == 2
+        quantities = {n["quantity"] for n in rec["numbers"]}
+        assert {"translation_mm x", "rotation_deg z"} <= quantities and any("last" in q for q in quantities)
+    assert {e["case"] for e in events if e.get("status") == "running"} == {"f0", "f1"}
+    assert set(run.status_table()["status"]) == {"done"}
+
+
+def test_failure_isolated_and_cli_exit_code(cohort, seg_recipe, client, tmp_path, capsys):
+    folder = tmp_path / "in"
+    shutil.copytree(cohort / "images", folder)
+    (folder / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    result = run_cohort(seg_recipe, folder, tmp_path / "out", client=client, progress=False)
+    assert [c for c, _ in result.failures] == ["broken"] and result.counts["computed"] == N
+    rec = read_record(tmp_path / "out" / CASES_DIR / "broken")
+    assert rec["status"] == "failed" and "ReadError" in rec["error"] and "Traceback" in rec["traceback"]
+    assert "broken: ReadError" in result.summary()
+    seg_recipe.save(tmp_path / "recipe.json")
+    code = main(["run", str(tmp_path / "recipe.json"), str(folder), "--out", str(tmp_path / "cli"),
+                 "--scheduler", client.scheduler.address])
+    printed = capsys.readouterr().out
+    assert code == 1 and "1 failed" in printed and "broken" in printed
+    assert main(["run", str(tmp_path / "recipe.json"), str(folder), "--out", str(tmp_path / "cli"), "--list"]) == 0
+    assert main(["run", str(tmp_path / "recipe.json"), str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "x")]) == 2
+
+
+# ---------------------------------------------------------------------------- resume
+def _computed(result) -> set[str]:
+    return {c for c, r in result.records.items() if r.get("run") == "computed"}
+
+
+def test_rerun_skips_done_cases_and_redoes_changed_ones(cohort, client, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(cohort / "images", folder)
+    recipe = _seg_recipe(medlab.load(folder / "sub0.nii.gz"))
+    out = tmp_path / "out"
+    first = run_cohort(recipe, folder, out, client=client, progress=False)
+    assert _computed(first) == {f"sub{i}" for i in range(N)}
+    mtime = (out / CASES_DIR / "sub1" / "record.json").stat().st_mtime_ns
+    again = run_cohort(recipe, folder, out, client=client, progress=False)
+    assert _computed(again) == set() and again.counts["skipped"] == N
+    assert (out / CASES_DIR / "sub1" / "record.json").stat().st_mtime_ns == mtime   # nothing rewritten
+    assert set(again.cases["status"]) == {"skipped"} and len(again.results) == len(first.results)
+    medlab.save(_phantom(99).t1, folder / "sub2.nii.gz", overwrite=True)          # one input changed
+    assert _computed(run_cohort(recipe, folder, out, client=client, progress=False)) == {"sub2"}
+    shutil.rmtree(out / CASES_DIR / "sub3")                                          # one case lost
+    assert _computed(run_cohort(recipe, folder, out, client=client, progress=False)) == {"sub3"}
+    changed = _seg_recipe(medlab.load(folder / "sub0.nii.gz"), sigma=2.0)          # the recipe changed
+    assert recipe_hash(changed) != recipe_hash(recipe)
+    assert len(_computed(run_cohort(changed, folder, out, client=client, progress=False))) == N
+    assert len(_computed(run_cohort(changed, folder, out, client=client, progress=False, rerun=True))) == N
+
+
+def test_interrupted_run_completes_only_missing_cases(cohort, seg_recipe, client, tmp_path):
+    out = tmp_path / "out"
+
+    def stop_after_one(record, run):
+        raise KeyboardInterrupt
+
+    first = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False, on_update=stop_after_one)
+    assert first.cancelled and not first.ok
+    done = {p.name for p in (out / CASES_DIR).iterdir() if not p.name.startswith(".")}
+    assert 1 <= len(done) < N or len(done) == N
+    for name in done:                                 # every case folder there is complete
+        rec = read_record(out / CASES_DIR / name)
+        assert rec["status"] == "done" and all((out / CASES_DIR / name / f).is_file() for f in rec["outputs"].values())
+    second = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False)
+    assert second.ok and _computed(second) == {f"sub{i}" for i in range(N)} - done
+    assert not [p for p in (out / CASES_DIR).iterdir() if p.name.startswith(".")]
+
+
+def test_refusals(cohort, seg_recipe, client, tmp_path, capsys):
+    with pytest.raises(ParameterError, match="no steps"):
+        run_cohort(Recipe(), cohort / "images", tmp_path / "o", client=client, progress=False)
+    out = tmp_path / "locked"
+    out.mkdir()
+    lock = _lock_folder(out)
+    try:
+        with pytest.raises(ParameterError, match="another medlab run"):
+            run_cohort(seg_recipe, cohort / "images", out, client=client, progress=False)
+    finally:
+        lock.close()
+    assert main(["run", "r.json", "in", "--out", "o", "--workers", "0"]) == 2
+    assert "--workers must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(ManifestError, match="neither a folder nor a CSV"):
+        list_cases(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------- de-identification on Dask
+def test_deidentify_cohort_matches_deidentify(tmp_path, client, shared):
+    from medlab.cohort import deidentify_cohort
+    from medlab.io import deidentify
+
+    src = tmp_path / "src"
+    shutil.copytree(shared("ct_abdomen/example_ct_dicom"), src / "ct")
+    (src / "small").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "small" / "a.dcm")
+    key = "one key for the whole cohort"
+    result = deidentify_cohort(src, tmp_path / "dask", key=key, client=client, progress=False)
+    assert set(result.cases["status"]) == {"done"} and result.cases["written"].sum() == 21
+    direct = deidentify(src, tmp_path / "direct", key=key)
+    names = lambda folder: sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.dcm"))
+    assert names(tmp_path / "dask") == names(tmp_path / "direct") and len(direct.written) == 21
+    again = deidentify_cohort(src, tmp_path / "dask", key=key, client=client, progress=False)
+    assert set(again.cases["run"]) == {"skipped"}
+
+
+# ---------------------------------------------------------------------------- slow: processes
+@pytest.mark.slow
+def test_worker_killed_mid_run(cohort, seg_recipe, tmp_path):
+    """A worker process killed mid-run: the run finishes, no case folder is partial."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(10):
+        medlab.save(_phantom(i, size=(40, 40, 20)).t1, folder / f"c{i:02d}.nii.gz")
+    killed = []
+
+    def kill_one(record, run):
+        if not killed:
+            busy = {a: keys for a, keys in run.client.processing().items() if keys}
+            victim = next((a for a in sorted(busy) if a != record["worker"].get("address")), None)
+            if victim is None:
+                return
+            pid = run.client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)                        # mid-case: it holds a task
+            killed.append((pid, [str(k) for k in busy[victim]]))
+
+    result = run_cohort(seg_recipe, folder, tmp_path / "out", workers=2, dashboard=False, progress=False,
+                        on_update=kill_one)
+    # a case the killed worker had committed but not reported yet is found done when Dask reruns it
+    assert killed and result.ok and result.counts["computed"] + result.counts["skipped"] == 10
+    for i in range(10):
+        rec = read_record(tmp_path / "out" / CASES_DIR / f"c{i:02d}")
+        assert rec["status"] == "done"
+        for f in rec["outputs"].values():                                  # complete, readable
+            path = tmp_path / "out" / CASES_DIR / f"c{i:02d}" / f
+            if f.endswith(".csv"):
+                assert pd.read_csv(path).shape[0] >= 1
+            else:
+                medlab.load(path)
+    workers = {read_record(tmp_path / "out" / CASES_DIR / f"c{i:02d}")["worker"]["pid"] for i in range(10)}
+    assert os.getpid() not in workers
+    again = run_cohort(seg_recipe, folder, tmp_path / "out", workers=1, dashboard=False, progress=False)
+    assert again.counts["skipped"] == 10
+    assert not [p for p in (tmp_path / "out" / CASES_DIR).iterdir() if p.name.startswith(".")]  # leftovers cleaned
+
+
+@contextlib.contextmanager
+def _dask_cluster(tmp_path: Path, workers: int = 2):
+    """``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1; stopped on exit."""
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.2)
+        for _ in range(workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", "--scheduler-file", str(sched_file),
+                                           "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                                           "--no-dashboard", "--no-nanny"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                          start_new_session=True))
+        address = json.loads(sched_file.read_text())["address"]
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.mark.slow
+def test_real_scheduler_and_two_worker_processes(cohort, seg_recipe, tmp_path):
+    with _dask_cluster(tmp_path) as (address, procs):
+        assert address.startswith("tcp://127.0.0.1:")
+        with distributed.Client(address, timeout="60s") as c:
+            c.wait_for_workers(2, timeout=90)
+            worker_pids = set(c.run(os.getpid).values())
+            assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+            addresses = set(c.scheduler_info()["workers"])
+            result = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=c, progress=False)
+        assert result.ok and result.counts["computed"] == N
+        ran_on = {r["worker"]["pid"] for r in result.records.values()}
+        assert ran_on <= worker_pids and os.getpid() not in ran_on
+        assert {r["worker"]["address"] for r in result.records.values()} <= addresses
+    for p in procs:
+        assert p.poll() is not None        # every process stopped
