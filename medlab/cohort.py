@@ -349,6 +349,8 @@ def _duplicates(values: Sequence) -> list[list[int]]:
 def read_manifest(path, recipe=None) -> Cases:
     """The cases of a CSV manifest, checked before any work (see :func:`list_cases`)."""
     path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist" if not path.exists() else f"manifest {path} is not a file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))

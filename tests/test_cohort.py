@@ -387,3 +387,35 @@ def test_real_scheduler_and_two_worker_processes(cohort, seg_recipe, tmp_path):
         assert {r["worker"]["address"] for r in result.records.values()} <= addresses
     for p in procs:
         assert p.poll() is not None        # every process stopped
+
+
+# ---------------------------------------------------------------------------- the widget
+def test_cohort_widget(cohort, seg_recipe, client, tmp_path):
+    from medlab.widgets import Cohort, Viewer
+
+    folder = tmp_path / "in"
+    shutil.copytree(cohort / "images", folder)
+    (folder / "broken.nii.gz").write_bytes(b"not an image")
+    w = Cohort(session={"my_recipe": seg_recipe, "other": 3}, client=client)
+    assert [label for label, _ in w.recipe_picker.options] == ["(from the file below)", "my_recipe"]
+    w.inputs.value = str(tmp_path / "missing.csv")
+    assert w.preview() is None and "does not exist" in w.message.value
+    w.inputs.value, w.out_dir.value = str(folder), str(tmp_path / "out")
+    cases = w.preview()
+    assert len(cases) == N + 1 and "5 case(s)" in w.case_preview.value
+    t0 = time.monotonic()
+    w.start()
+    assert time.monotonic() - t0 < 2.0            # returns at once: the run goes on in a thread
+    assert w.wait(120)
+    assert w.progress.value == N + 1 and w.result is not None and not w.result.ok
+    assert w.status.value.count(">done<") == N and "failed" in w.status.value
+    assert "broken" in w.failures.value and "Traceback" in w.failures.value
+    assert sorted(w.case_picker.options) == [f"sub{i}" for i in range(N)]
+    viewer = w.open_case("sub1")
+    assert isinstance(viewer, Viewer) and viewer._labels_info      # the label output is overlaid
+    assert w.open_case("broken") is None and "no finished result" in w.message.value
+    # from a file, and a second run skips what is done
+    seg_recipe.save(tmp_path / "r.json")
+    w2 = Cohort(str(tmp_path / "r.json"), folder, tmp_path / "out", session={}, client=client)
+    w2.start()
+    assert w2.wait(120) and w2.result.counts["skipped"] == N

@@ -7,6 +7,7 @@
 """
 
 from .bridges import open_in_napari, view_itk
+from .cohort import Cohort
 from .outputs import CurvePlot
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
@@ -15,6 +16,7 @@ from .viewer import Viewer, link
 from .workbench import Workbench
 
 __all__ = [
+           "Cohort",
            "CurvePlot",
            "PreprocessWidget",
            "StagePanel",
