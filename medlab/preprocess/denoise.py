@@ -184,20 +184,26 @@ def _nlm3d(arr: np.ndarray, sigma: float, *, h: float, patch_radius: int, rician
     padded = np.pad(x, [(int(m), int(m)) for m in halo], mode="reflect")
     values = padded * padded if rician else padded  # Rician: E[M^2] = A^2 + 2 sigma^2
     scaled = padded * np.float32(np.sqrt(1.0 / (2 * _BETA * h * h * sigma * sigma * (2 * patch_radius + 1) ** 3)))
+    del padded
     acc = tuple(np.zeros(x.shape, np.float32) for _ in range(3))  # weighted sum, weight sum, largest weight
     workers = min(os.cpu_count() or 1, 4)
     nz = x.shape[0]
     step = int(np.clip(2**21 // (x.shape[1] * x.shape[2]), 8, 64))  # ~8 MB slabs
     step = max(1, min(step, -(-nz // workers)))
-    slabs = [(z, min(step, nz - z)) for z in range(0, nz, step)]
+    starts = range(0, nz, step)
+    counts = [min(step, nz - z) for z in starts]
+    run = functools.partial(_nlm_offset, scaled, values, acc, reach=reach, patch_radius=patch_radius)
     with ThreadPoolExecutor(workers) as pool:
         for offset in progress(offsets, desc="non-local means 3D"):
-            list(pool.map(lambda zn, o=offset: _nlm_offset(scaled, values, acc, zn[0], zn[1], o, reach, patch_radius),
-                          slabs))
-    num, den, wmax = acc
+            list(pool.map(run, starts, counts, itertools.repeat(offset)))
+    del run, scaled
+    out, den, wmax = acc
     np.maximum(wmax, np.float32(1e-30), out=wmax)  # a voxel unlike all its neighbours keeps its value
-    centre = values[tuple(slice(int(m), int(m) + n) for m, n in zip(halo, x.shape))]
-    out = (num + wmax * centre) / (den + wmax)
+    den += wmax
+    wmax *= values[tuple(slice(int(m), int(m) + n) for m, n in zip(halo, x.shape))]
+    del values
+    out += wmax
+    out /= den
     if rician:
         out -= np.float32(2 * sigma * sigma)
         np.maximum(out, 0, out=out)
