@@ -177,6 +177,14 @@ def test_save_to_none_is_a_parameter_error():
         medlab.save(_noise(), 42)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".png"])
+def test_save_refuses_what_load_would_refuse(tmp_path, suffix):
+    """Found by the property test: a single-voxel image was written, then refused by load."""
+    with pytest.raises(WriteError, match="single voxel"):
+        medlab.save(Image(np.ones((1, 1), np.uint8)), tmp_path / f"dot{suffix}")
+    assert os.listdir(tmp_path) == []
+
+
 def test_killed_save_leaves_no_hidden_file_after_the_next_save(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -490,6 +498,10 @@ def test_crop_to_foreground_of_huge_values():
         warnings.simplefilter("error", RuntimeWarning)
         out = crop_to_foreground(Image(a), margin=0)
     assert out.size == (2, 2) and np.all(out.array == np.float32(3.861e18))
+    extremes = Image(np.array([[-9.047e300], [np.finfo(float).max]]))   # max - min overflows float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert crop_to_foreground(extremes, margin=0).array[0, 0] == np.finfo(float).max
 
 
 # ============================================================================ paths that are not what they seem

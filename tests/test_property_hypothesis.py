@@ -71,7 +71,10 @@ def images(draw, *, max_side: int = 6, finite: bool = False, kinds=("intensity",
     array = draw(hnp.arrays(dtype, shape + ((3,) if rgb else ()), elements=elements))
     spacing = draw(st.lists(st.floats(1e-3, 1e3), min_size=ndim, max_size=ndim))
     origin = draw(st.lists(st.floats(-1e4, 1e4), min_size=ndim, max_size=ndim))
-    return Image(array, spacing, origin, draw(directions(ndim)), kind=kind, rgb=rgb)
+    names = None
+    if kind == "label" and draw(st.booleans()):
+        names = {int(v): f"structure {v}" for v in np.unique(array)[:3] if v != 0}
+    return Image(array, spacing, origin, draw(directions(ndim)), kind=kind, labels=names, rgb=rgb)
 
 
 def for_format(suffix: str):
@@ -107,6 +110,8 @@ def test_save_load_round_trip_or_medlab_error(suffix, data):
     assert back.dtype == expected.dtype, (img.dtype, back.dtype)
     np.testing.assert_array_equal(back.array, expected)
     assert back.kind == img.kind and back.ndim == img.ndim and back.rgb == img.rgb
+    if suffix in (".nrrd", ".mha", ".png"):   # NIfTI has no place for label names
+        assert back.labels == img.labels
     np.testing.assert_allclose(back.spacing, img.spacing, rtol=1e-6)
     if suffix == ".png":     # PNG keeps no origin or direction (save warned about it)
         return

@@ -298,6 +298,9 @@ def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
     """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     import SimpleITK as sitk
 
+    if image.array.size // (image.shape[-1] if image.rgb else 1) == 1:
+        raise WriteError(f"cannot write {path}: the image holds a single voxel, which medlab.load refuses as "
+                         "nothing to show or process; check the crop or the computation that produced it")
     if fmt == "PNG":
         check_png(image, path)
     out = image.to_sitk()

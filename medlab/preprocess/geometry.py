@@ -200,7 +200,9 @@ def _unit_range(image: Image) -> np.ndarray:
     lo, hi = float(values.min()), float(values.max())
     if not hi > lo:
         return as_float(image)
-    return ((values - lo) / (hi - lo)).astype(np.float32)
+    scale = max(abs(lo), abs(hi))  # divide first: hi - lo itself may overflow
+    values /= scale
+    return ((values - lo / scale) / (hi / scale - lo / scale)).astype(np.float32)
 
 
 def _crop_index(image: Image, lo, hi) -> Image:
