@@ -11,6 +11,7 @@ from .cohort import Cohort
 from .outputs import CurvePlot
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
+from .segment import SegmentWidget
 from .view3d import View3D
 from .viewer import Viewer, link
 from .workbench import Workbench
@@ -19,6 +20,7 @@ __all__ = [
            "Cohort",
            "CurvePlot",
            "PreprocessWidget",
+           "SegmentWidget",
            "StagePanel",
            "View3D",
            "Viewer",

@@ -1,5 +1,6 @@
 // medlab curve plot (anywidget ES module): named series of (x, y) drawn as SVG polylines with
-// axes, ticks, a legend and the best point marked. Redrawn whenever Python sends new data.
+// axes, ticks, a legend, the best point and optional vertical markers (thresholds). Redrawn whenever
+// Python sends new data.
 const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#56b4e9", "#e69f00", "#009e73", "#cc79a7", "#0072b2", "#d55e00", "#f0e442", "#999999"];
 
@@ -51,6 +52,9 @@ function render({ model, el }) {
         ylo = Math.min(ylo, y[i]); yhi = Math.max(yhi, y[i]);
       }
     }
+    const markers = (model.get("markers") || []).filter((mk) => Number.isFinite(mk.x));
+    for (const mk of markers) { xlo = Math.min(xlo, mk.x); xhi = Math.max(xhi, mk.x); }
+    root.dataset.markers = String(markers.length);
     root.dataset.points = String(n);
     root.dataset.series = String(names.length);
     if (!n) {
@@ -89,6 +93,17 @@ function render({ model, el }) {
       const lg = svg("text", { x: W - m.r - 4, y: m.t + 12 + 13 * k, fill: color, "font-size": 11, "text-anchor": "end" }, s);
       lg.textContent = name;
     });
+    markers.forEach((mk, k) => {
+      const color = mk.color || "#fff";
+      svg("line", { x1: X(mk.x), x2: X(mk.x), y1: m.t, y2: H - m.b, stroke: color, "stroke-width": 1.5,
+        "stroke-dasharray": "4 3", class: "medlab-curve-marker", "data-x": mk.x }, s);
+      if (mk.label) {
+        const right = X(mk.x) > W - m.r - 80;
+        const t = svg("text", { x: X(mk.x) + (right ? -3 : 3), y: m.t + 10 + 12 * (k % 3), fill: color, "font-size": 10,
+          "text-anchor": right ? "end" : "start" }, s);
+        t.textContent = mk.label;
+      }
+    });
     const best = model.get("best");
     if (best && best.length === 2) {
       svg("circle", { cx: X(best[0]), cy: Y(best[1]), r: 4, fill: "none", stroke: "#fff", "stroke-width": 1.5,
@@ -96,7 +111,7 @@ function render({ model, el }) {
     }
   }
 
-  const events = "change:series change:best change:title change:x_label change:y_label change:width change:height";
+  const events = "change:series change:best change:markers change:title change:x_label change:y_label change:width change:height";
   model.on(events, draw);
   draw();
   return () => model.off(events, draw);

@@ -60,6 +60,9 @@ class CurvePlot(anywidget.AnyWidget):
     _esm = _HERE / "curve.js"
     series = traitlets.Dict().tag(sync=True)
     best = traitlets.List().tag(sync=True)
+    markers = traitlets.List().tag(sync=True)
+    """Vertical lines at given x values: ``[{"x": 0.42, "label": "Otsu", "color": "#e69f00"}, ...]``
+    (e.g. thresholds on a histogram); the x range stretches to show every marker."""
     title = traitlets.Unicode("").tag(sync=True)
     x_label = traitlets.Unicode("").tag(sync=True)
     y_label = traitlets.Unicode("").tag(sync=True)

@@ -55,6 +55,7 @@ from .region import confidence_connected, connected_threshold, neighbourhood_con
 from .boundary import fast_marching, gradient_magnitude, watershed  # isort: skip
 from .postprocess import closing, fill_holes, keep_largest_component, keep_seeded_component, opening  # isort: skip
 from .components import connected_components  # isort: skip
+from .edit import paint_labels, remove_components  # isort: skip
 from .dicom_seg import write_dicom_seg  # isort: skip
 
 __all__ = [
@@ -74,6 +75,8 @@ __all__ = [
     "neighbourhood_connected",
     "opening",
     "otsu_threshold",
+    "paint_labels",
+    "remove_components",
     "threshold",
     "triangle_threshold",
     "watershed",
