@@ -69,6 +69,8 @@ def _no_temporary_named(message: str) -> None:
 @contextlib.contextmanager
 def _tmpfs(where: Path, size: str, *, readonly: bool = False):
     """A tiny RAM file system at ``where`` (root only: skipped otherwise)."""
+    if not (IS_ROOT and shutil.which("mount")):
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
     where.mkdir()
     opts = f"size={size}" + (",ro" if readonly else "")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True,
