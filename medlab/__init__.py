@@ -43,6 +43,7 @@ __all__ = [
     "io",
     "load",
     "metrics",
+    "outputs",
     "preprocess",
     "recipe",
     "render",
@@ -51,7 +52,8 @@ __all__ = [
     "stages",
 ]
 
-_SUBMODULES = {"data", "io", "metrics", "preprocess", "render", "recipe", "stage", "image"}
+_SUBMODULES = {"data", "io", "metrics", "preprocess", "render", "recipe", "stage", "image", "outputs",
+               "segment", "register", "explain", "deep", "mesh", "cohort", "review"}
 
 
 def __getattr__(name: str):

@@ -17,8 +17,8 @@ A declaration has three parts:
   overlap with another input), :class:`TransformInput`, :class:`ModelInput`. An undeclared
   first parameter named ``image`` is an intensity image.
 * **Parameters**, its keyword-only parameters: :class:`Float`, :class:`Int`, :class:`Choice`,
-  :class:`Bool`, :class:`Vector`, :class:`Points` (with a role such as ``"seeds"``),
-  :class:`Grid`.
+  :class:`Bool`, :class:`Vector`, :class:`Numbers` (a list, e.g. a resolution schedule),
+  :class:`Points` (with a role such as ``"seeds"``), :class:`Grid`.
 * **Outputs**, named and typed: :class:`ImageOut`, :class:`LabelOut`, :class:`TransformOut`,
   :class:`TableOut`, :class:`CurveOut`, :class:`PointsOut`, :class:`ModelOut`. A stage with one
   output returns it bare; with several, a :class:`Result` (a tuple that names its parts).
@@ -211,6 +211,56 @@ class Vector(Param):
         return {**super().spec(), "min": self.min, "max": self.max, "length": self.length}
 
 
+class Numbers(Param):
+    """A list of numbers of varying length, e.g. a multi-resolution schedule (shrink factors
+    ``(4, 2, 1)``, smoothing ``(2.0, 1.0, 0.0)`` mm).
+
+    Examples
+    --------
+    >>> p = Numbers(1, 16, (4, 2, 1), integer=True, max_len=6)
+    >>> p.name = "shrink_factors"
+    >>> p.validate([8, 4, 2, 1], "register")
+    (8, 4, 2, 1)
+    """
+
+    kind = "numbers"
+
+    def __init__(self, min: float, max: float, default: Sequence[float], *, min_len: int = 1, max_len: int = 8,
+                 integer: bool = False, unit: str = "", help: str = "", label: str = ""):
+        cast = int if integer else float
+        super().__init__(default=tuple(cast(v) for v in default), help=help, unit=unit, label=label)
+        self.min, self.max, self.min_len, self.max_len, self.integer = float(min), float(max), min_len, max_len, integer
+        if not min_len <= len(self.default) <= max_len or not all(min <= v <= max for v in self.default):
+            raise ValueError(f"default {default} does not fit [{min}, {max}] x {min_len}..{max_len} values")
+
+    def validate(self, value, stage_name):
+        if _is_number(value):
+            value = (value,)
+        if isinstance(value, (str, bytes)):
+            raise self._fail(stage_name, "a list of numbers", value)
+        try:
+            vals = tuple(value)
+        except TypeError:
+            raise self._fail(stage_name, "a list of numbers", value) from None
+        ok = self.min_len <= len(vals) <= self.max_len and all(
+            _is_number(v) and math.isfinite(float(v)) and self.min <= float(v) <= self.max
+            and (not self.integer or float(v) == int(v)) for v in vals)
+        if not ok:
+            what = "integers" if self.integer else "numbers"
+            raise self._fail(stage_name, f"{self.min_len} to {self.max_len} {what} in [{self.min:g}, {self.max:g}]", value)
+        return tuple(int(v) if self.integer else float(v) for v in vals)
+
+    def to_json(self, value):
+        return list(value)
+
+    def from_json(self, value):
+        return tuple(value)
+
+    def spec(self):
+        return {**super().spec(), "min": self.min, "max": self.max, "min_len": self.min_len,
+                "max_len": self.max_len, "integer": self.integer}
+
+
 class Points(Param):
     """Physical points in mm (LPS) with a **role**, e.g. seeds or landmarks clicked in a viewer.
 
@@ -243,10 +293,12 @@ class Points(Param):
         self.min_count, self.max_count = min_count, max_count
 
     def validate(self, value, stage_name):
-        if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in (value or ())):
-            raise self._fail(stage_name, "a list of (x, y[, z]) points", value)
         if hasattr(value, "points") and hasattr(value, "role"):  # a PointSet
             value = value.points
+        if isinstance(value, np.ndarray):
+            value = value.tolist() if value.ndim == 2 else ([] if value.size == 0 else [value.tolist()])
+        if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in (value if value is not None else ())):
+            raise self._fail(stage_name, "a list of (x, y[, z]) points", value)
         try:
             pts = tuple(tuple(float(c) for c in p) for p in (value if value is not None else ()))
         except (TypeError, ValueError):
@@ -738,6 +790,9 @@ class StageSpec:
                 ref = out.get(other) if other else None
                 if ref is None:
                     continue
+                if out[n].ndim != ref.ndim:
+                    raise GeometryError(f"{self.name}: {n!r} is a {out[n].ndim}D image and {other!r} a {ref.ndim}D "
+                                        "image; both must be 2D or both 3D")
                 if same and not out[n].same_grid(ref):
                     raise GeometryError(f"{self.name}: {n!r} must be on the voxel grid of {other!r} "
                                         f"({out[n].describe()} vs {ref.describe()}); resample it first "

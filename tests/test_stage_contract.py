@@ -347,3 +347,43 @@ def test_group_registry_finds_modules(monkeypatch):
 
 def test_publish_outside_a_stage_is_harmless():
     publish(metric=1.0)  # logged (or ignored), never an error
+
+
+def test_images_of_different_dimension_are_a_geometry_error(pair):
+    fixed, _, _ = pair
+    from medlab.stage import ImageInput, stage
+
+    @stage("Toy 2D and 3D", group="toy", a=ImageInput(dims=(2, 3)), b=ImageInput(dims=(2, 3), overlaps="a"))
+    def _toy_dims(a, b):
+        return a
+
+    with pytest.raises(GeometryError, match="'b' is a 2D image and 'a' a 3D"):
+        _toy_dims(fixed, medlab.Image(np.zeros((5, 5), np.float32)))
+
+
+def test_points_may_be_numpy_arrays(pair):
+    fixed, _, _ = pair
+    seed = np.asarray(fixed.index_to_physical((12, 12, 8)))
+    mask, _ = toy_seed_threshold(fixed, seeds=seed[None, :])
+    assert mask.is_label
+    mask2, _ = toy_seed_threshold(fixed, seeds=np.array([seed, seed]))
+    assert np.array_equal(mask.array, mask2.array)
+
+
+def test_numbers_parameter_and_its_control():
+    from medlab.stage import Numbers
+    from medlab.widgets.controls import param_control
+
+    p = Numbers(1, 16, (4, 2, 1), integer=True, max_len=4, help="shrink factor per level")
+    p.name = "shrink"
+    assert p.validate([8, 4, 2, 1], "s") == (8, 4, 2, 1) and p.validate(3, "s") == (3,)
+    for bad in ([], [1, 2, 3, 4, 5], [0.5], [2.5], ["2"], "4,2"):
+        with pytest.raises(ParameterError, match="'shrink'"):
+            p.validate(bad, "s")
+    c = param_control(p)
+    assert c.value == (4, 2, 1) and c.widget.value == "4, 2, 1"
+    c.widget.value = "8; 4, 2"
+    assert c.value == (8, 4, 2)
+    c.widget.value = "a, b"
+    with pytest.raises(ParameterError):
+        p.validate(c.value, "s")

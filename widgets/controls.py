@@ -2,7 +2,8 @@
 each kind of :class:`medlab.stage.Param` to an ipywidget, with no code for a particular stage.
 
 Float -> slider (log scale when declared), Int -> slider with the declared step, Choice ->
-dropdown, Bool -> checkbox, Vector -> a row of number boxes (plus "auto" when optional), Points
+dropdown, Bool -> checkbox, Vector -> a row of number boxes (plus "auto" when optional), Numbers ->
+a text box of comma-separated values, Points
 -> bound to a viewer's ``points``, Grid -> a note (set from Python).
 """
 
@@ -149,6 +150,24 @@ def _vector_control(p, image):
     return ParamControl(p, row, get, set, [*boxes, auto])
 
 
+def _numbers_control(p, image):
+    """A text box of comma-separated numbers (a schedule such as ``4, 2, 1``)."""
+    def text(values):
+        return ", ".join(str(v) for v in values)
+
+    box = widgets.Text(value=text(p.default), description=_description(p), tooltip=p.help, style=_DESC_STYLE,
+                       continuous_update=False, placeholder="e.g. " + text(p.default))
+
+    def get():
+        parts = [t.strip() for t in box.value.replace(";", ",").split(",") if t.strip()]
+        try:
+            return tuple(float(t) if not p.integer else int(float(t)) for t in parts)
+        except ValueError:
+            return box.value  # the stage's validation names the parameter and what it needs
+
+    return ParamControl(p, box, get, lambda v: setattr(box, "value", text(v)), [box])
+
+
 def _points_control(p, image):
     """Points come from a viewer's ``points`` (bound by the panel); the control shows the count."""
     state = {"value": tuple(p.default)}
@@ -186,7 +205,8 @@ def _grid_control(p, image):
 
 
 _BUILDERS = {"float": _float_control, "int": _int_control, "choice": _choice_control, "bool": _bool_control,
-             "vector": _vector_control, "points": _points_control, "grid": _grid_control}
+             "vector": _vector_control, "numbers": _numbers_control, "points": _points_control,
+             "grid": _grid_control}
 
 
 def param_control(param: Param, image: Image | None = None) -> ParamControl:
