@@ -371,8 +371,9 @@ def test_points_may_be_numpy_arrays(pair):
 
 
 def test_numbers_parameter_and_its_control():
-    from medlab.stage import Numbers
     from medlab.widgets.controls import param_control
+
+    from medlab.stage import Numbers
 
     p = Numbers(1, 16, (4, 2, 1), integer=True, max_len=4, help="shrink factor per level")
     p.name = "shrink"
