@@ -345,7 +345,7 @@ def test_assets_and_dom_classes_for_browser_tests():
     from medlab.widgets.viewer import JS_UNITS
 
     js = "\n".join((WIDGETS / "js" / f"{unit}.js").read_text() for unit in JS_UNITS)
-    assert Viewer._esm == js and js.rstrip().endswith("export default { render };")
+    assert Viewer._esm == js and js.rstrip().endswith("export default { initialize, render };")
     assert "import " not in js and "http" not in js.replace("https://", "")  # one offline module
     css = (WIDGETS / "viewer.css").read_text()
     for cls in ("medlab-viewer", "medlab-canvas", "medlab-overlay", "medlab-readout", "medlab-status",

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import uuid
 from collections.abc import Callable
 
 import anywidget
@@ -85,9 +86,17 @@ _HERE = pathlib.Path(__file__).parent
 _SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
 VOLUME_CACHE_BYTES = 96 * 2**20
 """Volumes (with their layers) up to this size are sent whole, and sliced in the browser."""
+BROWSER_CACHE_BYTES = 512 * 2**20
+"""Most bytes of a larger volume (with its layers) the browser holds once streamed: the whole
+volume when it fits, else the slabs nearest the cursor (0: no streaming, slices only)."""
+SLAB_BYTES = 4 * 2**20
+"""Target size of one streamed slab (whole axial slices of every array)."""
+STREAM_WINDOW = 2
+"""Slabs sent and not yet acknowledged by the browser: enough to keep the pipe busy, few enough
+that a slice the kernel sends waits behind at most this many slabs."""
 
 
-JS_UNITS = ("core", "slices", "draw", "overlay", "interact", "toolbar", "main")
+JS_UNITS = ("core", "stream", "slices", "draw", "overlay", "interact", "toolbar", "main")
 """The viewer's JavaScript units, in the order they are joined."""
 
 
@@ -161,6 +170,90 @@ def _label_dtype(array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32, copy=False)
 
 
+class SlabPlan:
+    """What the browser holds of a streamed volume, and which slab to send next.
+
+    The display volume ``[k, j, i]`` is cut into slabs of ``per_slab`` whole axial slices; the
+    browser keeps at most ``capacity`` of them, each in a numbered slot. Python decides every
+    move (which slab, which slot), so both sides agree on what is held without asking: messages
+    on one widget channel arrive in order, so a slab sent before a slice update is in the
+    browser when that update is handled.
+
+    Parameters
+    ----------
+    n_slices : int
+        Axial slices of the display volume.
+    per_slab : int
+        Slices per slab.
+    capacity : int
+        Slabs the browser may hold (the whole volume when ``capacity`` covers it).
+
+    Examples
+    --------
+    >>> plan = SlabPlan(n_slices=10, per_slab=2, capacity=3)
+    >>> plan.count, plan.capacity
+    (5, 3)
+    >>> [plan.next(cursor=5) for _ in range(4)]    # nearest the cursor's slab (2) first
+    [(2, 0), (1, 1), (3, 2), None]
+    >>> plan.holds(4), plan.holds(9), plan.complete
+    (True, False, False)
+    >>> plan.next(cursor=9)                        # the cursor moved: the farthest slab makes room
+    (4, 1)
+    """
+
+    def __init__(self, n_slices: int, per_slab: int, capacity: int):
+        if per_slab < 1 or capacity < 1:
+            raise ParameterError(f"a slab plan needs per_slab >= 1 and capacity >= 1; got {per_slab}, {capacity}")
+        self.n_slices, self.per_slab = int(n_slices), int(per_slab)
+        self.count = -(-self.n_slices // self.per_slab)
+        self.capacity = min(int(capacity), self.count)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything sent: the browser holds nothing."""
+        self.slot_of: dict[int, int] = {}
+        self.in_flight: set[int] = set()
+
+    def slab_of(self, k: int) -> int:
+        return int(k) // self.per_slab
+
+    def slices(self, slab: int) -> tuple[int, int]:
+        """First and one-past-last axial slice of ``slab``."""
+        return slab * self.per_slab, min(self.n_slices, (slab + 1) * self.per_slab)
+
+    def holds(self, k: int) -> bool:
+        """Whether the browser has (or is about to receive) axial slice ``k``."""
+        return self.slab_of(k) in self.slot_of
+
+    @property
+    def complete(self) -> bool:
+        """The browser has the whole volume (every plane can be cut there)."""
+        return len(self.slot_of) == self.count
+
+    def next(self, cursor: int) -> tuple[int, int] | None:
+        """The slab to send next for axial slice ``cursor`` and its slot, recorded as sent;
+        ``None`` when the browser already holds the ``capacity`` slabs nearest the cursor."""
+        centre = self.slab_of(cursor)
+        wanted = sorted(range(self.count), key=lambda s: (abs(s - centre), s))[: self.capacity]
+        missing = [s for s in wanted if s not in self.slot_of]
+        if not missing:
+            return None
+        slab = missing[0]
+        used = set(self.slot_of.values())
+        free = [n for n in range(self.capacity) if n not in used]
+        if free:
+            slot = free[0]
+        else:  # evict the held slab farthest from the cursor (it is not wanted)
+            far = max(self.slot_of, key=lambda s: (abs(s - centre), s))
+            slot = self.slot_of.pop(far)
+        self.slot_of[slab] = slot
+        self.in_flight.add(slab)
+        return slab, slot
+
+    def acknowledged(self, slab: int) -> None:
+        self.in_flight.discard(int(slab))
+
+
 class Viewer(anywidget.AnyWidget):
     """Axial / coronal / sagittal slice viewer with window/level, layers and points.
 
@@ -217,10 +310,12 @@ class Viewer(anywidget.AnyWidget):
     _heat_info = traitlets.Dict().tag(sync=True)
     _second_info = traitlets.Dict().tag(sync=True)
     _volumes = traitlets.Dict().tag(sync=True)
+    _stream = traitlets.Dict().tag(sync=True)
 
     def __init__(self, image=None, *, labels=None, layout: str = "single", plane: str = "axial",
                  height: int = 420, **kwargs):
-        super().__init__(**kwargs)
+        # the stream's id is in the first state the browser gets, before any view is made
+        super().__init__(_stream={"id": uuid.uuid4().hex, "gen": 0, "slabs": 0}, **kwargs)
         self._image: Image | None = None
         self._volume: np.ndarray | None = None
         self._spacing = (1.0, 1.0, 1.0)
@@ -228,6 +323,9 @@ class Viewer(anywidget.AnyWidget):
         self._layers: dict[str, np.ndarray] = {}
         self._updating = False
         self._syncing_points = False
+        self._plan: SlabPlan | None = None
+        self._stream_arrays: dict[str, np.ndarray] = {}
+        self._stream_ready = False
         self.point_sets = [self._new_set("points", "points", None, None, "points")]
         self._check_layout(layout)
         render._check_plane(plane)
@@ -396,17 +494,20 @@ class Viewer(anywidget.AnyWidget):
                 self.slice_index = cursor[render._NORMAL_AXIS[self.plane]]
             finally:
                 self._updating = False
+        self._pump()
 
     def _payload(self, plane: str, index: int) -> dict:
         """Raw voxels of one slice (and of each layer) as bytes, plus what JS needs to draw them.
 
-        When the browser holds the whole volume (:meth:`_send_volumes`), only the index and
-        the slice's shape travel: the browser slices its own copy.
+        When the browser holds the voxels (the whole volume, :meth:`_send_volumes`, or the
+        streamed slab of an axial slice, :meth:`_pump`), only the index and the slice's shape
+        travel: the browser slices its own copy.
         """
         view = render.plane_array(self._volume, plane, index)
         out = {"index": int(index), "rows": int(view.shape[0]), "cols": int(view.shape[1]),
                "dtype": str(view.dtype)}
-        if self._volumes:
+        plan = self._plan
+        if self._volumes or (plan is not None and (plan.complete or (plane == "axial" and plan.holds(index)))):
             return out
         data = np.ascontiguousarray(view)
         out["data"] = memoryview(data).cast("B")
@@ -428,18 +529,72 @@ class Viewer(anywidget.AnyWidget):
     def _send_volumes(self) -> None:
         """Send the whole display volume (and layers) once when it is small enough, so that
         slice changes are drawn in the browser without waiting for the kernel (a round trip
-        through JupyterLab costs ~50 ms); larger volumes travel one slice at a time."""
+        through JupyterLab costs ~50 ms); stream larger volumes in slabs (:meth:`_start_stream`)
+        and send each slice the browser lacks as it is shown."""
         image = self._image
         arrays = {"base": self._volume, **self._layers}
-        if image is None or image.ndim != 3 or image.rgb or sum(a.nbytes for a in arrays.values()) > VOLUME_CACHE_BYTES:
-            self._volumes = {}
+        self._plan, self._stream_arrays, self._stream_ready = None, {}, False
+        stream = {"id": self._stream["id"], "gen": self._stream["gen"] + 1, "slabs": 0}
+        if image is None or image.ndim != 3 or image.rgb:
+            self._volumes, self._stream = {}, stream
             return
+        if sum(a.nbytes for a in arrays.values()) > VOLUME_CACHE_BYTES:
+            self._volumes, self._stream = {}, self._start_stream(arrays, stream)
+            return
+        self._stream = stream
         out = {"shape": [int(n) for n in self._volume.shape]}
         for name, volume in arrays.items():
             volume = np.ascontiguousarray(volume)
             out[name] = memoryview(volume).cast("B")
             out[name + "_dtype"] = str(volume.dtype)
         self._volumes = out
+
+    # ------------------------------------------------------------------ streaming large volumes
+    def _start_stream(self, arrays: dict[str, np.ndarray], stream: dict) -> dict:
+        """Plan the background stream of a volume too large to send at once: slabs of whole
+        axial slices (every array: base and layers), nearest the cursor first, at most
+        :data:`BROWSER_CACHE_BYTES` held by the browser. It starts when a view asks for it
+        (``stream-ready``), so a viewer never shown never streams. Returns ``_stream``."""
+        slice_bytes = sum(a[0].nbytes for a in arrays.values())
+        per_slab = max(1, SLAB_BYTES // slice_bytes)
+        capacity = BROWSER_CACHE_BYTES // (per_slab * slice_bytes)
+        if capacity < 1:
+            return stream
+        nk = int(self._volume.shape[0])
+        self._plan = SlabPlan(nk, per_slab, capacity)
+        self._stream_arrays = dict(arrays)
+        return {**stream, "slabs": self._plan.count, "slots": self._plan.capacity, "per_slab": per_slab,
+                "shape": [int(n) for n in self._volume.shape[:3]], "names": list(arrays),
+                "dtypes": {name: str(a.dtype) for name, a in arrays.items()}}
+
+    def _pump(self) -> None:
+        """Send the next slabs (nearest the cursor) while fewer than :data:`STREAM_WINDOW` are
+        unacknowledged; each acknowledgement calls this again."""
+        plan = self._plan
+        if plan is None or not self._stream_ready:
+            return
+        cursor = self._cursor[2]
+        while len(plan.in_flight) < STREAM_WINDOW:
+            move = plan.next(cursor)
+            if move is None:
+                return
+            slab, slot = move
+            k0, k1 = plan.slices(slab)
+            buffers = [memoryview(np.ascontiguousarray(a[k0:k1])).cast("B") for a in self._stream_arrays.values()]
+            self.send({"type": "slab", "gen": self._stream["gen"], "slab": slab, "slot": slot, "k0": k0, "k1": k1},
+                      buffers)
+
+    def _stream_message(self, content: dict) -> None:
+        if self._plan is None or content.get("gen") != self._stream["gen"]:
+            return  # about an older volume or layer set
+        if content["type"] == "stream-ready":
+            # a (new) view starts from nothing: forget what was sent, resend the shown slices
+            self._plan.reset()
+            self._stream_ready = True
+            self._refresh()
+        else:
+            self._plan.acknowledged(content.get("slab", -1))
+        self._pump()
 
     # ------------------------------------------------------------------ validation
     # A bad value is refused before it is stored: it is shown in the status line and the trait
@@ -879,6 +1034,8 @@ class Viewer(anywidget.AnyWidget):
             self.show_error(f"in the browser: {content.get('message', '')}")
         elif kind == "status":
             self._set_status(str(content.get("message", "")))
+        elif kind in ("stream-ready", "slab-ack"):
+            self._stream_message(content)
         else:
             raise ParameterError(f"unknown message from the viewer: {content!r}")
 

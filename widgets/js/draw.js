@@ -29,7 +29,7 @@ function drawPlane(ctx, plane) {
       out[4 * i + 3] = 255;
     }
     c2d.putImageData(image, 0, 0);
-    drawn(ctx, canvas, p.index);
+    drawn(ctx, canvas, p);
     return;
   }
   let grey = greyLevels(raw, p.dtype, model.get("window"), model.get("level"));
@@ -48,7 +48,7 @@ function drawPlane(ctx, plane) {
     out[4 * i + 3] = 255;
   }
   c2d.putImageData(image, 0, 0);
-  drawn(ctx, canvas, p.index);
+  drawn(ctx, canvas, p);
 }
 
 function mixSecond(grey, raw2, dtype2, second, rows, cols) {
@@ -102,9 +102,18 @@ function blendLabels(rgb, lab, labels, rows, cols) {
   }
 }
 
-// Tells tests and benchmarks that a new picture is on the canvas (and which slice).
-function drawn(ctx, canvas, index) {
-  ctx.state.drawn[canvas.dataset.plane] = { index, vols: ctx.model.get("_volumes") };
+// Tells tests and benchmarks that a new picture is on the canvas (which slice, and whether its
+// voxels were held in the browser or came from the kernel).
+function drawn(ctx, canvas, p) {
+  const index = p.index, local = !!p.local;
+  ctx.state.drawn[canvas.dataset.plane] = { index, src: p };
   canvas.dataset.drawnIndex = String(index);
-  canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, time: performance.now() } }));
+  canvas.dataset.drawnFrom = local ? "browser" : "kernel";
+  canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, local, time: performance.now() } }));
+}
+
+// whether the plane already shows exactly what payload() gives now
+function isDrawn(ctx, plane) {
+  const d = ctx.state.drawn[plane];
+  return !!d && d.src === payload(ctx, plane);
 }

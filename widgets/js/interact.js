@@ -52,12 +52,13 @@ function stepSlice(ctx, plane, step) {
   setSlice(ctx, plane, cursorIndex(ctx, plane, currentCursor(ctx)) + step);
 }
 
-// In volume mode, show the pending cursor's slices now; Python confirms afterwards.
+// Show the pending cursor's slices now wherever the browser holds their voxels; Python
+// confirms afterwards (and sends the slices the browser lacks).
 function redrawLocal(ctx) {
-  if (!volumeMode(ctx)) return;
   for (const p of Object.keys(ctx.state.panes)) {
-    const d = ctx.state.drawn[p];
-    if (!d || d.index !== payload(ctx, p).index || d.vols !== ctx.model.get("_volumes")) drawPlane(ctx, p);
+    const shown = payload(ctx, p);
+    if (!shown || !shown.local) continue;
+    if (!isDrawn(ctx, p)) drawPlane(ctx, p);
     drawOverlay(ctx, p);
   }
 }

@@ -115,9 +115,7 @@ function render({ model, el: host }) {
 
   function slicePayloadArrived(plane) {
     layout(ctx);
-    const d = ctx.state.drawn[plane];
-    const fresh = volumeMode(ctx) && d && d.index === payload(ctx, plane).index && d.vols === model.get("_volumes");
-    if (!fresh) drawPlane(ctx, plane);
+    if (!isDrawn(ctx, plane)) drawPlane(ctx, plane);
     drawOverlay(ctx, plane);
   }
 
@@ -151,12 +149,49 @@ function render({ model, el: host }) {
   resize.observe(root);
 
   guard(() => { buildPanes(ctx); syncControls(ctx); syncLegend(ctx); syncPointSets(ctx); syncStatus(ctx); redrawAll(ctx); })();
+  const unstream = watchStream(ctx);
 
   return () => {
     for (const [ev, fn] of handlers) model.off(ev, fn);
     unwire();
+    unstream();
     resize.disconnect();
   };
 }
 
-export default { render };
+// A shown view starts the stream of a large volume; as slabs arrive, a slice step still waiting
+// for the kernel is drawn as soon as its slab is here. The root's data-streamed ("held/total"
+// slabs) and data-cache-bytes tell tests and benchmarks what the browser holds.
+function watchStream(ctx) {
+  const { model, dom } = ctx;
+  let rec = null;
+  const show = (r) => {
+    dom.root.dataset.streamed = r ? `${streamHeld(r)}/${r.info.slabs}` : "";
+    dom.root.dataset.cacheBytes = String(r ? r.bytes : 0);
+  };
+  const onSlab = ctx.guard((r) => {
+    show(r);
+    if (streamComplete(r)) dom.root.dispatchEvent(new CustomEvent("medlab-streamed", { bubbles: true, detail: { time: performance.now() } }));
+    redrawLocal(ctx);
+  });
+  const bind = (r) => {
+    if (rec) { rec.views -= 1; rec.listeners.delete(onSlab); }
+    rec = r;
+    if (rec) { rec.views += 1; rec.listeners.add(onSlab); }
+  };
+  const onStream = ctx.guard(() => {
+    const r = STREAMS.get((model.get("_stream") || {}).id) || null;
+    if (r !== rec) bind(r);
+    const current = streamRecord(model);
+    show(current);
+    streamReady(current);
+  });
+  model.on("change:_stream", onStream);
+  onStream();
+  return () => {
+    bind(null);
+    model.off("change:_stream", onStream);
+  };
+}
+
+export default { initialize, render };

@@ -10,7 +10,8 @@ function planeGeom(ctx, plane) {
 }
 
 // Small volumes arrive whole in `_volumes` (display order [k, j, i]): slices are cut here, so
-// scrolling needs no kernel round trip. Otherwise Python sends each slice in `_<plane>`.
+// scrolling needs no kernel round trip. Larger ones are streamed in slabs (stream.js); a slice
+// the browser does not hold comes from Python in `_<plane>`.
 function volumeMode(ctx) {
   const v = ctx.model.get("_volumes"), g = geometry(ctx);
   return !!(v && v.shape && g.shape && v.shape[0] === g.shape[2] && v.shape[1] === g.shape[1] && v.shape[2] === g.shape[0]);
@@ -55,22 +56,63 @@ function cursorIndex(ctx, plane, cursor) {
   return Math.round(index);
 }
 
-function payload(ctx, plane) {
-  const sent = ctx.model.get("_" + plane);
-  if (!volumeMode(ctx)) return sent;
+const SLICE_CACHE_SIZE = 9;  // cut slices kept (three planes, a few steps each): bounded memory
+
+// The slices this view has cut, most recently used last; emptied when the voxels change.
+function sliceCache(ctx, source) {
+  if (ctx.state.sliceCache.source !== source) ctx.state.sliceCache = { source, map: new Map() };
+  return ctx.state.sliceCache.map;
+}
+
+// Slice `index` of `plane` cut in the browser, or null when the browser does not hold its voxels.
+function localSlice(ctx, plane, index) {
   const pg = planeGeom(ctx, plane);
   const vols = ctx.model.get("_volumes");
-  const index = Math.max(0, Math.min(pg.count - 1, cursorIndex(ctx, plane, currentCursor(ctx))));
+  const rec = volumeMode(ctx) ? null : streamRecord(ctx.model);
+  if (!pg || !(volumeMode(ctx) || streamHeld(rec))) return null;
+  const cache = sliceCache(ctx, rec ? rec.gen + ":" + rec.model.get("_stream").id : vols);
   const key = plane + ":" + index;
-  const cache = ctx.state.sliceCache;
-  if (cache.vols === vols && cache[key]) return cache[key];
-  if (cache.vols !== vols) ctx.state.sliceCache = { vols };
-  const out = { index, rows: pg.rows, cols: pg.cols, dtype: vols.base_dtype,
-    data: cutSlice(volumeArray(ctx, "base"), pg, index) };
-  for (const name of ["labels", "heat", "second"]) {
-    const arr = volumeArray(ctx, name);
-    if (arr) { out[name] = cutSlice(arr, pg, index); out[name + "_dtype"] = vols[name + "_dtype"]; }
+  let out = cache.get(key);
+  if (out) {
+    cache.delete(key);
+    cache.set(key, out);
+    return out;
   }
-  ctx.state.sliceCache[key] = out;
+  out = { index, rows: pg.rows, cols: pg.cols, local: true };
+  if (rec) {
+    const arrays = streamCut(rec, pg, index);
+    if (!arrays) return null;
+    out.dtype = rec.info.dtypes.base;
+    out.data = arrays.base;
+    for (const name of rec.info.names) if (name !== "base") { out[name] = arrays[name]; out[name + "_dtype"] = rec.info.dtypes[name]; }
+  } else {
+    out.dtype = vols.base_dtype;
+    out.data = cutSlice(volumeArray(ctx, "base"), pg, index);
+    for (const name of ["labels", "heat", "second"]) {
+      const arr = volumeArray(ctx, name);
+      if (arr) { out[name] = cutSlice(arr, pg, index); out[name + "_dtype"] = vols[name + "_dtype"]; }
+    }
+  }
+  cache.set(key, out);
+  if (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
   return out;
+}
+
+// What a plane shows: the slice at the cursor the user asked for, cut here when the browser
+// holds it, else the last slice Python sent.
+function payload(ctx, plane) {
+  const sent = ctx.model.get("_" + plane);
+  const pg = planeGeom(ctx, plane);
+  if (!pg) return sent;
+  const index = Math.max(0, Math.min(pg.count - 1, cursorIndex(ctx, plane, currentCursor(ctx))));
+  const local = localSlice(ctx, plane, index);
+  if (local) return local;
+  if (sent && sent.data) return sent;
+  if (sent && sent.index !== undefined) {
+    // Python sent only the index of a slice it thinks the browser holds
+    const held = localSlice(ctx, plane, sent.index);
+    if (held) return held;
+    streamReady(streamRecord(ctx.model), true);
+  }
+  return sent;
 }

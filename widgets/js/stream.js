@@ -1,0 +1,119 @@
+// medlab viewer · the streamed volume: a volume too large to send at once arrives in slabs of
+// whole axial slices (every array: base image and layers), nearest the cursor first, into
+// numbered slots. Python decides which slab goes into which slot (medlab.widgets.viewer.SlabPlan),
+// so both sides know what the browser holds; the browser acknowledges each slab, which paces the
+// stream. Held memory is at most `_stream.slots` slabs (Python's BROWSER_CACHE_BYTES).
+// One record per model (keyed by the Python model id in `_stream`), shared by all its views.
+
+const STREAMS = new Map();
+
+function streamInfo(model) {
+  const s = model.get("_stream");
+  return s && s.slabs ? s : null;
+}
+
+// the model's record, reset when Python started a new stream (new image or layers)
+function streamRecord(model) {
+  const s = model.get("_stream");
+  const rec = s ? STREAMS.get(s.id) : null;
+  if (!rec) return null;
+  if (rec.stream !== s) {
+    Object.assign(rec, { stream: s, gen: s.gen, info: streamInfo(model), slots: [], slabSlot: new Map(), bytes: 0, readyGen: null });
+  }
+  return rec.info ? rec : null;
+}
+
+function streamHeld(rec) { return rec ? rec.slabSlot.size : 0; }
+function streamComplete(rec) { return !!rec && rec.slabSlot.size === rec.info.slabs; }
+
+// Ask Python to (re)start sending: when a view is shown, when a new stream begins, or when the
+// browser finds it lacks voxels Python thinks it has (a dropped connection).
+function streamReady(rec, resync = false) {
+  if (!rec || (rec.readyGen === rec.gen && !resync)) return;
+  const now = performance.now();
+  if (resync && now - (rec.resyncAt || -Infinity) < 2000) return;
+  if (resync) { rec.resyncAt = now; rec.slots = []; rec.slabSlot = new Map(); rec.bytes = 0; }
+  rec.readyGen = rec.gen;
+  rec.model.send({ type: "stream-ready", gen: rec.gen });
+}
+
+function onSlab(rec, msg, buffers) {
+  if (msg.gen !== rec.gen || !rec.info) return;  // an older stream's slab, still on its way
+  const info = rec.info;
+  const old = rec.slots[msg.slot];
+  if (old) {
+    if (rec.slabSlot.get(old.slab) === msg.slot) rec.slabSlot.delete(old.slab);
+    rec.bytes -= old.bytes;
+  }
+  const arrays = {};
+  let bytes = 0;
+  info.names.forEach((name, n) => {
+    arrays[name] = typed(buffers[n], info.dtypes[name]);
+    bytes += arrays[name].byteLength;
+  });
+  rec.slots[msg.slot] = { slab: msg.slab, k0: msg.k0, k1: msg.k1, arrays, bytes };
+  rec.slabSlot.set(msg.slab, msg.slot);
+  rec.bytes += bytes;
+  rec.model.send({ type: "slab-ack", gen: msg.gen, slab: msg.slab });
+  for (const f of rec.listeners) f(rec);
+}
+
+// Cut slice `index` of `plane` from the held slabs (null when a slab it needs is missing).
+// Each row of any plane lies in one axial slice (strides from medlab.render.plane_geometry).
+// Pixels are copied: a slot may be refilled with another slab later.
+function streamCut(rec, pg, index) {
+  const info = rec.info;
+  const [, nj, ni] = info.shape;
+  const plane = nj * ni;
+  const [offset, s, r, c] = pg.strides;
+  const rows = pg.rows, cols = pg.cols;
+  const out = {};
+  for (const name of info.names) out[name] = new TYPED[info.dtypes[name]](rows * cols);
+  for (let row = 0; row < rows; row++) {
+    const start = offset + index * s + row * r;
+    const k = Math.floor(start / plane);
+    const slot = rec.slabSlot.get(Math.floor(k / info.per_slab));
+    if (slot === undefined) return null;
+    const held = rec.slots[slot];
+    const local = start - held.k0 * plane;
+    for (const name of info.names) {
+      const src = held.arrays[name], dst = out[name];
+      if (c === 1) dst.set(src.subarray(local, local + cols), row * cols);
+      else for (let col = 0; col < cols; col++) dst[row * cols + col] = src[local + col * c];
+    }
+  }
+  return out;
+}
+
+// anywidget calls this once per model, before any view: slabs are stored here for every view.
+function initialize({ model }) {
+  const rec = { model, stream: null, gen: null, info: null, slots: [], slabSlot: new Map(), bytes: 0, readyGen: null,
+    views: 0, listeners: new Set() };
+  let id = null;
+  const attach = () => {
+    const s = model.get("_stream") || {};
+    if (!s.id || s.id === id) return;
+    if (id) STREAMS.delete(id);
+    id = s.id;
+    STREAMS.set(id, rec);
+  };
+  attach();
+  const onMessage = (msg, buffers) => {
+    if (!msg || msg.type !== "slab") return;
+    try {
+      const r = streamRecord(model);
+      if (r) onSlab(r, msg, buffers);
+    } catch (err) {
+      console.error(err);
+      model.send({ type: "error", message: "streaming the volume: " + String(err && err.message || err) });
+    }
+  };
+  const onStream = () => { attach(); const r = streamRecord(model); if (r && rec.views > 0) streamReady(r); };
+  model.on("msg:custom", onMessage);
+  model.on("change:_stream", onStream);
+  return () => {
+    model.off("msg:custom", onMessage);
+    model.off("change:_stream", onStream);
+    STREAMS.delete(id);
+  };
+}
