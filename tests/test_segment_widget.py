@@ -265,7 +265,8 @@ def test_3d_view_shows_the_newest_label_map_linked_to_the_viewer(brain, seed_mm)
     assert view.meshes == [] and "scan alone" in w.panel.message   # before any label map
     _grown(w, brain, seed_mm)
     view = w.open_3d(height=200)
-    assert [m.label for m in view.meshes] == [1] and w.view3d_box.children[0] is view
+    assert [m.label for m in view.meshes] == [1] and w.view3d_box.children[1] is view
+    assert "step1.labels" in w.view3d_box.children[0].value
     w.before.position = seed_mm
     assert view.position == pytest.approx(list(w.before.position))
     w.close_3d()

@@ -99,7 +99,7 @@ function render({ model, el }) {
         "stroke-dasharray": "4 3", class: "medlab-curve-marker", "data-x": mk.x }, s);
       if (mk.label) {
         const right = X(mk.x) > W - m.r - 80;
-        const t = svg("text", { x: X(mk.x) + (right ? -3 : 3), y: m.t + 10 + 12 * (k % 3), fill: color, "font-size": 10,
+        const t = svg("text", { x: X(mk.x) + (right ? -3 : 3), y: H - m.b - 4 - 12 * (k % 3), fill: color, "font-size": 10,
           "text-anchor": right ? "end" : "start" }, s);
         t.textContent = mk.label;
       }

@@ -407,6 +407,7 @@ class SegmentWidget(Workbench):
             b.add_class(f"medlab-segment-edit-{tool}")
             b.on_click(lambda _, t=tool: self._safely(lambda: self.edit(t)))
             edit_buttons.append(b)
+        self.edit_buttons = edit_buttons
         self.view3d_button = widgets.Button(description="3D view", icon="cube", tooltip="the scan and the label "
                                             "surfaces in 3D, linked to the left viewer",
                                             disabled=self.original.ndim != 3, layout=widgets.Layout(width="auto"))
@@ -434,7 +435,8 @@ class SegmentWidget(Workbench):
 
     def _build_save(self) -> widgets.Widget:
         self.save_path = widgets.Text(value="", placeholder="e.g. tumour.nii.gz · tumour.nrrd · tumour_seg.dcm · tumour.stl",
-                                      description="file", layout=widgets.Layout(width="30em"))
+                                      description="file", style={"description_width": "initial"},
+                                      layout=widgets.Layout(width="30em"))
         self.save_path.add_class("medlab-segment-save-path")
         self.save_overwrite = widgets.Checkbox(value=False, description="overwrite", indent=False,
                                                layout=widgets.Layout(width="8em"))
@@ -499,7 +501,7 @@ class SegmentWidget(Workbench):
             if p.role == "seeds" and not panel.controls[n].value and hasattr(panel.controls[n], "pick"):
                 panel.controls[n].pick.value = True
                 break
-        self.hint.value = f"<span style='opacity:.85'>{html.escape(self._hint(spec))}</span>"
+        self._hint_refresh()
 
     @staticmethod
     def _marks_thresholds(spec: StageSpec) -> bool:
@@ -578,6 +580,8 @@ class SegmentWidget(Workbench):
 
     def _hint_refresh(self) -> None:
         if self._ready:
+            for b in self.edit_buttons:       # nothing to edit before the first label map
+                b.disabled = self.labels is None
             self.hint.value = f"<span style='opacity:.85'>{html.escape(self._hint(self.panel.spec))}</span>"
 
     def undo(self):
@@ -680,7 +684,12 @@ class SegmentWidget(Workbench):
         close = widgets.Button(description="close 3D view", icon="times", layout=widgets.Layout(width="auto"))
         close.on_click(lambda _: self._safely(self.close_3d))
         self._view3d = view
-        self.view3d_box.children = [view, close]
+        key = next((k for k, v in reversed(list(self.session.items())) if v is self.labels), None)
+        caption = widgets.HTML(
+            "<b>3D view</b>: the scan as a volume rendering"
+            + (f" and the surface(s) of <code>{html.escape(key)}</code>" if key else "")
+            + "; drag to turn it, scroll to zoom. Its red crosshair follows the left viewer (in mm).")
+        self.view3d_box.children = [caption, view, close]
         what = f"{len(view.meshes)} surface(s)" if view.meshes else "no label map yet: the scan alone"
         self.panel.show_status(f"3D view: {what}; drag to turn it, its crosshair follows the left viewer", "ok")
         return view
@@ -787,11 +796,14 @@ def scores_html(rows: Sequence[dict], title: str) -> str:
                (num(r["volume_pred_ml"]), num(r["volume_truth_ml"]), num(r["volume_difference_ml"])))
         cells = [html.escape(str(r["name"])), num(r["dice"]), num(r["iou"]), num(r["sensitivity"]),
                  num(r["precision"]), num(r["hausdorff95_mm"]), num(r["assd_mm"]), f"{vol[0]} / {vol[1]}", vol[2]]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        body.append("<tr>" + "".join(f"<td style='{_CELL}'>{c}</td>" for c in cells) + "</tr>")
+    th = "".join(f"<th style='{_CELL}'>{html.escape(h)}</th>" for h in head)
     return (f"<div><b>Scores: {html.escape(title)}</b><table class='medlab-scores-table'><tr>{th}</tr>"
             f"{''.join(body)}</table><span style='opacity:.7'>Dice counts overlapping voxels; HD95 and ASSD say "
             "how far the borders are apart (mm), which Dice hides for small structures.</span></div>")
+
+
+_CELL = "padding:1px 10px 1px 0; text-align:left"
 
 
 def _sample(image: Image) -> np.ndarray:
