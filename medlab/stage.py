@@ -370,7 +370,9 @@ class Grid(Param):
         if value is None:
             return None
         size = value["size"]
-        return Image(np.zeros(size[::-1], np.uint8), value["spacing"], value["origin"], value["direction"])
+        # only the geometry is used: a broadcast zero takes no memory, whatever the size
+        return Image(np.broadcast_to(np.uint8(0), tuple(size[::-1])), value["spacing"], value["origin"],
+                     value["direction"])
 
 
 # ---------------------------------------------------------------------------- inputs
