@@ -160,7 +160,12 @@ class Recipe:
         previous step's first image output, or the recipe input ``image`` for the first step.
         """
         spec = get_stage(name)
-        values = spec.validate(spec.params_from_json(dict(params or {})))
+        try:
+            values = spec.validate(spec.params_from_json(dict(params or {})))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            if isinstance(exc, MedlabError):
+                raise
+            raise ParameterError(f"{name}: parameters {str(params)[:120]} cannot be read ({exc})") from None
         sources = dict(inputs or {})
         if not sources and spec.primary is not None:
             sources[spec.primary] = self._chain_source()
@@ -291,7 +296,15 @@ class Recipe:
         inputs = data.get("inputs", {})
         if not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in inputs.items()):
             raise ReadError(f"{source}: 'inputs' must map each input name to its description")
-        recipe = cls(inputs=dict(inputs), medlab_version=str(data.get("medlab_version", "")))
+        for name in inputs:
+            try:
+                _check_name(name, "recipe input")
+            except ParameterError as exc:
+                raise ReadError(f"{source}: {exc}") from None
+        version_text = data.get("medlab_version", "")
+        if not isinstance(version_text, str):
+            raise ReadError(f"{source}: 'medlab_version' must be a string; got {str(version_text)[:60]}")
+        recipe = cls(inputs=dict(inputs), medlab_version=version_text)
         steps = data.get("steps", [])
         if not isinstance(steps, list):
             raise ReadError(f"{source}: 'steps' must be a list of {{\"stage\": ..., \"params\": {{...}}}}")

@@ -369,10 +369,16 @@ class Grid(Param):
     def from_json(self, value):
         if value is None:
             return None
-        size = value["size"]
-        # only the geometry is used: a broadcast zero takes no memory, whatever the size
-        return Image(np.broadcast_to(np.uint8(0), tuple(size[::-1])), value["spacing"], value["origin"],
-                     value["direction"])
+        try:
+            size = tuple(int(v) for v in value["size"])
+            if any(float(v) != int(v) or int(v) < 1 for v in value["size"]):
+                raise ValueError("sizes must be positive integers")
+            # only the geometry is used: a broadcast zero takes no memory, whatever the size
+            return Image(np.broadcast_to(np.uint8(0), size[::-1]), value["spacing"], value["origin"],
+                         value["direction"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParameterError(f"parameter {self.name!r}: a grid needs 'size' (positive integers), 'spacing', "
+                                 f"'origin' and 'direction'; got {str(value)[:120]} ({exc})") from None
 
 
 # ---------------------------------------------------------------------------- inputs

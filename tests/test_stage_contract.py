@@ -388,3 +388,19 @@ def test_numbers_parameter_and_its_control():
     c.widget.value = "a, b"
     with pytest.raises(ParameterError):
         p.validate(c.value, "s")
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"inputs": {"a.b": {"type": "image"}}, "steps": []}, "Python identifier"),
+    ({"inputs": {}, "steps": [], "medlab_version": {"a": 1}}, "medlab_version"),
+    ({"inputs": {"image": {"type": "image"}}, "steps": [
+        {"id": "step1", "stage": "resample_to", "inputs": {"image": "image"},
+         "params": {"reference": {"size": [1e12 + 0.5, 1, 1], "spacing": [1, 1, 1], "origin": [0, 0, 0],
+                                  "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}}}]}, "positive integers"),
+    ({"inputs": {"image": {"type": "image"}}, "steps": [
+        {"id": "step1", "stage": "resample_to", "inputs": {"image": "image"}, "params": {"reference": {"size": "abc"}}}]},
+     "'reference'"),
+])
+def test_hostile_recipe_json_is_a_read_error(data, match):
+    with pytest.raises(ReadError, match=match):
+        Recipe.from_dict({"schema": "medlab.recipe", "version": 2, **data})
