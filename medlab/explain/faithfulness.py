@@ -1,0 +1,159 @@
+"""Faithfulness of a map: deletion and insertion curves (Petsiuk et al., RISE, BMVC 2018).
+
+The network-input voxels are ranked by the map (highest first; in 3D, voxels, not pixels).
+**Deletion** replaces the top fraction of voxels by a baseline and follows the target
+probability as the fraction grows from 0 to 1: a faithful map makes it fall fast (small area
+under the curve). **Insertion** starts from the baseline and puts the top voxels back: it
+should rise fast (large area). The same deletion in a random order is the reference a map must
+beat. The relative change of the target probability when the top ``fraction`` of voxels is
+deleted is reported too.
+
+The map is resampled from the scan's grid onto the network input (linear); only network voxels
+inside the scan's footprint are ranked and changed. Ties (e.g. zeros of a Grad-CAM map) are
+broken in a random order fixed by ``seed``, never by position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ImageError
+from ..stage import (
+    Choice,
+    CurveOut,
+    Float,
+    ImageInput,
+    Int,
+    ModelInput,
+    Points,
+    TableOut,
+    progress,
+    stage,
+)
+from ._common import prepare
+
+
+def _baseline(ctx, kind: str, blur_mm: float):
+    import torch
+
+    x = ctx.x
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return torch.full_like(x, float(x.mean()))
+    from scipy import ndimage
+
+    sigma = [blur_mm / s for s in ctx.net_in.spacing_array_order]
+    arr = np.stack([ndimage.gaussian_filter(c, sigma, mode="nearest") for c in x[0].numpy()])
+    return torch.from_numpy(arr.astype(np.float32))[None]
+
+
+def _curve(ctx, start, end, order: np.ndarray, fractions: np.ndarray, batch: int, desc: str) -> np.ndarray:
+    """Target probability of ``start`` with the first ``f * len(order)`` voxels taken from ``end``."""
+    import torch
+
+    flat_start = start.reshape(start.shape[0], start.shape[1], -1)
+    flat_end = end.reshape(end.shape[0], end.shape[1], -1)
+    counts = np.round(fractions * len(order)).astype(int)
+    out = []
+    chunks = [counts[i:i + batch] for i in range(0, len(counts), batch)]
+    for chunk in progress(chunks, total=len(chunks), desc=desc):
+        xb = flat_start.repeat(len(chunk), 1, 1).clone()
+        for i, k in enumerate(chunk):
+            idx = torch.from_numpy(order[:k])
+            xb[i, :, idx] = flat_end[0, :, idx]
+        with torch.inference_mode():
+            out.append(ctx.target.probability(xb.reshape(len(chunk), *start.shape[1:])).double().numpy())
+    return np.concatenate(out)
+
+
+def _auc(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.trapezoid(y, x)) if hasattr(np, "trapezoid") else float(np.trapz(y, x))
+
+
+@stage("Deletion and insertion curves", group="explain", preview=None,
+       image=ImageInput("intensity", help="the scan"), model=ModelInput(help="the model the map explains"),
+       saliency=ImageInput("intensity", overlaps="image", help="the map (any explanation stage's output)"),
+       mask=ImageInput("label", optional=True, overlaps="image", help="segmentation networks: the target region"),
+       target_class=Int(-1, 999, -1, help="class whose probability is followed; -1: the predicted class"),
+       region=Points(role="target", image="image", help="segmentation networks: the target region's points"),
+       region_radius=Float(0.0, 200.0, 10.0, unit="mm", help="radius of the balls around the region points"),
+       steps=Int(4, 200, 20, help="points on each curve (plus the start)"),
+       baseline=Choice(["blur", "mean", "zero"], "blur", help="what deleted voxels become (and insertion starts from)"),
+       blur_mm=Float(0.5, 100.0, 10.0, unit="mm", help="Gaussian sigma of the blurred baseline"),
+       fraction=Float(0.001, 0.9, 0.05, help="share of top voxels deleted for the relative score change"),
+       batch=Int(1, 256, 8, help="images per forward pass"),
+       seed=Int(0, 2**31 - 1, 0, help="order of tied voxels and of the random reference"),
+       outputs={"curves": CurveOut(), "numbers": TableOut()})
+def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, region=(), region_radius=10.0,
+                       steps=20, baseline="blur", blur_mm=10.0, fraction=0.05, batch=8, seed=0):
+    """Deletion and insertion curves of a map, their areas, and a random-order reference.
+
+    Parameters
+    ----------
+    image, model
+        The scan and the model the map explains.
+    saliency : Image
+        The map to test (on any grid overlapping the scan; resampled onto the network input).
+    mask, target_class, region, region_radius
+        The target, as for the explanation stages.
+    steps : int
+        Curve points after the start.
+    baseline : {'blur', 'mean', 'zero'}
+        Deleted voxels take the value of a blurred copy (``blur_mm``), the mean, or 0.
+    fraction : float
+        The relative change ``(p(top fraction deleted) - p(image)) / p(image)`` is reported.
+    batch, seed
+
+    Returns
+    -------
+    curves : Curve
+        Series ``deletion``, ``insertion`` and ``deletion (random order)``: target probability
+        against the fraction of voxels changed.
+    numbers : Table
+        Areas under the curves, the probabilities at both ends, the relative change.
+
+    Examples
+    --------
+    >>> curves, numbers = deletion_insertion(image, model, grad_cam(image, model)[0])   # doctest: +SKIP
+    """
+    import torch
+
+    from ..outputs import Curve, Table
+
+    ctx = prepare("deletion_insertion", image, model, mask, target_class=target_class, region=region,
+                  region_radius=region_radius, sign="signed")
+    s = ctx.net_in.scan_to_network(np.asarray(saliency.array, np.float32), nearest=False, fill=np.nan, source=saliency)
+    inside = ctx.net_in.footprint() & np.isfinite(s)
+    if not inside.any():
+        raise ImageError("deletion_insertion: the map does not cover the network's input")
+    rng = np.random.default_rng(seed)
+    flat = np.flatnonzero(inside.ravel())
+    ties = rng.random(len(flat))
+    order = flat[np.lexsort((ties, -s.ravel()[flat]))]
+    random_order = flat[rng.permutation(len(flat))]
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    base = _baseline(ctx, baseline, blur_mm)
+    x = ctx.x
+    deletion = _curve(ctx, x, base, order, fractions, batch, "deletion")
+    insertion = _curve(ctx, base, x, order, fractions, batch, "insertion")
+    reference = _curve(ctx, x, base, random_order, fractions, batch, "deletion (random order)")
+    p_top = float(_curve(ctx, x, base, order, np.array([fraction]), 1, "relative change")[0])
+    curves = Curve("deletion and insertion", x_label="fraction of voxels", y_label="target probability")
+    for name, ys in (("deletion", deletion), ("insertion", insertion), ("deletion (random order)", reference)):
+        for f, p in zip(fractions, ys):
+            curves.append(name, f, p)
+    p0 = float(deletion[0])
+    with torch.inference_mode():
+        p_base = float(ctx.target.probability(base)[0])
+    rows = [{"quantity": "target", "value": ctx.target.description},
+            {"quantity": "deletion AUC (lower is better)", "value": _auc(fractions, deletion)},
+            {"quantity": "insertion AUC (higher is better)", "value": _auc(fractions, insertion)},
+            {"quantity": "deletion AUC, random order", "value": _auc(fractions, reference)},
+            {"quantity": "target probability, image", "value": p0},
+            {"quantity": "target probability, baseline", "value": p_base},
+            {"quantity": f"relative change of the target probability, top {100 * fraction:g} % deleted",
+             "value": (p_top - p0) / p0 if p0 > 0 else float("nan")},
+            {"quantity": "voxels ranked", "value": len(order)},
+            {"quantity": "baseline", "value": baseline + (f" (Gaussian sigma {blur_mm:g} mm)" if baseline == "blur" else "")}]
+    return curves, Table(rows, title="faithfulness: deletion and insertion")

@@ -1,0 +1,418 @@
+"""The model being explained: a checkpoint or a torch module, its layers, and checks before use.
+
+A :class:`medlab.outputs.Checkpoint` rebuilds its own network from its config. The networks
+known here are MONAI's (``DenseNet``, ``ViT``), the small 3D classifier shipped with medlab
+(``"cnn_classifier"``, a VGG-like stack of MONAI ``Convolution`` blocks with global average
+pooling), and the segmentation networks of :mod:`medlab.deep` (``"unet"``, ``"segresnet"``)
+when that package is installed. A plain ``torch.nn.Module`` is used as it is.
+
+**Target layer.** The widget lists :func:`candidate_layers` (the names of the modules that are,
+or contain, a convolution, in registration order) and passes the chosen name as the stages'
+``layer`` parameter (``"auto"``: :func:`find_target_layer`, the last convolutional block).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ParameterError
+
+__all__ = ["CLASSIFIERS", "Network", "build_classifier", "candidate_layers", "classifier_config",
+           "find_target_layer", "resolve_model"]
+
+CLASSIFIERS = ("cnn_classifier", "densenet", "vit")
+
+_CLASSIFIER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cnn_classifier": {"channels": [8, 16, 32], "convs_per_block": 2, "norm": "batch", "dropout": 0.0},
+    "densenet": {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2], "dropout": 0.0},
+    "vit": {"img_size": [64, 64, 32], "patch_size": [8, 8, 8], "hidden_size": 96, "mlp_dim": 192,
+            "num_layers": 4, "num_heads": 4, "dropout": 0.0},
+}
+_COMMON = ("network", "spatial_dims", "in_channels", "out_channels")
+
+
+def classifier_config(network: str = "cnn_classifier", *, spatial_dims: int = 3, in_channels: int = 1,
+                      out_channels: int = 2, **options: Any) -> dict[str, Any]:
+    """A complete, checked classifier config (plain JSON values), as a checkpoint stores it.
+
+    Parameters
+    ----------
+    network : {'cnn_classifier', 'densenet', 'vit'}
+        ``cnn_classifier``: blocks of 3×3(×3) convolutions (batch norm, ReLU), max pooling
+        between blocks, global average pooling and one linear layer; its Grad-CAM layer is
+        ``features.block{n}``. ``densenet``: MONAI's ``DenseNet``. ``vit``: MONAI's ``ViT``
+        with a classification token (explained by attention rollout).
+    spatial_dims : {2, 3}
+    in_channels, out_channels : int
+        Image channels, and classes.
+    **options
+        ``cnn_classifier``: ``channels`` (one entry per block), ``convs_per_block``, ``norm``
+        (``'batch'``, ``'instance'``, ``None``), ``dropout``. ``densenet``: ``init_features``,
+        ``growth_rate``, ``block_config``, ``dropout``. ``vit``: ``img_size``, ``patch_size``
+        (x, y, z order of the network input's array axes), ``hidden_size``, ``mlp_dim``,
+        ``num_layers``, ``num_heads``, ``dropout``.
+
+    Examples
+    --------
+    >>> classifier_config("cnn_classifier", channels=[4, 8])["convs_per_block"]
+    2
+    >>> classifier_config("cnn_classifier", chanels=[4, 8])
+    Traceback (most recent call last):
+    ...
+    medlab.errors.ParameterError: cnn_classifier config: unknown option(s) ['chanels']; it takes ['channels', 'convs_per_block', 'dropout', 'norm']
+    """
+    if network not in CLASSIFIERS:
+        raise ParameterError(f"network must be one of {list(CLASSIFIERS)}; got {network!r}")
+    unknown = sorted(set(options) - set(_CLASSIFIER_DEFAULTS[network]))
+    if unknown:
+        raise ParameterError(f"{network} config: unknown option(s) {unknown}; it takes "
+                             f"{sorted(_CLASSIFIER_DEFAULTS[network])}")
+    return check_classifier_config({"network": network, "spatial_dims": spatial_dims, "in_channels": in_channels,
+                                    "out_channels": out_channels, **_CLASSIFIER_DEFAULTS[network], **options})
+
+
+def check_classifier_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a classifier config; returns a clean copy (raises ParameterError naming the key)."""
+    cfg = dict(config)
+    net = cfg.get("network")
+    if net not in CLASSIFIERS:
+        raise ParameterError(f"classifier config: 'network' must be one of {list(CLASSIFIERS)}; got {net!r}")
+    unknown = sorted(set(cfg) - set(_COMMON) - set(_CLASSIFIER_DEFAULTS[net]))
+    if unknown:
+        raise ParameterError(f"{net} config: unknown key(s) {unknown}")
+    cfg = {**_CLASSIFIER_DEFAULTS[net], **cfg}
+    _int(cfg, "spatial_dims", 2, 3)
+    _int(cfg, "in_channels", 1, 16)
+    _int(cfg, "out_channels", 1, 1000)
+    if not isinstance(cfg["dropout"], (int, float)) or not 0 <= cfg["dropout"] < 1:
+        raise ParameterError(f"{net} config: 'dropout' must be a number in [0, 1); got {cfg['dropout']!r}")
+    if net == "cnn_classifier":
+        _ints(cfg, "channels", 1, 512)
+        _int(cfg, "convs_per_block", 1, 4)
+        if cfg["norm"] not in ("batch", "instance", None):
+            raise ParameterError(f"cnn_classifier config: 'norm' must be 'batch', 'instance' or None; got {cfg['norm']!r}")
+    elif net == "densenet":
+        _int(cfg, "init_features", 1, 256)
+        _int(cfg, "growth_rate", 1, 256)
+        _ints(cfg, "block_config", 1, 64)
+    else:
+        for key in ("img_size", "patch_size"):
+            _ints(cfg, key, 1, 4096)
+            if len(cfg[key]) != cfg["spatial_dims"]:
+                raise ParameterError(f"vit config: {key!r} needs {cfg['spatial_dims']} values; got {cfg[key]}")
+        if any(i % p for i, p in zip(cfg["img_size"], cfg["patch_size"])):
+            raise ParameterError(f"vit config: img_size {cfg['img_size']} must be a multiple of patch_size {cfg['patch_size']}")
+        for key in ("hidden_size", "mlp_dim", "num_layers", "num_heads"):
+            _int(cfg, key, 1, 8192)
+        if cfg["hidden_size"] % cfg["num_heads"]:
+            raise ParameterError("vit config: 'hidden_size' must be a multiple of 'num_heads'")
+    return cfg
+
+
+def build_classifier(config: Mapping[str, Any]):
+    """The ``torch.nn.Module`` a classifier config describes, with fresh weights.
+
+    Examples
+    --------
+    >>> net = build_classifier(classifier_config("cnn_classifier", spatial_dims=2, channels=[4, 8]))
+    >>> [n for n, _ in net.named_children()]
+    ['features', 'head']
+    """
+    from torch import nn
+
+    cfg = check_classifier_config(config)
+    d = cfg["spatial_dims"]
+    if cfg["network"] == "densenet":
+        from monai.networks.nets import DenseNet
+
+        return DenseNet(d, cfg["in_channels"], cfg["out_channels"], init_features=cfg["init_features"],
+                        growth_rate=cfg["growth_rate"], block_config=tuple(cfg["block_config"]),
+                        dropout_prob=cfg["dropout"])
+    if cfg["network"] == "vit":
+        from monai.networks.nets import ViT
+
+        return ViT(cfg["in_channels"], cfg["img_size"], cfg["patch_size"], hidden_size=cfg["hidden_size"],
+                   mlp_dim=cfg["mlp_dim"], num_layers=cfg["num_layers"], num_heads=cfg["num_heads"],
+                   classification=True, num_classes=cfg["out_channels"], dropout_rate=cfg["dropout"],
+                   spatial_dims=d, post_activation=None)
+    from monai.networks.blocks import Convolution
+
+    norm = {"batch": "BATCH", "instance": "INSTANCE", None: None}[cfg["norm"]]
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    previous = cfg["in_channels"]
+    pool = nn.MaxPool3d if d == 3 else nn.MaxPool2d
+    for i, width in enumerate(cfg["channels"], 1):
+        convs = []
+        for _ in range(cfg["convs_per_block"]):
+            convs.append(Convolution(d, previous, width, kernel_size=3, act="RELU", norm=norm,
+                                     dropout=cfg["dropout"] or None))
+            previous = width
+        if i > 1:
+            layers[f"pool{i - 1}"] = pool(2)
+        layers[f"block{i}"] = nn.Sequential(*convs)
+    pooling = nn.AdaptiveAvgPool3d(1) if d == 3 else nn.AdaptiveAvgPool2d(1)
+    head = nn.Sequential(OrderedDict(pool=pooling, flatten=nn.Flatten(), fc=nn.Linear(previous, cfg["out_channels"])))
+    return nn.Sequential(OrderedDict(features=nn.Sequential(layers), head=head))
+
+
+def _size_multiple(config: Mapping[str, Any]) -> int:
+    """What each network-input size must be a multiple of (pooling and striding)."""
+    net = config.get("network")
+    if net == "cnn_classifier":
+        return 2 ** (len(config.get("channels", [1])) - 1)
+    if net == "densenet":
+        return 4 * 2 ** (len(config.get("block_config", [1])) - 1)
+    if net == "unet":
+        out = 1
+        for s in config.get("strides", []):
+            out *= int(s)
+        return out
+    if net == "segresnet":
+        return 2 ** (len(config.get("blocks_down", [1])) - 1)
+    return 1
+
+
+# ---------------------------------------------------------------------------- resolving a model
+@dataclass
+class Network:
+    """A model ready to explain: the module, how images reach it, and what its outputs mean.
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+        In evaluation mode while a stage runs (its training flag is restored afterwards).
+    preprocessing : dict
+        The checkpoint's record (see :mod:`medlab.explain.geometry`); empty for a bare module.
+    labels : dict
+        ``{class index: name}``.
+    spatial_dims : int or None
+        2 or 3 when known (checkpoint config, or the module's convolutions).
+    size_multiple : int
+        Network input sizes are padded to a multiple of this.
+    source : str
+        How the model is named in messages.
+    """
+
+    module: Any
+    preprocessing: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    spatial_dims: int | None = None
+    size_multiple: int = 1
+    source: str = "model"
+    fingerprint: str = ""
+
+    def class_name(self, index: int) -> str:
+        return self.labels.get(int(index), f"class {int(index)}")
+
+
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def resolve_model(model, name: str = "model") -> Network:
+    """A :class:`Network` from a :class:`~medlab.outputs.Checkpoint` or a ``torch.nn.Module``.
+
+    A checkpoint's network is built once per checkpoint object (and its weights checked); a
+    module is used as given, never modified.
+
+    Raises
+    ------
+    ParameterError
+        An unknown network in the checkpoint config, or weights that do not fit it.
+    """
+    from torch import nn
+
+    from ..outputs import Checkpoint
+
+    if isinstance(model, Network):
+        return model
+    if isinstance(model, Checkpoint):
+        cached = _built.get(model)
+        if cached is not None:
+            return cached
+        net = _from_checkpoint(model, name)
+        _built[model] = net
+        return net
+    if isinstance(model, nn.Module):
+        return Network(model, spatial_dims=_conv_dims(model), source=f"{name} ({type(model).__name__})")
+    raise ParameterError(f"{name} must be a medlab Checkpoint or a torch.nn.Module; got {type(model).__name__}")
+
+
+def _from_checkpoint(ck, name: str) -> Network:
+    cfg = dict(ck.config)
+    net = cfg.get("network")
+    source = f"{name} (checkpoint, network {net!r})"
+    if net in CLASSIFIERS:
+        module = build_classifier(cfg)
+        _load(module, ck.state_dict, source)
+        dims = check_classifier_config(cfg)["spatial_dims"]
+    elif net in ("unet", "segresnet"):
+        try:
+            from ..deep.networks import build_network, load_weights
+        except ImportError:
+            raise ParameterError(f"{source}: building a {net} needs medlab.deep, which is not installed") from None
+        module = build_network(cfg)
+        load_weights(module, ck.state_dict, source=source)
+        dims = int(cfg.get("spatial_dims", 3))
+    else:
+        raise ParameterError(f"{source}: medlab.explain cannot build this network; known networks are "
+                             f"{[*CLASSIFIERS, 'unet', 'segresnet']}. Pass the torch module itself instead.")
+    module.eval()
+    return Network(module, dict(ck.preprocessing), dict(ck.labels), dims, _size_multiple(cfg), source)
+
+
+def _load(module, state_dict: Mapping[str, Any], source: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    shaped = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shaped:
+        raise ParameterError(f"{source}: the weights do not fit the network config (missing {missing[:4]}, "
+                             f"unexpected {extra[:4]}, wrong shape {shaped[:4]}); was the config edited?")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _conv_dims(module) -> int | None:
+    from torch import nn
+
+    dims = {2 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) else 3
+            for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d))}
+    return dims.pop() if len(dims) == 1 else None
+
+
+@contextlib.contextmanager
+def evaluating(module) -> Iterator[None]:
+    """Evaluation mode inside the block; each submodule's training flag restored afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def copy_module(module):
+    """A deep copy (for randomisation: the user's model is never modified)."""
+    return copy.deepcopy(module)
+
+
+# ---------------------------------------------------------------------------- layers
+def _is_conv(m) -> bool:
+    from torch import nn
+
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+
+
+def candidate_layers(model) -> list[str]:
+    """Names of the layers a CAM method can use: the modules that are, or contain, a convolution.
+
+    In registration order (usually the order of the forward pass), as ``model.named_modules()``
+    names them; pass one as a stage's ``layer`` parameter. A widget lists these for the user.
+
+    Parameters
+    ----------
+    model : Checkpoint or torch.nn.Module
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> from medlab.explain.network import build_classifier, classifier_config
+    >>> net = build_classifier(classifier_config(spatial_dims=2, channels=[4, 8]))
+    >>> [n for n in candidate_layers(net) if n.count(".") < 2]
+    ['features', 'features.block1', 'features.block2']
+    """
+    module = resolve_model(model).module
+    convs = [n for n, m in module.named_modules() if _is_conv(m)]
+    return [n for n, _ in module.named_modules() if n and any(c == n or c.startswith(n + ".") for c in convs)]
+
+
+def get_layer(network: Network, name: str):
+    """The module called ``name`` in the network; ParameterError listing candidates otherwise."""
+    modules = dict(network.module.named_modules())
+    if name not in modules or not name:
+        options = candidate_layers(network.module)
+        shown = ", ".join(options[:12]) + (f" and {len(options) - 12} more" if len(options) > 12 else "")
+        raise ParameterError(f"layer {name!r} does not exist in {network.source}; convolutional layers are: "
+                             f"{shown or 'none'} (see medlab.explain.candidate_layers(model)), or use 'auto'")
+    return modules[name]
+
+
+def forward_with_layers(network: Network, x):
+    """One forward pass (no gradients) that also finds the last convolutional block.
+
+    Returns the model's main output and the layer :func:`find_target_layer` would name (None if
+    there is none). Only the last two distinct spatial outputs are held, whatever the depth.
+    """
+    import torch
+
+    module = network.module
+    candidates = set(candidate_layers(module))
+    state = {"last": None, "names": [], "prev": None, "prev_names": []}
+
+    def hook(name):
+        def _record(_m, _inp, out):
+            if not (isinstance(out, torch.Tensor) and out.ndim == x.ndim and min(out.shape[2:]) > 1):
+                return
+            if out is state["last"]:
+                state["names"].append(name)
+            else:
+                state["prev"], state["prev_names"] = state["last"], state["names"]
+                state["last"], state["names"] = out, [name]
+        return _record
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n in candidates]
+    try:
+        with torch.no_grad(), evaluating(module):
+            out = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    names = state["prev_names"] if state["last"] is out else state["names"]
+    return out, (names[0] if names else None)
+
+
+def find_target_layer(network: Network, x) -> str:
+    """The last convolutional block: the last module in the forward pass that contains a
+    convolution and outputs a spatial feature map (``[B, C, *spatial]`` with as many spatial
+    axes as ``x``), other than the network's own output. When several modules output the same
+    tensor (a block and the sequence that ends with it), the innermost is named.
+
+    Raises
+    ------
+    ParameterError
+        The model has no such layer (e.g. a transformer: use attention rollout).
+    """
+    _, name = forward_with_layers(network, x)
+    if name is None:
+        raise no_conv_layer(network)
+    return name
+
+
+def no_conv_layer(network: Network) -> ParameterError:
+    return ParameterError(f"{network.source} has no convolutional layer with a spatial output, so Grad-CAM "
+                          "has nothing to weight; for a vision transformer use attention_rollout, "
+                          "otherwise a gradient method (integrated_gradients, smoothgrad) or occlusion")
+
+
+def _int(cfg: dict, key: str, lo: int, hi: int) -> None:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ParameterError(f"{cfg['network']} config: {key!r} must be an integer in [{lo}, {hi}]; got {v!r}")
+
+
+def _ints(cfg: dict, key: str, lo: int, hi: int) -> None:
+    v = cfg.get(key)
+    if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool)
+                                                       and lo <= x <= hi for x in v)):
+        raise ParameterError(f"{cfg['network']} config: {key!r} must be a list of integers in [{lo}, {hi}]; got {v!r}")
+    cfg[key] = [int(x) for x in v]
