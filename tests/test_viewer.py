@@ -437,3 +437,115 @@ def test_label_values_above_65535_keep_their_names():
     v = Viewer(img)
     v.set_labels(img.with_array(lab, kind="label", labels={70000: "big"}))
     assert [(d["value"], d["name"]) for d in v._labels_info["legend"]] == [(70000, "big")]
+
+
+# ---------------------------------------------------------------------------- streamed volumes
+def test_slab_plan_sends_nearest_first_and_stays_within_capacity():
+    from medlab.widgets.viewer import SlabPlan
+
+    plan = SlabPlan(n_slices=23, per_slab=4, capacity=3)
+    assert plan.count == 6 and plan.slices(5) == (20, 23)
+    sent = [plan.next(cursor=13) for _ in range(3)]          # slice 13 is in slab 3
+    assert [s for s, _ in sent] == [3, 2, 4] and sorted(slot for _, slot in sent) == [0, 1, 2]
+    assert plan.next(cursor=13) is None and not plan.complete
+    assert plan.holds(8) and plan.holds(19) and not plan.holds(7)
+    # the cursor moves to slab 0: the farthest held slab makes room, one at a time
+    slab, slot = plan.next(cursor=0)
+    assert slab == 0 and slot == sent[2][1] and len(plan.slot_of) == 3
+    assert plan.next(cursor=0) == (1, sent[0][1])          # slab 3 goes next
+    assert sorted(plan.slot_of) == [0, 1, 2] and plan.next(cursor=0) is None
+    plan.acknowledged(0)
+    assert 0 not in plan.in_flight
+    plan.reset()
+    assert not plan.slot_of and not plan.holds(0)
+    with pytest.raises(ParameterError):
+        SlabPlan(10, 0, 3)
+
+
+def _stream_viewer(monkeypatch, capacity_slabs=None, **kwargs):
+    """A viewer on a 12x9x10 CT forced onto the streamed path: slabs of 2 slices."""
+    rng = np.random.default_rng(1)
+    img = Image(rng.integers(-1000, 1000, (10, 9, 12)).astype(np.int16), spacing=(1, 1, 2),
+                direction=np.diag([-1.0, 1.0, -1.0]), metadata={"modality": "CT"})
+    slice_bytes = 12 * 9 * 2 * (1.5 if kwargs.get("labels") is not None else 1)
+    monkeypatch.setattr("medlab.widgets.viewer.VOLUME_CACHE_BYTES", 100)
+    monkeypatch.setattr("medlab.widgets.viewer.SLAB_BYTES", int(2 * slice_bytes))
+    if capacity_slabs is not None:
+        monkeypatch.setattr("medlab.widgets.viewer.BROWSER_CACHE_BYTES", int(capacity_slabs * 2 * slice_bytes))
+    v = Viewer(img, **kwargs)
+    v.comm = CaptureComm()
+    return img, v
+
+
+def _slabs(v) -> list[tuple[dict, list]]:
+    return [(d["content"], b) for d, b in v.comm.messages if d.get("method") == "custom"]
+
+
+def _acknowledge_all(v, start: int = 0) -> list[dict]:
+    """Play the browser: acknowledge every slab from message ``start`` on until Python sends no more."""
+    seen, done = [], start
+    while done < len(_slabs(v)):
+        content, _ = _slabs(v)[done]
+        seen.append(content)
+        done += 1
+        v._on_message(v, {"type": "slab-ack", "gen": content["gen"], "slab": content["slab"]}, [])
+    return seen
+
+
+@pytest.mark.whole_volume
+def test_large_volume_streams_in_slabs_once_a_view_asks(monkeypatch):
+    from medlab.widgets import viewer as viewer_module
+
+    img, v = _stream_viewer(monkeypatch, layout="three")
+    stream = v._stream
+    assert v._volumes == {} and stream["slabs"] == 5 and stream["per_slab"] == 2
+    assert not _slabs(v) and "data" in v._axial, "nothing streams before a view asks"
+    v._on_message(v, {"type": "stream-ready", "gen": stream["gen"]}, [])
+    assert len(_slabs(v)) == viewer_module.STREAM_WINDOW, "at most STREAM_WINDOW slabs unacknowledged"
+    slabs = _acknowledge_all(v)
+    display, _ = render.display_array(img)
+    got = np.empty_like(display)
+    for (content, buffers) in _slabs(v):
+        got[content["k0"]:content["k1"]] = np.frombuffer(buffers[0], np.int16).reshape(-1, 9, 12)
+    np.testing.assert_array_equal(got, display)
+    assert [c["slab"] for c in slabs] == [2, 1, 3, 0, 4], "nearest the cursor (slice 5) first"
+    # every plane is now cut in the browser: slice changes send indices only
+    for plane in render.PLANES:
+        v.plane = plane
+        v.slice_index = 1
+        assert getattr(v, f"_{plane}")["index"] == 1 and "data" not in getattr(v, f"_{plane}")
+    # an acknowledgement of an older stream changes nothing; a new layer restarts the stream
+    v._on_message(v, {"type": "slab-ack", "gen": stream["gen"] - 1, "slab": 0}, [])
+    v.set_labels(img.with_array((img.array > 0).astype(np.uint8), kind="label"))
+    assert v._stream["gen"] == stream["gen"] + 1 and "data" in v._axial and "labels" in v._axial
+    assert v._stream["names"] == ["base", "labels"]
+
+
+@pytest.mark.whole_volume
+def test_ring_of_slabs_follows_the_cursor_within_its_capacity(monkeypatch):
+    img, v = _stream_viewer(monkeypatch, capacity_slabs=2)
+    assert v._stream["slots"] == 2
+    v._on_message(v, {"type": "stream-ready", "gen": v._stream["gen"]}, [])
+    assert [c["slab"] for c in _acknowledge_all(v)] == [2, 1]
+    v.slice_index = 3                                   # slab 1: held, index only
+    assert "data" not in v._axial
+    v.plane = "coronal"                                 # needs every slab: sent by the kernel
+    assert "data" in v._coronal
+    v.plane = "axial"
+    n = len(_slabs(v))
+    v.slice_index = 9                                   # slab 4: not held, the kernel sends it
+    np.testing.assert_array_equal(payload_array(v, "axial"), render.extract_slice(img, "axial", 9).array)
+    new = _acknowledge_all(v, start=n)
+    assert [c["slab"] for c in new] == [4, 3] and {c["slot"] for c in new} == {0, 1}
+    assert sorted(v._plan.slot_of) == [3, 4]
+    v.slice_index = 8
+    assert "data" not in v._axial
+
+
+@pytest.mark.whole_volume
+def test_no_streaming_when_the_browser_cache_is_off(monkeypatch):
+    _, v = _stream_viewer(monkeypatch, capacity_slabs=0)
+    assert v._stream["slabs"] == 0
+    v._on_message(v, {"type": "stream-ready", "gen": v._stream["gen"]}, [])
+    v.slice_index = 2
+    assert not _slabs(v) and "data" in v._axial

@@ -89,7 +89,7 @@ VOLUME_CACHE_BYTES = 96 * 2**20
 BROWSER_CACHE_BYTES = 512 * 2**20
 """Most bytes of a larger volume (with its layers) the browser holds once streamed: the whole
 volume when it fits, else the slabs nearest the cursor (0: no streaming, slices only)."""
-SLAB_BYTES = 4 * 2**20
+SLAB_BYTES = 2 * 2**20
 """Target size of one streamed slab (whole axial slices of every array)."""
 STREAM_WINDOW = 2
 """Slabs sent and not yet acknowledged by the browser: enough to keep the pipe busy, few enough

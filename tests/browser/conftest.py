@@ -387,3 +387,26 @@ def set_slider(page, selector: str, value) -> None:
     page.keyboard.press("Control+A")
     page.keyboard.type(str(value))
     page.keyboard.press("Enter")
+
+
+@pytest.fixture
+def lab_theme(lab_server):
+    """Set JupyterLab's theme for the pages this test opens: ``lab_theme("JupyterLab Dark")``.
+
+    Writes the user setting ``@jupyterlab/apputils-extension:themes`` into the test server's
+    ``JUPYTERLAB_SETTINGS_DIR`` (read when a page loads, so call it before ``notebook.open``);
+    the previous setting comes back after the test, so other tests keep the default theme.
+    """
+    path = (Path(lab_server.env["JUPYTERLAB_SETTINGS_DIR"])
+            / "@jupyterlab/apputils-extension/themes.jupyterlab-settings")
+    before = path.read_text() if path.exists() else None
+
+    def set_theme(theme: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"theme": theme}))
+
+    yield set_theme
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(before)

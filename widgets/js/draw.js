@@ -19,7 +19,9 @@ function drawPlane(ctx, plane) {
     canvas.height = rows;
   }
   const c2d = canvas.getContext("2d", { willReadFrequently: true });
-  const image = c2d.createImageData(cols, rows);
+  // one ImageData per pane, reused while the size stays (no 1 MB allocation per step)
+  if (!entry.image || entry.image.width !== cols || entry.image.height !== rows) entry.image = c2d.createImageData(cols, rows);
+  const image = entry.image;
   const out = image.data;
   if (channels > 1) {
     for (let i = 0; i < n; i++) {
@@ -32,15 +34,23 @@ function drawPlane(ctx, plane) {
     drawn(ctx, canvas, p);
     return;
   }
+  const second = model.get("_second_info"), heat = model.get("_heat_info"), labels = model.get("_labels_info");
+  const withSecond = p.second && second && second.mode;
+  const withHeat = p.heat && heat && heat.lut;
+  const withLabels = p.labels && labels && labels.legend;
+  if (!withSecond && !withHeat && !withLabels) {
+    // grey only (the common case, and every slice step): one 32-bit write per pixel
+    greyPixels(new Uint32Array(out.buffer, out.byteOffset, n), raw, p.dtype, model.get("window"), model.get("level"));
+    c2d.putImageData(image, 0, 0);
+    drawn(ctx, canvas, p);
+    return;
+  }
   let grey = greyLevels(raw, p.dtype, model.get("window"), model.get("level"));
-  const second = model.get("_second_info");
-  if (p.second && second && second.mode) grey = mixSecond(grey, typed(p.second, p.second_dtype), p.second_dtype, second, rows, cols);
+  if (withSecond) grey = mixSecond(grey, typed(p.second, p.second_dtype), p.second_dtype, second, rows, cols);
   const rgb = new Float64Array(3 * n);
   for (let i = 0; i < n; i++) rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = grey[i];
-  const heat = model.get("_heat_info");
-  if (p.heat && heat && heat.lut) blendHeat(rgb, typed(p.heat, p.heat_dtype), heat);
-  const labels = model.get("_labels_info");
-  if (p.labels && labels && labels.legend) blendLabels(rgb, ctx.state.raw[plane].labels, labels, rows, cols);
+  if (withHeat) blendHeat(rgb, typed(p.heat, p.heat_dtype), heat);
+  if (withLabels) blendLabels(rgb, ctx.state.raw[plane].labels, labels, rows, cols);
   for (let i = 0; i < n; i++) {
     out[4 * i] = rgb[3 * i];
     out[4 * i + 1] = rgb[3 * i + 1];
@@ -49,6 +59,30 @@ function drawPlane(ctx, plane) {
   }
   c2d.putImageData(image, 0, 0);
   drawn(ctx, canvas, p);
+}
+
+// opaque grey RGBA as one little-endian 32-bit word per grey level (every browser's byte order)
+const GREY_RGBA = (() => {
+  const pal = new Uint32Array(256);
+  for (let v = 0; v < 256; v++) pal[v] = (0xff000000 | (v << 16) | (v << 8) | v) >>> 0;
+  return pal;
+})();
+
+// window/level straight into RGBA words: a lookup table over the slice's value range for
+// integer voxels, the window/level function per pixel for floats (same values as greyLevels)
+function greyPixels(out32, raw, dtype, window, level) {
+  const n = raw.length;
+  if (dtype === "int16" || dtype === "uint16" || dtype === "int8" || dtype === "uint8") {
+    let lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < n; i++) { const v = raw[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
+    const f = wlFunction(window, level);
+    const lut = new Uint32Array(hi - lo + 1);
+    for (let v = lo; v <= hi; v++) lut[v - lo] = GREY_RGBA[f(v)];
+    for (let i = 0; i < n; i++) out32[i] = lut[raw[i] - lo];
+  } else {
+    const f = wlFunction(window, level);
+    for (let i = 0; i < n; i++) { const v = f(raw[i]); out32[i] = v >= 0 ? GREY_RGBA[v] : GREY_RGBA[0]; }  // NaN: black
+  }
 }
 
 function mixSecond(grey, raw2, dtype2, second, rows, cols) {

@@ -43,9 +43,32 @@ function setSlice(ctx, plane, index) {
   const [col, row, now] = apply(pg.from_display, cursor);
   if (Math.round(now) === index) return;
   const next = apply(pg.to_display, [col, row, index]).map((v) => Math.round(v));
-  ctx.state.pending = { cursor: next, t: performance.now() };
+  setPending(ctx, next);
   redrawLocal(ctx);
   setPosition(ctx, apply(geometry(ctx).affine, next));
+}
+
+// The cursor the user asked for, shown at once; `steps` are the cursors sent to Python and not yet
+// echoed, so an echo of an older step is known as such while Python catches up.
+function setPending(ctx, cursor) {
+  const old = ctx.state.pending;
+  const steps = old ? old.steps.slice(-255) : [];
+  steps.push(cursor);
+  ctx.state.pending = { cursor, t: performance.now(), steps };
+}
+
+// Python's cursor changed: it reached the pending cursor (done), or an older step (still on
+// its way: keep the pending cursor alive), or somewhere else. Returns whether Python is elsewhere.
+function cursorEchoed(ctx, c) {
+  const p = ctx.state.pending;
+  if (!p) return false;
+  const same = (a) => a.every((v, i) => v === c[i]);
+  if (same(p.cursor)) { ctx.state.pending = null; return false; }
+  const n = p.steps.findIndex(same);
+  if (n < 0) return true;
+  p.steps = p.steps.slice(n + 1);
+  p.t = performance.now();
+  return false;
 }
 
 function stepSlice(ctx, plane, step) {
@@ -138,7 +161,7 @@ function wirePane(ctx, entry) {
       return;
     }
     const { ijk, mm } = physicalAt(ctx, entry, pixelAt(ctx, entry, ev));
-    state.pending = { cursor: ijk, t: performance.now() };
+    setPending(ctx, ijk);
     redrawLocal(ctx);
     setPosition(ctx, mm);
     state.drag = { kind: "cursor", entry };
@@ -171,7 +194,7 @@ function wireWindow(ctx) {
       const { ijk, mm } = physicalAt(ctx, d.entry, pixelAt(ctx, d.entry, ev));
       const c = currentCursor(ctx);
       if (ijk.every((v, i) => v === c[i])) return;
-      state.pending = { cursor: ijk, t: performance.now() };
+      setPending(ctx, ijk);
       redrawLocal(ctx);
       setPosition(ctx, mm);
     }

@@ -128,11 +128,8 @@ function render({ model, el: host }) {
     ["change:_sagittal", guard(() => slicePayloadArrived("sagittal"))],
     ["change:_volumes", guard(() => { layout(ctx); redrawAll(ctx); })],
     ["change:_cursor", guard(() => {
-      const c = model.get("_cursor"), p = ctx.state.pending;
-      if (p && p.cursor.every((v, i) => v === c[i])) ctx.state.pending = null;
-      // Python moved elsewhere (or echoes an older step): once the pending cursor expires,
-      // show where Python is.
-      else if (p) setTimeout(guard(() => redrawLocal(ctx)), Math.max(0, 1010 - (performance.now() - p.t)));
+      // Python moved elsewhere (not one of the steps on their way): show where Python is
+      if (cursorEchoed(ctx, model.get("_cursor"))) ctx.state.pending = null;
       redrawLocal(ctx);
       overlays();
     })],

@@ -42,10 +42,14 @@ function cutSlice(arr, pg, index) {
 }
 
 // The cursor the user asked for, until Python's reply catches up (fast key repeats and wheel
-// ticks step from it, not from a stale _cursor).
+// ticks step from it, not from a stale _cursor). A busy kernel (a running cell, or a volume
+// streaming ahead of the reply) can take seconds to answer; without any answer for
+// PENDING_MS, Python's cursor is shown again.
+const PENDING_MS = 5000;
+
 function currentCursor(ctx) {
   const pending = ctx.state.pending;
-  if (pending && performance.now() - pending.t < 1000) return pending.cursor.slice();
+  if (pending && performance.now() - pending.t < PENDING_MS) return pending.cursor.slice();
   return ctx.model.get("_cursor").slice();
 }
 

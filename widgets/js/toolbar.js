@@ -6,8 +6,8 @@ function buildToolbar(ctx) {
   const planeSel = el("select", "medlab-plane", { title: "plane" });
   for (const p of PLANES) planeSel.appendChild(new Option(p, p));
   const layoutSel = el("select", "medlab-layout", { title: "layout" });
-  layoutSel.appendChild(new Option("one plane", "single"));
-  layoutSel.appendChild(new Option("three planes", "three"));
+  layoutSel.appendChild(new Option("1 plane", "single"));
+  layoutSel.appendChild(new Option("3 planes", "three"));
   const wIn = el("input", "medlab-window", { type: "number", step: "any", title: "window (width)" });
   const lIn = el("input", "medlab-level", { type: "number", step: "any", title: "level (centre)" });
   const presetSel = el("select", "medlab-preset", { title: "window/level preset" });
