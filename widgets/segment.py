@@ -966,7 +966,7 @@ class TrainingPanel(widgets.VBox):
                                          validation=0.2 if len(labels) >= 3 else 0)
             self.live.flush()
             self.result = result
-            self.add_model(result.model)
+            self._keep(result.model)
             m = result.model.metrics
             dice = f", validation Dice {m['dice_mean']:.3f} (epoch {m['epoch']})" if "dice_mean" in m else ""
             self._status(f"trained in {time.perf_counter() - t0:.0f} s{dice}; the model is "
@@ -978,7 +978,7 @@ class TrainingPanel(widgets.VBox):
             self.progress.bar_style = "warning"
             if kept is not None and kept.model is not None:
                 self.result = kept
-                self.add_model(kept.model)
+                self._keep(kept.model)
                 m = kept.model.metrics
                 self._status(f"cancelled: the best weights so far (epoch {m.get('epoch')}, validation Dice "
                              f"{m.get('dice_mean', float('nan')):.3f}) are kept as '{self._model_key}'", "info")
@@ -993,12 +993,8 @@ class TrainingPanel(widgets.VBox):
             self.running = False
             self.start_button.disabled, self.cancel_button.disabled = False, True
 
-    def add_model(self, model: Checkpoint, name: str = "model") -> str:
-        """Put a model (e.g. trained in a script) in the widget's session under a new key, for
-        :meth:`segment_image` and the deep-learning stage; returns the key."""
-        if not isinstance(model, Checkpoint):
-            raise ParameterError(f"model must be a medlab Checkpoint (train_segmenter(...).model or "
-                                 f"medlab.deep.pretrained(...)); got {type(model).__name__}")
+    def _keep(self, model: Checkpoint, name: str = "model") -> None:
+        """Put ``model`` in the widget's session (and the recipe's names) under a new key."""
         from medlab.recipe import _unique
 
         owner = self.owner
@@ -1009,14 +1005,13 @@ class TrainingPanel(widgets.VBox):
         self.segment_button.disabled = "deep_segment" not in owner.specs
         if owner.panel is not None and "model" in owner.panel.spec.inputs:
             owner._wire_inputs(owner.panel)
-        return key
 
     def load_shipped(self, name: str) -> Checkpoint:
         """Load a model shipped with medlab (:func:`medlab.deep.pretrained`) into the session."""
         from medlab.deep import pretrained
 
         model = pretrained(name)
-        self.add_model(model, name)
+        self._keep(model, name)
         self._status(f"loaded the shipped model {name!r} as '{self._model_key}'", "ok")
         return model
 
