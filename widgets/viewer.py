@@ -11,13 +11,42 @@ the JavaScript never recomputes it.
 Python puts the image in *display orientation* (:func:`medlab.render.display_array`: axes
 permuted/flipped, never interpolated, so index ``(i, j, k)`` runs towards patient Left,
 Posterior, Superior) and sends raw voxels as binary buffers (int16 stays int16, floats go as
-float32). A volume whose voxels and layers fit in :data:`VOLUME_CACHE_BYTES` travels **once,
-whole** (``_volumes``), and the browser cuts every slice itself, so scrolling never waits for
-the kernel (a round trip through JupyterLab costs about 50 ms); a larger one travels **one
-slice per visible plane** at a time (``_axial`` etc.). JavaScript does window/level, colour
-maps and overlays, so a window/level change never goes back to Python. Layers (label map, heat map, second image) are resampled
-once into the base image's grid (:func:`medlab.render.resample_like`), so a layer with another
-direction or spacing lands where it belongs.
+float32). JavaScript does window/level, colour maps and overlays, so a window/level change
+never goes back to Python. Layers (label map, heat map, second image) are resampled once into
+the base image's grid (:func:`medlab.render.resample_like`), so a layer with another direction
+or spacing lands where it belongs.
+
+How voxels travel
+-----------------
+A kernel round trip through JupyterLab costs about 50 ms, so slice steps are drawn from voxels
+the browser already holds whenever it can:
+
+* **Small volumes** (voxels and layers within :data:`VOLUME_CACHE_BYTES`, 96 MiB) travel
+  **once, whole**, in ``_volumes``; the browser cuts every slice of every plane itself.
+* **Larger volumes** show their first picture from one slice per visible plane (``_axial``
+  etc.), then **stream** in the background: slabs of whole axial slices (about
+  :data:`SLAB_BYTES`, every array: base and layers) sent with ``Widget.send`` as binary
+  buffers, nearest the cursor first, each acknowledged by the browser, with at most
+  :data:`STREAM_WINDOW` unacknowledged (so a slice the kernel sends waits behind at most that
+  much). :class:`SlabPlan` decides which slab goes into which browser slot, so Python knows
+  what the browser holds without asking; a slice change whose voxels are held sends only the
+  index. The stream starts when a view is shown (``stream-ready``), restarts for a new image
+  or layer set (``_stream["gen"]``), and pauses while a cell runs.
+* **Memory bound.** The browser holds at most :data:`BROWSER_CACHE_BYTES` (512 MiB) of slabs
+  per viewer: the whole volume with its layers when it fits (a 512×512×600 int16 CT: 300 MiB),
+  else a ring of the slabs nearest the cursor, refilled as the cursor moves; plus at most
+  9 cut slices per view and the last slice the kernel sent per plane. Measured with
+  ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools protocol).
+* **Coronal and sagittal planes** need a row from every axial slice, so they are cut in the
+  browser only once the whole volume is held; until then, and always when the volume is over
+  :data:`BROWSER_CACHE_BYTES` (a ring), their slices come from the kernel. Per-plane slab
+  caches were not added: they would triple the memory for the same voxels, while the whole
+  volume serves all three planes.
+* ``BROWSER_CACHE_BYTES = 0`` turns streaming off: every slice then travels from the kernel.
+
+While a step waits for the kernel (a slab not there yet), the step the user asked for stays the
+cursor (later keys step from it), and Python's echoes of older steps do not pull the picture
+back.
 
 DOM (stable CSS classes, for tests and styling)
 -----------------------------------------------
@@ -30,7 +59,11 @@ DOM (stable CSS classes, for tests and styling)
 ``.medlab-letter.medlab-left|right|top|bottom`` (orientation letters) and
 ``input.medlab-slice[data-plane=P]`` (range slider); then ``.medlab-readout``,
 ``.medlab-legend`` (one ``.medlab-legend-item[data-value=V]`` per label) and
-``.medlab-status`` (``data-kind="info|error"``).
+``.medlab-status`` (``data-kind="info|error"``). A streamed volume sets ``data-streamed``
+("held/total" slabs) and ``data-cache-bytes`` on the root, and dispatches ``medlab-streamed``
+once every slab is in. Each canvas has ``data-drawn-index`` and ``data-drawn-from``
+(``browser``: cut from held voxels, ``kernel``: a slice Python sent) and dispatches
+``medlab-drawn`` (``detail.index``, ``detail.local``) after every picture.
 
 Canvas pixels, exactly
 ----------------------
