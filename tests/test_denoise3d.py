@@ -39,7 +39,7 @@ def _brute_force_nlm(noisy: np.ndarray, sigma: float, *, beta: float, patch_radi
     """The estimator written out directly: every offset in both directions, every block voxel
     and patch voxel as its own shifted array (no box sums, no symmetry), reflect padding."""
     cube = [o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)]
-    ring = [o for o in itertools.product(range(-2, 3), repeat=3) if o[axis] == 0 and max(map(abs, o)) == 2]
+    ring = [o for o in itertools.product((-2, 0, 2), repeat=3) if o[axis] == 0 and o != (0, 0, 0)]
     pad = 2 + patch_radius + 1 + 2
     p = np.pad(noisy.astype(np.float64), pad, mode="reflect")
     shape = noisy.shape
@@ -144,6 +144,31 @@ def test_3d_filter_reports_progress_and_leaves_input_unchanged():
         pp.nlm_denoise(_mr(arr))
     np.testing.assert_array_equal(arr, before)
     assert len(seen) >= 10 and seen[-1] == 1.0
+
+
+def test_3d_filter_stops_on_cancel_and_passes_on_worker_errors(monkeypatch):
+    import threading
+
+    from medlab import Cancelled
+
+    img = _mr(np.random.default_rng(0).normal(1, 0.1, (32, 24, 28)).astype(np.float32))
+    ev = threading.Event()
+    seen: list[float] = []
+
+    def cancel_after_first(fraction, message):
+        seen.append(fraction)
+        ev.set()
+
+    with progress_to(cancel_after_first, cancel=ev), pytest.raises(Cancelled):
+        pp.nlm_denoise(img)
+    assert 0 < max(seen) < 1
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the patch distances")
+
+    monkeypatch.setattr(denoise, "_nlm_offset", broken)
+    with pytest.raises(MemoryError, match="patch distances"):
+        pp.nlm_denoise(img)
 
 
 def test_bad_method_is_named():
