@@ -281,6 +281,12 @@ def test_training_panel_cancel_keeps_the_best_weights_then_segments_the_image():
     w = SegmentWidget(small.flair, debounce=0.0)
     t = w.training
     assert t.contrast.value == "flair" and t.size.value == (32, 32, 16)   # the image's contrast and size
+    assert t.target.value == "whole"
+    _, labels, classes, settings = t.cases()
+    assert classes == {1: "tumour"} and {int(v) for lab in labels for v in np.unique(lab.array)} == {0, 1}
+    assert settings["patch_size"] == [32, 32, 16]                          # no larger than the phantom
+    with pytest.raises(ParameterError, match="Checkpoint"):
+        t.add_model("not a model")
     t.count.value, t.epochs.value = 3, 50
     t.train()
     end = time.monotonic() + 240

@@ -50,7 +50,7 @@ CSS classes (besides those of the workbench and the panel)
 ``medlab-segment-save-labels`` / ``-save-seg`` / ``-save-mesh``   export buttons
 ``medlab-segment-3d``           the "3D view" button; ``medlab-segment-3d-box`` holds the view
 ``medlab-segment-train``        the training panel; inside it ``medlab-train-data``,
-                                ``medlab-train-count``, ``medlab-train-size``, ``medlab-train-contrast``,
+                                ``medlab-train-target``, ``medlab-train-count``, ``medlab-train-size``, ``medlab-train-contrast``,
                                 ``medlab-train-epochs``, ``medlab-train-seed``, ``medlab-train-start``,
                                 ``medlab-train-cancel``, ``medlab-train-progress``,
                                 ``medlab-train-status``, ``medlab-train-segment``, ``medlab-train-load``
@@ -364,7 +364,7 @@ class SegmentWidget(Workbench):
     --------
     >>> w = SegmentWidget(brain.flair, truth=tumour)                     # doctest: +SKIP
     >>> w.set(seeds=[centre_mm], tolerance=0.2); w.apply(wait=True)      # doctest: +SKIP
-    >>> w.edit("remove"); w.set(points=[stray_mm]); w.apply(wait=True)  # doctest: +SKIP
+    >>> w.edit("remove"); w.set(pieces=[stray_mm]); w.apply(wait=True)  # doctest: +SKIP
     >>> w.save_labels("tumour.nii.gz"); w.save_mesh("tumour.stl")        # doctest: +SKIP
     """
 
@@ -375,13 +375,14 @@ class SegmentWidget(Workbench):
         if image.is_label or image.rgb:
             raise ImageError("SegmentWidget segments an intensity image; got a "
                              f"{'colour' if image.rgb else 'label'} image (pass the scan, and a label map as truth=)")
+        truth, truth_values = _check_truth(truth, truth_labels, image)   # before anything is built
         self._ready = False
         specs = list(stages) if stages is not None else _segment_stages()
         names = [getattr(s, "name", None) or getattr(getattr(s, "stage", None), "name", s) for s in specs]
         super().__init__({"image": image}, stages=specs, stage=stage if stage in names else None,
                          height=height, debounce=debounce)
         self.add_class("medlab-segment")
-        self.truth, self.truth_values = _check_truth(truth, truth_labels, image)
+        self.truth, self.truth_values = truth, truth_values
         self.scores: list[dict] = []
         self._view3d = None
         self._unlink3d = None
@@ -823,7 +824,8 @@ class TrainingPanel(widgets.VBox):
     """Train a U-Net (:func:`medlab.deep.train_segmenter`) and use it on the widget's image.
 
     Data: brain tumour phantoms (:func:`medlab.deep.brain_tumour_cases`, in the contrast of
-    the image when it says which) or the pairs given to the widget. Training runs in a
+    the image when it says which; the whole tumour as one label, or its three classes) or the
+    pairs given to the widget. Training runs in a
     background thread with live curves; Cancel keeps the best weights so far. The model joins
     the widget's session, so *Segment this image* (:func:`medlab.deep.deep_segment`) finds it.
 
@@ -864,6 +866,10 @@ class TrainingPanel(widgets.VBox):
         self.contrast = widgets.Dropdown(options=["t1", "t2", "flair"],
                                          value=sequence if sequence in ("t1", "t2", "flair") else "t1",
                                          description="contrast", tooltip="train on the contrast of the image you segment")
+        self.target = widgets.Dropdown(options=[("whole tumour (one label)", "whole"),
+                                                ("three classes: enhancing, necrotic, oedema", "classes")],
+                                       value="whole", description="learn", layout=widgets.Layout(width="24em"),
+                                       tooltip="the whole tumour learns in minutes on a CPU; three classes take longer")
         self.epochs = widgets.IntSlider(value=20, min=1, max=200, description="epochs")
         self.seed = widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="12em"),
                                     tooltip="the same seed, data and settings give the same weights")
@@ -879,7 +885,7 @@ class TrainingPanel(widgets.VBox):
         self.shipped = widgets.Dropdown(options=shipped or ["(none shipped)"], description="shipped model",
                                         style={"description_width": "initial"}, disabled=not shipped)
         self.load_button = widgets.Button(description="Load", icon="folder-open", disabled=not shipped)
-        for w, cls in ((self.data, "data"), (self.count, "count"), (self.size, "size"), (self.contrast, "contrast"),
+        for w, cls in ((self.data, "data"), (self.target, "target"), (self.count, "count"), (self.size, "size"), (self.contrast, "contrast"),
                        (self.epochs, "epochs"), (self.seed, "seed"), (self.start_button, "start"),
                        (self.cancel_button, "cancel"), (self.progress, "progress"), (self.status, "status"),
                        (self.segment_button, "segment"), (self.load_button, "load")):
@@ -889,12 +895,13 @@ class TrainingPanel(widgets.VBox):
         self.segment_button.on_click(lambda _: self._safely(self.segment_image))
         self.load_button.on_click(lambda _: self._safely(lambda: self.load_shipped(self.shipped.value)))
         self.data.observe(lambda _: self._show_data_rows(), "value")
-        self._phantom_rows = widgets.HBox([self.count, self.size, self.contrast],
+        self._phantom_rows = widgets.HBox([self.target, self.count, self.size, self.contrast],
                                           layout=widgets.Layout(flex_flow="row wrap"))
         self.children = [
-            widgets.HTML("<span style='opacity:.85'>A 3D U-Net learns the tumour classes (enhancing tumour, necrotic "
-                         "core, oedema) from the phantoms, or the labels of your pairs, on the CPU. The curves show "
-                         "the loss and the validation Dice per epoch; Cancel stops and keeps the best weights.</span>"),
+            widgets.HTML("<span style='opacity:.85'>A 3D U-Net learns the tumour (as one label, or its three "
+                         "classes) from brain phantoms in the contrast of this image, or the labels of your pairs, "
+                         "on the CPU. The curves show the loss and the validation Dice per epoch; Cancel stops and "
+                         "keeps the best weights.</span>"),
             widgets.HBox([self.data, self.epochs, self.seed], layout=widgets.Layout(flex_flow="row wrap")),
             self._phantom_rows,
             widgets.HBox([self.start_button, self.cancel_button, self.progress]),
@@ -907,18 +914,30 @@ class TrainingPanel(widgets.VBox):
         self._phantom_rows.layout.display = "" if self.data.value == "phantoms" else "none"
 
     # -------------------------------------------------------------- data
-    def cases(self):
-        """The training cases the controls describe: ``(images, labels, classes, patch_size)``."""
+    def cases(self) -> tuple[list, list, dict | None, dict]:
+        """The training data the controls describe: ``(images, labels, classes, settings)``.
+
+        Phantoms are trained with the tutorial's settings (:data:`medlab.deep.train_models.BRAIN_SETTINGS`,
+        the patch no larger than the phantom); your pairs with :func:`~medlab.deep.train_segmenter`'s
+        defaults. The whole tumour (one label) is learnt in minutes on a CPU; the three classes apart
+        take much longer.
+        """
         from medlab.deep import brain_tumour_cases
+        from medlab.deep.train_models import BRAIN_SETTINGS
 
         if self.data.value == "pairs":
-            return [p[0] for p in self.pairs], [p[1] for p in self.pairs], None, None
+            return [p[0] for p in self.pairs], [p[1] for p in self.pairs], None, {}
         size = tuple(self.size.value)
         cases = brain_tumour_cases(range(_PHANTOM_SEEDS, _PHANTOM_SEEDS + self.count.value),
                                    contrasts=(self.contrast.value,), size=size)
-        # the training patch: the default (64, 64, 32) voxels, or the whole phantom when smaller
-        patch = tuple(min(d, (s // 16) * 16) for s, d in zip(size, (64, 64, 32)))
-        return cases.images, cases.labels, cases.classes, patch
+        settings = {k: v for k, v in BRAIN_SETTINGS.items() if k not in ("seed", "validation")}
+        settings["patch_size"] = [min(p, (s // 8) * 8) for p, s in zip(BRAIN_SETTINGS["patch_size"], size)]
+        if self.target.value == "classes":
+            return cases.images, cases.labels, cases.classes, settings
+        values = list(cases.classes)
+        whole = [lab.with_array(np.isin(lab.array, values).astype(np.uint8), kind="label", labels={1: "tumour"})
+                 for lab in cases.labels]
+        return cases.images, whole, {1: "tumour"}, settings
 
     # -------------------------------------------------------------- running
     def train(self, wait: bool = False):
@@ -959,14 +978,14 @@ class TrainingPanel(widgets.VBox):
                 self._status(f"training: {message}", "busy")
 
         try:
-            images, labels, classes, patch = self.cases()
+            images, labels, classes, settings = self.cases()
             with progress_to(report, self._cancel, publish=lambda stage, values: self.live.update(values)):
                 result = train_segmenter(images, labels, classes=classes, epochs=self.epochs.value,
-                                         seed=self.seed.value, patch_size=patch,
-                                         validation=0.2 if len(labels) >= 3 else 0)
+                                         seed=self.seed.value, validation=0.2 if len(labels) >= 3 else 0,
+                                         **settings)
             self.live.flush()
             self.result = result
-            self._keep(result.model)
+            self.add_model(result.model)
             m = result.model.metrics
             dice = f", validation Dice {m['dice_mean']:.3f} (epoch {m['epoch']})" if "dice_mean" in m else ""
             self._status(f"trained in {time.perf_counter() - t0:.0f} s{dice}; the model is "
@@ -978,7 +997,7 @@ class TrainingPanel(widgets.VBox):
             self.progress.bar_style = "warning"
             if kept is not None and kept.model is not None:
                 self.result = kept
-                self._keep(kept.model)
+                self.add_model(kept.model)
                 m = kept.model.metrics
                 self._status(f"cancelled: the best weights so far (epoch {m.get('epoch')}, validation Dice "
                              f"{m.get('dice_mean', float('nan')):.3f}) are kept as '{self._model_key}'", "info")
@@ -993,8 +1012,12 @@ class TrainingPanel(widgets.VBox):
             self.running = False
             self.start_button.disabled, self.cancel_button.disabled = False, True
 
-    def _keep(self, model: Checkpoint, name: str = "model") -> None:
-        """Put ``model`` in the widget's session (and the recipe's names) under a new key."""
+    def add_model(self, model: Checkpoint, name: str = "model") -> str:
+        """Put a model (e.g. trained in a script) in the widget's session under a new key, for
+        :meth:`segment_image` and the deep-learning stage; returns the key."""
+        if not isinstance(model, Checkpoint):
+            raise ParameterError(f"model must be a medlab Checkpoint (train_segmenter(...).model or "
+                                 f"medlab.deep.pretrained(...)); got {type(model).__name__}")
         from medlab.recipe import _unique
 
         owner = self.owner
@@ -1005,13 +1028,14 @@ class TrainingPanel(widgets.VBox):
         self.segment_button.disabled = "deep_segment" not in owner.specs
         if owner.panel is not None and "model" in owner.panel.spec.inputs:
             owner._wire_inputs(owner.panel)
+        return key
 
     def load_shipped(self, name: str) -> Checkpoint:
         """Load a model shipped with medlab (:func:`medlab.deep.pretrained`) into the session."""
         from medlab.deep import pretrained
 
         model = pretrained(name)
-        self._keep(model, name)
+        self.add_model(model, name)
         self._status(f"loaded the shipped model {name!r} as '{self._model_key}'", "ok")
         return model
 
