@@ -177,8 +177,7 @@ class _Loop:
         # MONAI's DataLoader seeds the random transforms from this generator (num_workers=0)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=True, num_workers=0,
                                  generator=torch.Generator().manual_seed(seed))
-        import os
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=bool(int(os.environ.get("MEDLAB_BATCH_DICE", "0"))))
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
         self.history = Curve("history", x_label="epoch", y_label="Dice + cross-entropy loss", lower_is_better=True)
         self.dice = Curve("dice", x_label="epoch", y_label="validation Dice", lower_is_better=False)
