@@ -16,7 +16,7 @@ check                 the notebook ...
 no_outputs            is stored without outputs or execution counts
 valid                 is valid nbformat 4 with the python3 kernel
 title                 starts with a markdown cell ``# Title``
-learning_objectives   has a markdown heading "Learning objectives" (or "What you will learn")
+learning_objectives   has a heading or a bold lead-in "Learning objectives" / "You will learn"
 parameters            has one code cell tagged ``parameters`` that reads ``MEDLAB_FAST`` from
                       ``os.environ`` (CI's settings come from there, never from editing code)
 own_data              has a markdown heading about running it on your own data
@@ -115,9 +115,11 @@ def check_title(nb) -> list[str]:
 
 
 def check_learning_objectives(nb) -> list[str]:
-    if any(re.search(r"learning objectives|what you will learn", h, re.IGNORECASE) for h in markdown_headings(nb)):
+    lead_ins = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                if line.startswith("**")]
+    if any(re.search(r"learning objectives|you will learn", h, re.IGNORECASE) for h in markdown_headings(nb) + lead_ins):
         return []
-    return ["no markdown heading 'Learning objectives' (or 'What you will learn')"]
+    return ["no 'Learning objectives' / 'You will learn' heading or bold lead-in"]
 
 
 def check_parameters(nb) -> list[str]:
