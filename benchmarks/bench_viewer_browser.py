@@ -2,9 +2,11 @@
 
 JupyterLab (started here on 127.0.0.1, isolated, stopped by process group at the end) in Debian
 Chromium driven by Playwright (fresh temporary profile; every non-localhost request is aborted).
-One notebook holds, for each case (a 512x512x40 int16 chest CT and a 256^3 int16 chest CT):
+One notebook holds, for each case (a 512x512x40 int16 chest CT, a 256^3 int16 chest CT, and a
+512x512x600 int16 CT of 300 MiB: the 40-slice phantom linearly interpolated to 600 slices, which
+the viewer streams to the browser in slabs because it is over ``VOLUME_CACHE_BYTES``):
 
-* a ``medlab.widgets.Viewer`` (axial plane), and
+* a ``medlab.widgets.Viewer`` (axial plane), made and displayed in its own cell, and
 * the usual notebook baseline: an ``ipywidgets.IntSlider`` (driven through a ``jslink``-ed
   ``IntText``) and a ``FloatText`` window box whose Python callbacks render the slice with a
   reused matplotlib figure (``set_data`` / ``set_clim``, ``savefig`` PNG into ``BytesIO``) into
@@ -23,7 +25,17 @@ region): from dispatching the action in JavaScript
 to the moment the new picture is drawn: the viewer's ``medlab-drawn`` event for the expected slice
 index (``detail.time``; for W/L the last draw the action caused), or the baseline ``<img>``'s
 ``load`` event after its ``src`` changed (``img.complete``). Actions run sequentially (each waits
-for its picture), after a few warm-ups. Goal: p95 < 30 ms.
+for its picture), after a few warm-ups. Goal: p95 < 30 ms. For the streamed volume the slice
+rows are measured twice: right after its cell ran, while the stream is still arriving (a step
+whose slab is not there yet waits for the kernel; "local" counts the steps drawn from the
+browser's copy), and once every slab is in; then coronal and sagittal steps.
+
+Also measured: the first picture (wall clock from the start of the cell that makes the viewer,
+``time.time()`` in the kernel, to its first ``medlab-drawn``, ``Date.now()`` in the page: one
+machine, one clock), how long the whole volume takes to stream, and the page's memory through
+the Chrome DevTools Protocol after a forced garbage collection (``Runtime.getHeapUsage``: JS heap
+used and ArrayBuffer backing stores, where the voxels live) beside what the viewer reports it
+holds (``data-cache-bytes``).
 
 Run: ``.venv/bin/python benchmarks/bench_viewer_browser.py [--repeats 30] [--warmup 3]``
 Needs ``/usr/bin/chromium`` (or ``$MEDLAB_CHROMIUM``) and the ``playwright`` package.
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import json
 import os
 import subprocess
 import sys
@@ -50,10 +63,12 @@ GOAL_MS = 30.0
 CASES = {  # notebook prefix -> label
     "c512": "CT 512x512x40, axial 512x512",
     "c256": "CT 256^3, axial 256x256",
+    "c600": "CT 512x512x600 (300 MiB)",
 }
+SLICES = {"c512": 40, "c256": 256, "c600": 600}
 
 SETUP_CELL = """
-import io, json
+import io, json, time
 import numpy as np
 import ipywidgets as W
 import medlab
@@ -63,6 +78,22 @@ from medlab.widgets import Viewer
 
 vols = {'c512': medlab.data.chest_ct(size=(512, 512, 40), seed=0).ct,
         'c256': medlab.data.chest_ct(size=(256, 256, 256), seed=0).ct}
+
+def interpolated(image, n):
+    # the volume linearly interpolated to n slices (a large CT without a 3-minute phantom)
+    a = image.array
+    z = np.linspace(0, a.shape[0] - 1, n)
+    i0 = np.minimum(np.floor(z).astype(int), a.shape[0] - 2)
+    w = z - i0
+    out = np.empty((n,) + a.shape[1:], np.int16)
+    for m in range(n):
+        out[m] = np.rint(a[i0[m]] * (1 - w[m]) + a[i0[m] + 1] * w[m])
+    sz = image.spacing[2] * (a.shape[0] - 1) / (n - 1)
+    return medlab.Image(out, (image.spacing[0], image.spacing[1], sz), origin=image.origin,
+                        direction=image.direction, metadata=dict(image.metadata))
+
+vols['c600'] = interpolated(vols['c512'], 600)
+assert vols['c600'].array.nbytes == 300 * 2**20
 
 def make_baseline(prefix, image):
     vol = image.array                      # [z, y, x] int16
@@ -105,11 +136,15 @@ def make_baseline(prefix, image):
     draw()
     return W.VBox([W.HBox([slider, box, win]), img])
 
-viewers = {}
-for prefix, image in vols.items():
-    v = Viewer(image, height=420)
+viewers, cell_start = {}, {}
+
+def show_viewer(prefix):
+    # make and show a viewer; its first picture is timed from here
+    cell_start[prefix] = time.time() * 1000
+    v = Viewer(vols[prefix], height=420)
     v.add_class(prefix + '-viewer')
     viewers[prefix] = v
+    return v
 
 ping = W.IntText(value=0)
 ping.add_class('bench-ping')
@@ -120,11 +155,21 @@ ping.observe(lambda c: setattr(pong, 'value', f"pong {c['new']}"), names='value'
 
 DISPLAY_CELLS = [
     "W.HBox([ping, pong])",
-    "viewers['c512']",
+    "show_viewer('c512')",
     "make_baseline('c512', vols['c512'])",
-    "viewers['c256']",
+    "show_viewer('c256')",
     "make_baseline('c256', vols['c256'])",
+    "make_baseline('c600', vols['c600'])",
+    "show_viewer('c600')",
 ]
+
+# first picture of each viewer and end of each stream, in wall-clock ms (installed before the run)
+FIRST_DRAW_JS = r"""() => {
+  window.__first = {}; window.__streamed = {};
+  const prefixOf = (e) => ['c512', 'c256', 'c600'].find((p) => e.target.closest(`.${p}-viewer`)) || null;
+  document.addEventListener('medlab-drawn', (e) => { const p = prefixOf(e); if (p && !(p in window.__first)) window.__first[p] = Date.now(); }, true);
+  document.addEventListener('medlab-streamed', (e) => { const p = prefixOf(e); if (p && !(p in window.__streamed)) window.__streamed[p] = Date.now(); }, true);
+}"""
 
 # ----------------------------------------------------------------------------- in-page timers
 # Each returns {ms, draws} or throws on timeout; the clock starts right before the dispatch.
@@ -140,10 +185,10 @@ window.__bench = {
     canvas.addEventListener('medlab-drawn', on);
     return { promise, seen };
   },
-  async medlabSlice(prefix, how) {
+  async medlabSlice(prefix, how, plane = 'axial') {
     const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
-    const canvas = root.querySelector('canvas.medlab-canvas[data-plane=axial]');
-    const slider = root.querySelector('input.medlab-slice[data-plane=axial]');
+    const canvas = root.querySelector(`canvas.medlab-canvas[data-plane=${plane}]`);
+    const slider = root.querySelector(`input.medlab-slice[data-plane=${plane}]`);
     const cur = parseInt(canvas.dataset.drawnIndex, 10), max = parseInt(slider.max, 10);
     const down = how.endsWith('down') ? cur > 0 : cur >= max;   // one step, away from the ends
     const target = down ? cur - 1 : cur + 1;
@@ -152,13 +197,13 @@ window.__bench = {
     if (how.startsWith('key')) {
       root.dispatchEvent(new KeyboardEvent('keydown', { key: down ? 'ArrowDown' : 'ArrowUp', bubbles: true, cancelable: true }));
     } else {
-      const ov = root.querySelector('canvas.medlab-overlay[data-plane=axial]');
+      const ov = root.querySelector(`canvas.medlab-overlay[data-plane=${plane}]`);
       const r = ov.getBoundingClientRect();
       ov.dispatchEvent(new WheelEvent('wheel', { deltaY: down ? 100 : -100, bubbles: true, cancelable: true,
         clientX: r.left + r.width / 2, clientY: r.top + r.height / 2 }));
     }
     const d = await w.promise;
-    return { ms: d.time - t0, draws: w.seen.length, index: d.index };
+    return { ms: d.time - t0, draws: w.seen.length, index: d.index, local: d.local };
   },
   async medlabWL(prefix, how, value) {
     const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
@@ -268,7 +313,7 @@ def versions(chromium: Path) -> dict:
 
 def measure(page, fn: str, calls: list[list], warmup: int) -> dict:
     """Call ``__bench.<fn>(*args)`` for each args in ``calls``; time all but the first ``warmup``."""
-    times, draws, extra = [], [], []
+    times, draws, extra, local = [], [], [], []
     for n, call_args in enumerate(calls):
         res = page.evaluate(f"(a) => window.__bench.{fn}(...a)", call_args)
         if n >= warmup:
@@ -276,11 +321,85 @@ def measure(page, fn: str, calls: list[list], warmup: int) -> dict:
             draws.append(res["draws"])
             if "first_ms" in res:
                 extra.append(res["first_ms"])
-    return {"times": np.array(times), "draws": draws, "first": np.array(extra) if extra else None}
+            if "local" in res:
+                local.append(bool(res["local"]))
+    return {"times": np.array(times), "draws": draws, "first": np.array(extra) if extra else None,
+            "local": local or None}
 
 
 def pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q))
+
+
+def kernel_json(page, code: str):
+    """Run ``code`` in the notebook's kernel and parse what it prints as JSON."""
+    out = page.evaluate("""async (code) => {
+        const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        const future = kernel.requestExecute({ code });
+        let text = '';
+        future.onIOPub = (m) => { if (m.header.msg_type === 'stream') text += m.content.text; };
+        await future.done;
+        return text; }""", code)
+    return json.loads(out)
+
+
+def page_memory(cdp) -> dict:
+    """The page's memory after a forced garbage collection, MiB: JS heap used, ArrayBuffer
+    backing stores (``Runtime.getHeapUsage``)."""
+    cdp.send("HeapProfiler.collectGarbage")
+    use = cdp.send("Runtime.getHeapUsage")
+    return {"heap": use["usedSize"] / 2**20, "buffers": use.get("backingStorageSize", float("nan")) / 2**20}
+
+
+def cache_mib(page, prefix: str) -> float:
+    got = page.evaluate("(p) => document.querySelector(`.${p}-viewer .medlab-viewer`).dataset.cacheBytes", prefix)
+    return int(got or 0) / 2**20
+
+
+def streamed_state(page, prefix: str) -> str:
+    return page.evaluate("(p) => document.querySelector(`.${p}-viewer .medlab-viewer`).dataset.streamed", prefix) or ""
+
+
+def switch_plane(page, prefix: str, plane: str) -> None:
+    """Show ``plane`` in a viewer (its select), and wait for its first picture."""
+    page.evaluate("""([p, plane]) => { const sel = document.querySelector(`.${p}-viewer select.medlab-plane`);
+        sel.value = plane; sel.dispatchEvent(new Event('change', { bubbles: true })); }""", [prefix, plane])
+    page.wait_for_function("""([p, plane]) => document.querySelector(
+        `.${p}-viewer canvas.medlab-canvas[data-plane=${plane}]`)?.dataset.drawnIndex !== undefined""",
+                           arg=[prefix, plane], timeout=60_000)
+
+
+def slice_rows(page, prefix: str, label: str, args, plane: str = "axial", baseline: bool = True) -> list:
+    """Slice steps (keys and wheel) of one viewer, and of its baseline."""
+    wu, seq = args.warmup, range(args.warmup + args.repeats)
+    r_key = measure(page, "medlabSlice", [[prefix, "key-down", plane] for _ in seq], wu)
+    r_wheel = measure(page, "medlabSlice", [[prefix, "wheel-up", plane] for _ in seq], wu)
+    rows = [(label, f"slice +-1 {plane} (ArrowUp/Down)", "medlab", r_key),
+            (label, f"slice +-1 {plane} (wheel)", "medlab", r_wheel)]
+    if baseline:
+        page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", f"img.{prefix}-img")
+        mid = SLICES[prefix] // 2
+        # step the slider one slice at a time, back and forth around the middle
+        rows.append((label, "slice +-1 (IntSlider)", "baseline",
+                     measure(page, "baseline", [[prefix, "slice", mid + [1, 2, 1, 0][n % 4]] for n in seq], wu)))
+        page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", f".{prefix}-viewer .medlab-viewer")
+    return rows
+
+
+def window_rows(page, prefix: str, label: str, args) -> list:
+    wu, seq = args.warmup, range(args.warmup + args.repeats)
+    presets = page.evaluate(
+        "(p) => [...document.querySelectorAll(`.${p}-viewer select.medlab-preset option`)]"
+        ".map(o => o.value).filter(v => v)", prefix)
+    pair = [p for p in ("lung", "bone") if p in presets] or presets[:2]
+    r_pre = measure(page, "medlabWL", [[prefix, "preset", pair[n % 2]] for n in seq], wu)
+    r_win = measure(page, "medlabWL", [[prefix, "window", (400, 1500)[n % 2]] for n in seq], wu)
+    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", f"img.{prefix}-img")
+    b_wl = measure(page, "baseline", [[prefix, "window", (1500.0, 400.0)[n % 2]] for n in seq], wu)
+    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", f".{prefix}-viewer .medlab-viewer")
+    return [(label, f"W/L preset ({'/'.join(pair)})", "medlab", r_pre),
+            (label, "W/L: window box + Enter", "medlab", r_win),
+            (label, "W/L: window box (FloatText)", "baseline", b_wl)]
 
 
 def main() -> int:
@@ -296,7 +415,7 @@ def main() -> int:
 
     vers = versions(chromium)
     t_start = time.monotonic()
-    rows = []
+    rows, facts, memory = [], {}, []
     with tempfile.TemporaryDirectory(prefix="medlab-bench-browser-") as tmp:
         tmp = Path(tmp)
         (tmp / "lab").mkdir()
@@ -323,24 +442,34 @@ def main() -> int:
 
                 context.route("**/*", route)
                 page = context.new_page()
+                cdp = context.new_cdp_session(page)
                 console: list[str] = []
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 page.goto(f"{server.url}/lab/workspaces/{name}/tree/{name}.ipynb?token={server.token}")
                 conftest.wait_kernel_idle(page, 120_000)
+                page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')",
+                                       timeout=60_000)
+                page.evaluate(FIRST_DRAW_JS)
+                memory.append(("page open, before any cell", page_memory(cdp), None))
                 t_run = time.monotonic()
-                conftest.run_all_cells(page, n_cells=len(cells), timeout_ms=180_000)
+                conftest.run_all_cells(page, n_cells=len(cells), timeout_ms=600_000)
                 page.wait_for_function(
-                    """() => ['c512', 'c256'].every(p =>
+                    """() => ['c512', 'c256', 'c600'].every(p =>
                         document.querySelector(`.${p}-viewer canvas.medlab-canvas[data-plane=axial]`)?.dataset.drawnIndex !== undefined
                         && document.querySelector(`img.${p}-img`)?.complete)
                         && document.querySelector('.bench-ping input')""", timeout=60_000)
                 setup_s = time.monotonic() - t_run
                 vers["Chromium (page)"] = page.evaluate("() => navigator.userAgent")
                 page.evaluate("(src) => { (0, eval)(src); }", JS_HELPERS)
+                page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})",
+                              ".c600-viewer .medlab-viewer")
 
-                def scroll(sel):
-                    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})", sel)
+                # the streamed volume, straight after its cell: steps while slabs still arrive
+                facts["held when the steps began"] = streamed_state(page, "c600")
+                rows += [(r[0], r[1] + ", while streaming", r[2], r[3])
+                         for r in slice_rows(page, "c600", CASES["c600"], args, baseline=False)]
+                facts["held when they ended"] = streamed_state(page, "c600")
 
                 wu = args.warmup
                 seq = range(args.warmup + args.repeats)
@@ -348,38 +477,47 @@ def main() -> int:
                 rows.append(("kernel round trip", "IntText -> Label echo", "ipywidgets", ping))
                 kinfo = measure(page, "kernelInfo", [[] for n in seq], wu)
                 rows.append(("kernel round trip", "kernel_info_request (no widget)", "Lab API", kinfo))
-                for prefix, label in CASES.items():
-                    scroll(f".{prefix}-viewer .medlab-viewer")
-                    presets = page.evaluate(
-                        "(p) => [...document.querySelectorAll(`.${p}-viewer select.medlab-preset option`)]"
-                        ".map(o => o.value).filter(v => v)", prefix)
-                    pair = [p for p in ("lung", "bone") if p in presets] or presets[:2]
-                    r_key = measure(page, "medlabSlice", [[prefix, "key-down"] for n in seq], wu)
-                    r_wheel = measure(page, "medlabSlice", [[prefix, "wheel-up"] for n in seq], wu)
-                    r_pre = measure(page, "medlabWL",
-                                    [[prefix, "preset", pair[n % 2]] for n in seq], wu)
-                    r_win = measure(page, "medlabWL",
-                                    [[prefix, "window", (400, 1500)[n % 2]] for n in seq], wu)
-                    scroll(f"img.{prefix}-img")
-                    mid = (40 if prefix == "c512" else 256) // 2
-                    # step the slider one slice at a time, back and forth around the middle
-                    b_slice = measure(page, "baseline",
-                                      [[prefix, "slice", mid + [1, 2, 1, 0][n % 4]] for n in seq], wu)
-                    b_wl = measure(page, "baseline",
-                                   [[prefix, "window", (1500.0, 400.0)[n % 2]] for n in seq], wu)
-                    rows += [
-                        (label, "slice +-1 (ArrowUp/Down)", "medlab", r_key),
-                        (label, "slice +-1 (wheel)", "medlab", r_wheel),
-                        (label, "slice +-1 (IntSlider)", "baseline", b_slice),
-                        (label, f"W/L preset ({'/'.join(pair)})", "medlab", r_pre),
-                        (label, "W/L: window box + Enter", "medlab", r_win),
-                        (label, "W/L: window box (FloatText)", "baseline", b_wl),
-                    ]
+                for prefix in ("c512", "c256"):
+                    label = CASES[prefix]
+                    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})",
+                                  f".{prefix}-viewer .medlab-viewer")
+                    rows += slice_rows(page, prefix, label, args)
+                    rows += window_rows(page, prefix, label, args)
+
+                # the streamed volume once every slab is in: all three planes from the browser
+                page.wait_for_function("""() => { const s = document.querySelector('.c600-viewer .medlab-viewer').dataset.streamed || '';
+                    const [a, b] = s.split('/'); return a && a === b; }""", timeout=900_000)
+                memory.append(("300 MiB CT streamed", page_memory(cdp), cache_mib(page, "c600")))
+                page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'center'})",
+                              ".c600-viewer .medlab-viewer")
+                label = CASES["c600"]
+                rows += [(r[0], r[1] + (", streamed" if r[2] == "medlab" else ""), r[2], r[3])
+                         for r in slice_rows(page, "c600", label, args)]
+                rows += window_rows(page, "c600", label, args)
+                for plane in ("coronal", "sagittal"):
+                    switch_plane(page, "c600", plane)
+                    rows += [(r[0], r[1] + ", streamed", r[2], r[3])
+                             for r in slice_rows(page, "c600", label, args, plane=plane, baseline=False)]
+                memory.append(("after all steps (three planes)", page_memory(cdp), cache_mib(page, "c600")))
+
+                starts = kernel_json(page, "print(json.dumps(cell_start))")
+                firsts = page.evaluate("() => window.__first")
+                ends = page.evaluate("() => window.__streamed")
+                for prefix in CASES:
+                    facts[f"first picture {prefix}"] = firsts.get(prefix, float("nan")) - starts[prefix]
+                facts["300 MiB streamed in"] = ends.get("c600", float("nan")) - starts["c600"]
                 errors = [c for c in console if c.startswith(("error", "pageerror"))]
                 context.close()
                 context = None
         except BaseException as exc:  # noqa: BLE001 - pytest.fail from conftest helpers included
             print(f"bench_viewer_browser: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if context is not None and context.pages:
+                shot = Path(tempfile.gettempdir()) / "bench_viewer_browser_failure.png"
+                try:
+                    context.pages[0].screenshot(path=str(shot), full_page=True)
+                    print(f"screenshot: {shot}", file=sys.stderr)
+                except Exception as err:  # noqa: BLE001 - keep the original failure
+                    print(f"no screenshot: {err}", file=sys.stderr)
             print("JupyterLab log (tail):\n" + server.log()[-2000:], file=sys.stderr)
             return 1
         finally:
@@ -404,20 +542,29 @@ def main() -> int:
               f"CPUs: {os.cpu_count()}")
     except OSError:
         pass
-    head = f"{'case':<30} | {'action':<32} | {'widget':<10} | {'p50 ms':>7} | {'p95 ms':>7} | {'max ms':>7} | {'draws':>5} | goal p95<{GOAL_MS:.0f} ms"
+    head = (f"{'case':<30} | {'action':<44} | {'widget':<10} | {'p50 ms':>7} | {'p95 ms':>7} | {'max ms':>7} | "
+            f"{'draws':>5} | {'local':>5} | goal p95<{GOAL_MS:.0f} ms")
     print("\n" + head)
     print("-" * len(head))
     for case, action, widget, r in rows:
         t = r["times"]
         draws = sorted(set(r["draws"]))
         draws_s = "/".join(map(str, draws)) if widget == "medlab" else "-"
+        local_s = f"{sum(r['local'])}/{len(r['local'])}" if r.get("local") else "-"
         met = "" if case == "kernel round trip" else ("yes" if pct(t, 95) < GOAL_MS else "NO")
-        print(f"{case:<30} | {action:<32} | {widget:<10} | {pct(t, 50):7.1f} | {pct(t, 95):7.1f} | "
-              f"{t.max():7.1f} | {draws_s:>5} | {met}")
+        print(f"{case:<30} | {action:<44} | {widget:<10} | {pct(t, 50):7.1f} | {pct(t, 95):7.1f} | "
+              f"{t.max():7.1f} | {draws_s:>5} | {local_s:>5} | {met}")
         if r["first"] is not None and max(r["draws"]) > 1:
             f = r["first"]
             print(f"{'':<30} |   (first of the draws: p50 {pct(f, 50):.1f}, p95 {pct(f, 95):.1f} ms)")
-    print("\ndraws = medlab-drawn events one action caused (a preset sets window, then level).")
+    print("\ndraws = medlab-drawn events one action caused (a preset sets window, then level);")
+    print("local = steps whose picture was cut from voxels the browser held (no kernel round trip).")
+    print("\nFirst picture (cell start -> first drawn), stream, memory:")
+    for key, value in facts.items():
+        print(f"  {key}: " + (f"{value:.0f} ms" if isinstance(value, float) else str(value)))
+    for when, mem, cache in memory:
+        extra = f"; viewer holds {cache:.1f} MiB of slabs" if cache is not None else ""
+        print(f"  memory {when}: JS heap {mem['heap']:.1f} MiB, ArrayBuffers {mem['buffers']:.1f} MiB{extra}")
     print(f"notebook setup (data + widgets) {setup_s:.1f} s; whole run {total_s:.1f} s")
     if errors:
         print(f"browser console errors ({len(errors)}): " + " | ".join(errors[:5]))

@@ -549,3 +549,71 @@ def test_no_streaming_when_the_browser_cache_is_off(monkeypatch):
     v._on_message(v, {"type": "stream-ready", "gen": v._stream["gen"]}, [])
     v.slice_index = 2
     assert not _slabs(v) and "data" in v._axial
+
+
+NODE_CUTS = r"""
+const fs = require("fs");
+const [src, input] = [fs.readFileSync(process.argv[2], "utf8"), JSON.parse(fs.readFileSync(process.argv[3], "utf8"))];
+const js = new Function(src.replace(/export default[^;]*;/, "") + "; return { cutSlice, cutBlock, streamCut, TYPED };")();
+const vol = Int16Array.from(input.volume);
+const record = (slabs) => {   // slabs in their slots, as stream.js stores them
+  const rec = { info: input.info, slabSlot: new Map(), slots: [] };
+  for (const s of slabs) {
+    rec.slots[s.slot] = { slab: s.slab, k0: s.k0, k1: s.k1, arrays: { base: Int16Array.from(s.base) } };
+    rec.slabSlot.set(s.slab, s.slot);
+  }
+  return rec;
+};
+const partial = record(input.partial), full = record(input.full);
+const out = {};
+for (const [plane, pg] of Object.entries(input.planes)) {
+  const all = [...Array(pg.count).keys()];
+  const cut = (rec, i) => { const c = js.streamCut(rec, pg, [i]); return c && Array.from(c[0].base); };
+  out[plane] = {
+    whole: all.map((i) => Array.from(js.cutSlice(vol, pg, i))),
+    block: js.cutBlock(vol, pg, all).map((a) => Array.from(a)),
+    partial: all.map((i) => cut(partial, i)),
+    full: all.map((i) => cut(full, i)),
+  };
+  if (Math.abs(pg.strides[1]) === 1) out[plane].fullBlock = js.streamCut(full, pg, all).map((c) => Array.from(c.base));
+}
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="Node.js not installed")
+def test_javascript_cuts_equal_python_slices(tmp_path):
+    """The browser's slice cutting (whole volume, blocks of sagittal slices, streamed slabs in
+    any slots, some missing) gives exactly medlab.render.plane_array, run in Node.js."""
+    from medlab.widgets.viewer import JS_UNITS
+
+    rng = np.random.default_rng(3)
+    display = rng.integers(-1000, 1000, (7, 5, 6)).astype(np.int16)          # [k, j, i]
+    planes = render.plane_geometry(display.shape, (1.0, 1.0, 1.0), np.eye(4))
+    per_slab = 2
+
+    def slabs(order):
+        return [{"slab": s, "slot": n, "k0": s * per_slab, "k1": min(7, (s + 1) * per_slab),
+                 "base": display[s * per_slab:(s + 1) * per_slab].ravel().tolist()} for n, s in enumerate(order)]
+
+    info = {"shape": list(display.shape), "per_slab": per_slab, "names": ["base"], "dtypes": {"base": "int16"}}
+    (tmp_path / "in.json").write_text(json.dumps({"volume": display.ravel().tolist(), "planes": planes, "info": info,
+                                                  "partial": slabs([3, 0, 2]), "full": slabs([2, 3, 1, 0])}))
+    src = "\n".join((WIDGETS / "js" / f"{u}.js").read_text() for u in JS_UNITS if u in ("core", "stream", "slices"))
+    (tmp_path / "viewer.js").write_text(src)
+    (tmp_path / "cuts.cjs").write_text(NODE_CUTS)
+    out = json.loads(subprocess.run(["node", str(tmp_path / "cuts.cjs"), str(tmp_path / "viewer.js"),
+                                     str(tmp_path / "in.json")], capture_output=True, text=True, check=True).stdout)
+    assert "fullBlock" in out["sagittal"]
+    for plane, pg in planes.items():
+        for i in range(pg["count"]):
+            want = render.plane_array(display, plane, i)
+            for kind in ("whole", "block", "full", "fullBlock"):
+                if kind in out[plane]:
+                    np.testing.assert_array_equal(np.reshape(out[plane][kind][i], want.shape), want,
+                                                  err_msg=f"{plane} {kind} {i}")
+            got = out[plane]["partial"][i]                                     # slab 1 is missing
+            if plane == "axial" and i // per_slab != 1:
+                np.testing.assert_array_equal(np.reshape(got, want.shape), want)
+            else:
+                assert got is None, f"{plane} {i} needs a missing slab"

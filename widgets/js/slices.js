@@ -32,13 +32,30 @@ function cutSlice(arr, pg, index) {
   const rows = pg.rows, cols = pg.cols;
   const base = offset + index * s;
   if (c === 1 && r === cols) return arr.subarray(base, base + rows * cols);
+  if (c !== 1) return cutBlock(arr, pg, [index])[0];
   const out = new arr.constructor(rows * cols);
   for (let row = 0; row < rows; row++) {
     const start = base + row * r;
-    if (c === 1) { out.set(arr.subarray(start, start + cols), row * cols); continue; }
-    for (let col = 0; col < cols; col++) out[row * cols + col] = arr[start + col * c];
+    out.set(arr.subarray(start, start + cols), row * cols);
   }
   return out;
+}
+
+// Neighbouring slices `indices` (consecutive) of a plane whose columns are strided, in one
+// pass. Sagittal pixels sit `ni` voxels apart, so each read touches its own cache line; the
+// slices next to it (|s| = 1) are on the same line, and reading 8 costs about as much as one.
+function cutBlock(arr, pg, indices) {
+  const [offset, s, r, c] = pg.strides;
+  const rows = pg.rows, cols = pg.cols, nb = indices.length;
+  const outs = indices.map(() => new arr.constructor(rows * cols));
+  const base = offset + indices[0] * s;
+  for (let row = 0; row < rows; row++) {
+    for (let col = 0; col < cols; col++) {
+      const e = base + row * r + col * c, at = row * cols + col;
+      for (let b = 0; b < nb; b++) outs[b][at] = arr[e + b * s];
+    }
+  }
+  return outs;
 }
 
 // The cursor the user asked for, until Python's reply catches up (fast key repeats and wheel
@@ -60,7 +77,8 @@ function cursorIndex(ctx, plane, cursor) {
   return Math.round(index);
 }
 
-const SLICE_CACHE_SIZE = 9;  // cut slices kept (three planes, a few steps each): bounded memory
+const SLICE_CACHE_SIZE = 24;  // cut slices kept per view (a block of 8 per plane): bounded memory
+const BLOCK = 8;  // sagittal slices cut together
 
 // The slices this view has cut, most recently used last; emptied when the voxels change.
 function sliceCache(ctx, source) {
@@ -69,6 +87,7 @@ function sliceCache(ctx, source) {
 }
 
 // Slice `index` of `plane` cut in the browser, or null when the browser does not hold its voxels.
+// A plane whose neighbouring slices lie side by side in memory (sagittal) is cut 8 at a time.
 function localSlice(ctx, plane, index) {
   const pg = planeGeom(ctx, plane);
   const vols = ctx.model.get("_volumes");
@@ -76,29 +95,42 @@ function localSlice(ctx, plane, index) {
   if (!pg || !(volumeMode(ctx) || streamHeld(rec))) return null;
   const cache = sliceCache(ctx, rec ? rec.gen + ":" + rec.model.get("_stream").id : vols);
   const key = plane + ":" + index;
-  let out = cache.get(key);
-  if (out) {
+  const hit = cache.get(key);
+  if (hit) {
     cache.delete(key);
-    cache.set(key, out);
-    return out;
+    cache.set(key, hit);
+    return hit;
   }
-  out = { index, rows: pg.rows, cols: pg.cols, local: true };
+  const [, s, , c] = pg.strides;
+  let indices = [index];
+  if (Math.abs(s) === 1 && c !== 1) {
+    const first = Math.floor(index / BLOCK) * BLOCK;
+    indices = [];
+    for (let n = first; n < Math.min(pg.count, first + BLOCK); n++) indices.push(n);
+  }
+  const names = rec ? rec.info.names : ["base", "labels", "heat", "second"].filter((n) => volumeArray(ctx, n));
+  const dtypes = rec ? rec.info.dtypes : Object.fromEntries(names.map((n) => [n, vols[n + "_dtype"]]));
+  let cuts;  // one {name: pixels} per index
   if (rec) {
-    const arrays = streamCut(rec, pg, index);
-    if (!arrays) return null;
-    out.dtype = rec.info.dtypes.base;
-    out.data = arrays.base;
-    for (const name of rec.info.names) if (name !== "base") { out[name] = arrays[name]; out[name + "_dtype"] = rec.info.dtypes[name]; }
+    cuts = streamCut(rec, pg, indices);
+    if (!cuts) return null;
   } else {
-    out.dtype = vols.base_dtype;
-    out.data = cutSlice(volumeArray(ctx, "base"), pg, index);
-    for (const name of ["labels", "heat", "second"]) {
+    cuts = indices.map(() => ({}));
+    for (const name of names) {
       const arr = volumeArray(ctx, name);
-      if (arr) { out[name] = cutSlice(arr, pg, index); out[name + "_dtype"] = vols[name + "_dtype"]; }
+      const pieces = indices.length > 1 ? cutBlock(arr, pg, indices) : [cutSlice(arr, pg, index)];
+      pieces.forEach((piece, n) => { cuts[n][name] = piece; });
     }
   }
-  cache.set(key, out);
-  if (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
+  let out = null;
+  indices.forEach((i, n) => {
+    const slice = { index: i, rows: pg.rows, cols: pg.cols, local: true, dtype: dtypes.base, data: cuts[n].base };
+    for (const name of names) if (name !== "base") { slice[name] = cuts[n][name]; slice[name + "_dtype"] = dtypes[name]; }
+    if (i === index) out = slice;
+    else if (!cache.has(plane + ":" + i)) cache.set(plane + ":" + i, slice);
+  });
+  cache.set(key, out);  // the slice asked for is the most recent
+  while (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
   return out;
 }
 
