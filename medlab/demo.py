@@ -93,6 +93,7 @@ class DemoResult:
     failed: list[dict[str, str]]
     seconds: dict[str, float]
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -526,7 +527,7 @@ def run_demo(out, *, fast: bool = False, seed: int = 0, overwrite: bool = False,
     recipe.save(recipe_path, overwrite=overwrite)
     report.save(report_path, overwrite=overwrite)
     return DemoResult(report_path, recipe, report.numbers, report.skipped, run.failed, dict(run.seconds),
-                      dict(run.cpu_seconds))
+                      dict(run.cpu_seconds), time.monotonic() - start)
 
 
 def _timed(run: _Run, bar: _Progress, name: str, func: Callable[[_Run], None], optional: bool) -> None:
@@ -593,10 +594,9 @@ def main_demo(case: str, out, *, fast: bool, open_browser: bool, overwrite: bool
               "`medlab demo brain`.", file=sys.stderr)
         return 2
     result = run_demo(out, fast=fast, seed=seed, overwrite=overwrite, progress=progress)
-    total = sum(result.seconds.values())
     print(f"medlab demo: report written to {result.report.resolve()}")
-    print(f"recipe: {result.report.parent.resolve() / 'brain_tumour_recipe.json'}; {len(result.recipe)} steps; "
-          f"{total:.0f} s")
+    print(f"recipe: {result.report.parent.resolve() / 'brain_tumour_recipe.json'} ({len(result.recipe)} steps); "
+          f"{result.total_seconds:.0f} s")
     for s in result.skipped:
         if not s["reason"].startswith("FAILED"):
             print(f"skipped: {s['step']}: {s['reason']}")
