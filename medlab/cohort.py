@@ -633,7 +633,6 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
                               "inputs": {k: {"path": v.path, "series": v.series} for k, v in case.inputs.items()},
                               "truth": {k: v.path for k, v in case.truth.items()}, "worker": _worker_info(),
                               "started": started}
-    emit({"case": case.id, "status": "running", "step": 0, "message": "checking inputs"})
     try:
         for k, v in case.inputs.items():
             record["inputs"][k]["sha256"] = v.checksum()
@@ -641,7 +640,6 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
         old = read_record(final)
         if not rerun and _same_work(old, record, final):
             old["run"] = "skipped"
-            emit({"case": case.id, "status": "skipped"})
             return old
     except Exception as exc:  # noqa: BLE001 - any failure belongs to this case only
         return _finish_failed(record, exc, cases_dir, t0, emit)
@@ -658,6 +656,8 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = _traceback.format_exc()
+        for f in staging.iterdir() if staging.is_dir() else ():  # a failed case keeps its record only
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
     finally:
         record["memory"] = memory.stop()
         record["live"] = {step: {"stage": e["stage"], "values": {k: summarize_live(v) for k, v in e["values"].items()}}
@@ -670,7 +670,6 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
     except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the record
         shutil.rmtree(staging, ignore_errors=True)
         return _finish_failed(record, exc, cases_dir, t0, emit)
-    emit({"case": case.id, "status": record["status"], "error": record.get("error", "")})
     return record
 
 
@@ -682,7 +681,6 @@ def _finish_failed(record: dict, exc: Exception, cases_dir: Path, t0: float, emi
     with contextlib.suppress(Exception):
         staging.mkdir(parents=True)
         _commit(staging, cases_dir / record["case"], record)
-    emit({"case": record["case"], "status": "failed", "error": record["error"]})
     return record
 
 
@@ -722,7 +720,7 @@ def _compute(recipe_dict: dict, case: Case, staging: Path, emit, live: dict) -> 
     values = {k: src.load(recipe.inputs.get(k, {}).get("type", "image")) for k, src in case.inputs.items()}
     timings["load_s"] = round(time.perf_counter() - t, 4)
     fingerprints = {k: fingerprint(v) for k, v in values.items()}
-    state = {"step": "", "index": 0, "last": 0.0, "started": time.perf_counter()}
+    state = {"step": "", "index": 0, "last": time.perf_counter(), "started": time.perf_counter()}
     steps: dict[str, float] = {}
     n = len(recipe.steps)
 
@@ -730,9 +728,12 @@ def _compute(recipe_dict: dict, case: Case, staging: Path, emit, live: dict) -> 
         now = time.perf_counter()
         if state["step"]:
             steps[state["step"]] = round(now - state["started"], 4)
-        state.update(step=recipe.steps[i].id, index=i + 1, started=now, last=now)
-        emit({"case": case.id, "status": "running", "step": i + 1, "steps": total, "stage": stage_name,
-              "fraction": 0.0})
+        due = now - state["last"] >= EVENT_EVERY or i == 0
+        state.update(step=recipe.steps[i].id, index=i + 1, started=now)
+        if due:  # events cost the scheduler CPU: a fast case sends one, a slow one one per EVENT_EVERY
+            state["last"] = now
+            emit({"case": case.id, "status": "running", "step": i + 1, "steps": total, "stage": stage_name,
+                  "fraction": 0.0})
 
     def on_progress(fraction: float, message: str) -> None:
         now = time.perf_counter()
@@ -857,9 +858,15 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
         dashboard = False
     import logging
 
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0" if dashboard else None,
-                           silence_logs=logging.ERROR)
+    import dask
+
+    # The workers' statistical profiler samples every thread's stack 100 times a second and ships
+    # the result to the scheduler: measured at about a third of the per-case CPU overhead on
+    # small cases (benchmarks/bench_cohort.py), for a dashboard tab cohort users rarely open.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0" if dashboard else None,
+                               silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 

@@ -181,7 +181,7 @@ def test_two_inputs_and_live_results(tmp_path, client):
         rows.append(f"f{i}.nii.gz,m{i}.nii.gz")
     manifest = _write(tmp_path / "pairs.csv", "\n".join(rows) + "\n")
     with Recipe.record(fixed=f, moving=m) as recipe:
-        linear_register(f, m, levels=1, iterations=20)
+        linear_register(f, m, shrink_factors=(1,), iterations=20)
     events = []
     run = CohortRun(recipe, manifest, tmp_path / "out", client, on_event=events.append)
     run.start()
