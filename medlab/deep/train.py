@@ -38,25 +38,27 @@ __all__ = ["train_segmenter"]
 
 log = logging.getLogger("medlab.deep")
 
-DEFAULT_PATCH = {3: (64, 64, 32), 2: (128, 128)}
-"""Training patch (and sliding window) size in voxels, (x, y[, z]): small enough for a few
-steps per second on two CPU cores, large enough to hold a brain tumour with its oedema."""
+DEFAULT_PATCH = {3: (48, 48, 24), 2: (128, 128)}
+"""Training patch (and sliding window) size in voxels, (x, y[, z]): small enough for about two
+optimiser steps per second on two CPU cores, large enough to hold a brain tumour with its oedema
+at 1.5 x 1.5 x 2 mm."""
 
 
 def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[Image], *,
                     classes: Mapping[int, str] | None = None, network: str = "unet",
                     config: Mapping[str, Any] | None = None, intensity: str | Mapping = "percentile",
                     spacing: str | Sequence[float] | None = "median", patch_size: Sequence[int] | None = None,
-                    epochs: int = 40, batch_size: int = 2, samples_per_image: int = 2,
+                    epochs: int = 40, batch_size: int = 2, samples_per_image: int = 4,
                     learning_rate: float = 3e-3, validation: float = 0.2, patience: int = 10,
                     max_time: float | None = None, augment: bool = True, channel_names: Sequence[str] | None = None,
                     seed: int = 0, threads: int | None = None) -> Result:
     """Train a MONAI segmentation network; returns the best checkpoint and the learning curves.
 
     Each image is normalised (a MONAI intensity transform), resampled onto the network grid
-    (patient axes, the training set's median voxel size) and cached; every epoch draws random
-    patches around foreground and background voxels (MONAI ``RandCropByPosNegLabeld``), with
-    intensity jitter and left-right flips if ``augment``. The loss is Dice + cross-entropy
+    (patient axes, the training set's median voxel size) and cached (MONAI ``CacheDataset``);
+    every epoch draws random patches centred on background and on each class equally often
+    (MONAI ``RandCropByLabelClassesd``: a small necrotic core is seen as often as a large
+    oedema), with intensity jitter and left-right flips if ``augment``. The loss is Dice + cross-entropy
     (MONAI ``DiceCELoss``), the optimiser Adam. After each epoch the held-out validation
     images are segmented whole (sliding window) and scored with :func:`medlab.metrics.dice`;
     the checkpoint with the best mean validation Dice is kept, and training stops early when
@@ -83,7 +85,7 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         own (None), or given.
     patch_size : sequence of int, optional
         Training patch and sliding window, in voxels (x, y[, z]); multiples of the network's
-        downsampling factor. Default (64, 64, 32) in 3D, (128, 128) in 2D.
+        downsampling factor. Default (48, 48, 24) in 3D, (128, 128) in 2D.
     epochs : int
         Most passes over the training images (each gives ``samples_per_image`` patches per image).
     batch_size, samples_per_image : int
@@ -108,7 +110,10 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         seed, data, settings and thread count give identical weights. The global random
         states are restored afterwards.
     threads : int, optional
-        Torch threads while training (restored afterwards); default: torch's current setting.
+        Torch threads while training (restored afterwards); default: torch's current setting
+        (all cores). The other defaults are sized for a two-core CPU: data cached in memory and
+        loaded in this process (no worker processes), batches of 2 x 4 small patches, a
+        network of 8 to 64 features.
 
     Returns
     -------
