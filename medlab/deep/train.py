@@ -98,9 +98,9 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     patience : int
         Stop after this many epochs without a better validation Dice.
     max_time : float, optional
-        Stop after the epoch during which this many seconds have passed. A run stopped by
-        time is not reproducible (the epoch it stops at depends on the machine's load): fix
-        ``epochs`` for a reproducible run.
+        Stop training when this many seconds have passed since the call (data preparation
+        included), then validate once more. A run stopped by time is not reproducible (where
+        it stops depends on the machine's load): fix ``epochs`` for a reproducible run.
     augment : bool
         Random intensity scaling and shifts and left-right flips of the patches.
     channel_names : sequence of str, optional
@@ -150,6 +150,7 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     prep = _preprocessing(cases, intensity, spacing, patch, classes, channel_names, n_channels)
     train_idx, val_idx = _split(len(cases), validation, seed)
 
+    start = time.monotonic()
     with _threads(threads), _seeded(seed):
         report(0.0, "preparing images")
         data = [_prepare_case(case, prep, classes) for case in cases]
@@ -157,8 +158,8 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         loop = _Loop(net, cfg, prep, classes, [data[i] for i in train_idx], [data[i] for i in val_idx],
                      batch_size=batch_size, samples_per_image=samples_per_image, learning_rate=learning_rate,
                      augment=augment, seed=seed)
-        return loop.run(epochs=epochs, patience=patience, max_time=max_time,
-                        n_cases=(len(train_idx), len(val_idx)))
+        return loop.run(epochs=epochs, patience=patience, n_cases=(len(train_idx), len(val_idx)), start=start,
+                        deadline=None if max_time is None else start + max_time)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -190,13 +191,12 @@ class _Loop:
         self.best_score = -math.inf
         self.best_epoch = 0
 
-    def run(self, *, epochs, patience, max_time, n_cases) -> Result:
-        start = time.monotonic()
+    def run(self, *, epochs, patience, n_cases, start: float, deadline: float | None) -> Result:
         steps_per_epoch = len(self.loader)
         epoch = 0
         try:
             for epoch in range(1, epochs + 1):
-                train_loss = self._epoch(epoch, epochs, steps_per_epoch)
+                train_loss = self._epoch(epoch, epochs, steps_per_epoch, deadline)
                 self.history.append("training", epoch, train_loss)
                 score, per_class, val_loss = self._validate(epoch)
                 elapsed = time.monotonic() - start
@@ -210,7 +210,7 @@ class _Loop:
                 if self.val and epoch - self.best_epoch >= patience:
                     log.info("early stop: no better validation Dice for %d epochs", patience)
                     break
-                if max_time is not None and elapsed >= max_time:
+                if deadline is not None and time.monotonic() >= deadline:
                     log.info("stopped after %.0f s (max_time)", elapsed)
                     break
         except Cancelled as exc:
@@ -222,11 +222,13 @@ class _Loop:
         self.best.metrics["training_seconds"] = round(time.monotonic() - start, 1)
         return Result({"model": self.best, "history": self.history, "dice": self.dice}, stage="train_segmenter")
 
-    def _epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> float:
+    def _epoch(self, epoch: int, epochs: int, steps_per_epoch: int, deadline: float | None) -> float:
         self.net.train()
         total, n = 0.0, 0
         for i, batch in enumerate(self.loader):
             check_cancelled()
+            if deadline is not None and n and time.monotonic() >= deadline:
+                break  # out of time: validate what was learnt so far
             x, y = _plain(batch["image"]), _plain(batch["label"])
             self.optimiser.zero_grad(set_to_none=True)
             loss = self.loss(self.net(x), y)
