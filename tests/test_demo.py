@@ -172,3 +172,21 @@ def test_unet_step_with_a_trained_model(tmp_path):
     assert run.values["unet"].same_grid(p.t1)
     assert 0.0 <= run.values["scores"]["U-Net"]["dice"] <= 1.0
     assert "U-Net: Dice (whole tumour)" in run.report.numbers.column("name")
+
+
+def test_open_shows_the_report_in_the_browser(tmp_path, monkeypatch, capsys):
+    """``--open`` hands the report's file:// address to the web browser (the run itself is faked here)."""
+    import webbrowser
+
+    from medlab import demo
+    from medlab.recipe import Recipe
+
+    report = tmp_path / demo.REPORT_NAME
+    report.write_text("<html></html>")
+    fake = demo.DemoResult(report, Recipe(), medlab.outputs.Table([]), [], [], {}, {}, 1.0)
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: fake)
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    assert demo.main_demo("brain", tmp_path, fast=True, open_browser=True, overwrite=False, seed=0) == 0
+    assert opened == [report.resolve().as_uri()]
+    assert str(report.resolve()) in capsys.readouterr().out
