@@ -20,6 +20,8 @@ method                      what it adds
 :meth:`Report.add_table`    a :class:`~medlab.outputs.Table` (units in the headers, CSV link)
 :meth:`Report.add_number`   one measured number; all of them form the closing table
 :meth:`Report.add_recipe`   a :class:`~medlab.recipe.Recipe` as JSON and as Python
+:meth:`Report.add_outputs`  every output of a stage's Result or of ``Recipe.run``, each shown
+                            by its type (:meth:`Report.add_output` for one)
 ==========================  ===================================================================
 
 The numbers and the recipe are also embedded as JSON (``<script type="application/json"
@@ -552,6 +554,60 @@ class Report:
         """Several numbers at once: ``{name: value}``, with optional ``{name: unit}``."""
         for name, value in values.items():
             self.add_number(name, value, unit=(units or {}).get(name, ""))
+        return self
+
+    def add_output(self, value, *, caption: str = "", over: Image | None = None) -> Report:
+        """Any stage output, shown by its type: an Image as planes (a label map or a map of
+        values drawn ``over`` the scan when given), a Curve plotted, a Table, a Transform's
+        parameters (rotation in degrees, translation in mm), a PointSet's points, a model's card,
+        a number; PNG bytes as a picture.
+
+        Examples
+        --------
+        >>> from medlab.outputs import Table
+        >>> r = Report("x").add_output(Table([{"dice": 0.9}]), caption="scores").add_output(2.5, caption="TRE")
+        >>> [n["name"] for n in r.numbers.rows]
+        ['TRE']
+        """
+        from .outputs import Checkpoint, PointSet, Transform
+
+        if isinstance(value, Image):
+            if over is not None and value.is_label:
+                return self.add_image(over, labels=value, caption=caption)
+            if over is not None:
+                return self.add_image(over, heat=value, caption=caption)
+            return self.add_image(value, caption=caption or value.describe())
+        if isinstance(value, Curve):
+            return self.add_curve(value, caption=caption)
+        if isinstance(value, Table):
+            return self.add_table(value, caption=caption)
+        if isinstance(value, Transform):
+            summary = value.summary()
+            return self.add_table(Table([{"quantity": k, "value": v} for k, v in summary.items()],
+                                        title=caption or f"transform: {value.describe()}"))
+        if isinstance(value, PointSet):
+            return self.add_table(Table([{"name": n, "x": p[0], "y": p[1], **({"z": p[2]} if len(p) > 2 else {})}
+                                         for n, p in zip(value.names, value.points)],
+                                        units={"x": "mm", "y": "mm", "z": "mm"}, title=caption or value.describe()))
+        if isinstance(value, Checkpoint):
+            return self.add_text(f"{caption + ': ' if caption else ''}{value.describe()}")
+        if isinstance(value, (bytes, bytearray, np.ndarray)):
+            return self.add_image(value, caption=caption)
+        if _is_number(value) or isinstance(value, (bool, np.bool_)):
+            return self.add_number(caption or "value", value)
+        if value is None:
+            return self.add_skipped(caption or "output", "no value (an optional output that was not made)")
+        raise ParameterError(f"add_output does not know how to show a {type(value).__name__}; "
+                             "use add_text, add_number or add_image")
+
+    def add_outputs(self, outputs, *, over: Image | None = None) -> Report:
+        """Every output of a stage :class:`~medlab.stage.Result` or of ``Recipe.run`` (anything
+        with ``items()``), each captioned with its name, as :meth:`add_output` shows it."""
+        if not hasattr(outputs, "items"):
+            raise ParameterError("add_outputs needs a stage Result or a mapping {name: output}; for one value "
+                                 "use add_output")
+        for name, value in outputs.items():
+            self.add_output(value, caption=str(name), over=over)
         return self
 
     def add_recipe(self, recipe, *, caption: str = "Recipe") -> Report:

@@ -204,3 +204,23 @@ def test_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 5
+
+
+def test_any_session_result_goes_in_by_type(brain):
+    """A stage's Result (images, transform, curve, table) and recipe outputs are shown by type."""
+    from medlab.data import registration_pair
+    from medlab.register import linear_register
+
+    pair = registration_pair(size=(32, 32, 16), spacing=(6, 6, 8), seed=2)
+    result = linear_register(pair.fixed, pair.moving, iterations=20)
+    r = Report("registration").add_outputs(result)
+    html = r.to_html()
+    assert len(embedded_pngs(html)) == 2                   # the registered image and the metric curve
+    assert "rotation_deg" in html and "translation_mm" in html  # the transform's parameters
+    assert "stop reason" in html                                # the per-level table
+    labels = brain.labels.with_array((brain.labels.array == 8).astype(np.uint8), kind="label")
+    r2 = Report("x").add_outputs({"tumour": labels, "dice": 0.8123, "missing": None}, over=brain.flair)
+    assert len(embedded_pngs(r2.to_html())) == 1 and r2.numbers.rows[0]["value"] == 0.8123
+    assert r2.skipped[0]["step"] == "missing"
+    with pytest.raises(ParameterError, match="add_output"):
+        Report("x").add_output({"a": 1})
