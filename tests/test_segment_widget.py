@@ -275,18 +275,35 @@ def test_3d_view_shows_the_newest_label_map_linked_to_the_viewer(brain, seed_mm)
 
 
 # ---------------------------------------------------------------------------- training
+def test_training_panel_describes_its_data():
+    small = medlab.data.brain_mri(size=(32, 32, 16), seed=0)
+    pairs = [(small.t1, small.labels)]
+    w = SegmentWidget(small.t2, training_pairs=pairs, debounce=0.0)
+    t = w.training
+    assert t.contrast.value == "t2" and t.size.value == (32, 32, 16)       # the image's contrast and size
+    assert (t.target.value, t.learning_rate.value) == ("whole", pytest.approx(1e-2))
+    t.count.value = 3
+    _, labels, classes, settings = t.cases()
+    assert classes == {1: "tumour"} and {int(v) for lab in labels for v in np.unique(lab.array)} == {0, 1}
+    assert settings["patch_size"] == [32, 32, 16]                          # no larger than the phantom
+    t.target.value = "classes"
+    assert t.learning_rate.value == pytest.approx(3e-3)
+    assert t.cases()[2] == {8: "enhancing tumour", 9: "necrotic core", 7: "oedema"}
+    t.data.value = "pairs"
+    images, labels, classes, settings = t.cases()
+    assert images[0] is small.t1 and labels[0] is small.labels and classes is None and settings == {}
+    with pytest.raises(ParameterError, match="Checkpoint"):
+        t.add_model("not a model")
+    assert t.segment_button.disabled
+    w.close()
+
+
 @pytest.mark.slow
 def test_training_panel_cancel_keeps_the_best_weights_then_segments_the_image():
     small = medlab.data.brain_mri(size=(32, 32, 16), seed=0)
     w = SegmentWidget(small.flair, debounce=0.0)
     t = w.training
     assert t.contrast.value == "flair" and t.size.value == (32, 32, 16)   # the image's contrast and size
-    assert t.target.value == "whole"
-    _, labels, classes, settings = t.cases()
-    assert classes == {1: "tumour"} and {int(v) for lab in labels for v in np.unique(lab.array)} == {0, 1}
-    assert settings["patch_size"] == [32, 32, 16]                          # no larger than the phantom
-    with pytest.raises(ParameterError, match="Checkpoint"):
-        t.add_model("not a model")
     t.count.value, t.epochs.value = 3, 50
     t.train()
     end = time.monotonic() + 240

@@ -51,7 +51,7 @@ CSS classes (besides those of the workbench and the panel)
 ``medlab-segment-3d``           the "3D view" button; ``medlab-segment-3d-box`` holds the view
 ``medlab-segment-train``        the training panel; inside it ``medlab-train-data``,
                                 ``medlab-train-target``, ``medlab-train-count``, ``medlab-train-size``, ``medlab-train-contrast``,
-                                ``medlab-train-epochs``, ``medlab-train-seed``, ``medlab-train-start``,
+                                ``medlab-train-epochs``, ``medlab-train-learning-rate``, ``medlab-train-seed``, ``medlab-train-start``,
                                 ``medlab-train-cancel``, ``medlab-train-progress``,
                                 ``medlab-train-status``, ``medlab-train-segment``, ``medlab-train-load``
 """
@@ -91,6 +91,9 @@ EDIT_ROLES = {"paint": ((240, 240, 240), "circle", "brush"), "remove": ((230, 50
 #: ``unit="intensity"`` on such parameters, read by every widget.
 INTENSITY_LEVELS = {"threshold": ("lower", "upper")}
 INTENSITY_SPANS = ("tolerance",)
+#: Label-value sliders shown up to this value (a slider to 65535 cannot pick 3; typing a
+#: larger value in Python still works).
+LABEL_SLIDER_MAX = 255
 
 _MARKER_COLOURS = ("#e69f00", "#56b4e9", "#009e73", "#cc79a7")
 
@@ -484,6 +487,9 @@ class SegmentWidget(Workbench):
             if c is not None and p99 > p1:
                 p = panel.spec.params[n]
                 c.value = min(max(_round2(0.1 * (p99 - p1)), p.min), p.max)
+        for n, p in panel.spec.params.items():
+            if n == "value" and _is_label_input(panel.spec, panel.spec.primary) and p.kind == "int":
+                panel.controls[n].widget.max = min(p.max, LABEL_SLIDER_MAX)
         for n in INTENSITY_LEVELS.get(panel.spec.name, ()):
             c = panel.controls[n]
             w, step = c.widget, (hi - lo) / 200 if hi > lo else 1.0
@@ -862,15 +868,20 @@ class TrainingPanel(widgets.VBox):
             sizes["×".join(map(str, size)) + " (as the image)"] = size
         self.size = widgets.Dropdown(options=list(sizes.items()), value=size or _SIZES["64×64×32"],
                                      description="size (voxels)", style={"description_width": "initial"})
-        sequence = str(image.metadata.get("sequence", "")).lower()
-        self.contrast = widgets.Dropdown(options=["t1", "t2", "flair"],
-                                         value=sequence if sequence in ("t1", "t2", "flair") else "t1",
+        self.contrast = widgets.Dropdown(options=["t1", "t2", "flair"], value=_contrast_of(image),
                                          description="contrast", tooltip="train on the contrast of the image you segment")
         self.target = widgets.Dropdown(options=[("whole tumour (one label)", "whole"),
                                                 ("three classes: enhancing, necrotic, oedema", "classes")],
                                        value="whole", description="learn", layout=widgets.Layout(width="24em"),
                                        tooltip="the whole tumour learns in minutes on a CPU; three classes take longer")
         self.epochs = widgets.IntSlider(value=20, min=1, max=200, description="epochs")
+        self.learning_rate = widgets.FloatLogSlider(value=1e-2, base=10, min=-4, max=-1, step=0.1,
+                                                    description="learning rate", readout_format=".1e",
+                                                    style={"description_width": "initial"},
+                                                    tooltip="Adam's step: 1e-2 learns one label in a few epochs; "
+                                                            "the shipped three-class models used 3e-3 for longer")
+        self.target.observe(lambda ch: setattr(self.learning_rate, "value", 1e-2 if ch["new"] == "whole" else 3e-3),
+                            "value")
         self.seed = widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="12em"),
                                     tooltip="the same seed, data and settings give the same weights")
         self.start_button = widgets.Button(description="Train", icon="play", button_style="primary")
@@ -880,13 +891,14 @@ class TrainingPanel(widgets.VBox):
         self.status = widgets.HTML("")
         self.live = LiveView()
         self.segment_button = widgets.Button(description="Segment this image", icon="magic", disabled=True,
-                                             tooltip="run the model on the widget's image (deep_segment)")
+                                             tooltip="run the model on the widget's image (deep_segment)",
+                                             layout=widgets.Layout(width="auto"))
         shipped = _shipped_models()
         self.shipped = widgets.Dropdown(options=shipped or ["(none shipped)"], description="shipped model",
                                         style={"description_width": "initial"}, disabled=not shipped)
         self.load_button = widgets.Button(description="Load", icon="folder-open", disabled=not shipped)
         for w, cls in ((self.data, "data"), (self.target, "target"), (self.count, "count"), (self.size, "size"), (self.contrast, "contrast"),
-                       (self.epochs, "epochs"), (self.seed, "seed"), (self.start_button, "start"),
+                       (self.epochs, "epochs"), (self.learning_rate, "learning-rate"), (self.seed, "seed"), (self.start_button, "start"),
                        (self.cancel_button, "cancel"), (self.progress, "progress"), (self.status, "status"),
                        (self.segment_button, "segment"), (self.load_button, "load")):
             w.add_class(f"medlab-train-{cls}")
@@ -902,7 +914,8 @@ class TrainingPanel(widgets.VBox):
                          "classes) from brain phantoms in the contrast of this image, or the labels of your pairs, "
                          "on the CPU. The curves show the loss and the validation Dice per epoch; Cancel stops and "
                          "keeps the best weights.</span>"),
-            widgets.HBox([self.data, self.epochs, self.seed], layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.data, self.epochs, self.learning_rate, self.seed],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             self._phantom_rows,
             widgets.HBox([self.start_button, self.cancel_button, self.progress]),
             self.status, self.live,
@@ -980,6 +993,7 @@ class TrainingPanel(widgets.VBox):
         try:
             images, labels, classes, settings = self.cases()
             with progress_to(report, self._cancel, publish=lambda stage, values: self.live.update(values)):
+                settings = {**settings, "learning_rate": float(self.learning_rate.value)}
                 result = train_segmenter(images, labels, classes=classes, epochs=self.epochs.value,
                                          seed=self.seed.value, validation=0.2 if len(labels) >= 3 else 0,
                                          **settings)
@@ -1058,6 +1072,14 @@ class TrainingPanel(widgets.VBox):
         except Exception as exc:  # noqa: BLE001 - a button never raises into the void
             self.error = exc
             self._status(str(exc) if isinstance(exc, MedlabError) else f"{type(exc).__name__}: {exc}", "error")
+
+
+def _contrast_of(image: Image) -> str:
+    """The phantom contrast (t1, t2, flair) an image's ``sequence`` names; t1 when it says none."""
+    sequence = str(image.metadata.get("sequence", "")).lower()
+    if "flair" in sequence:
+        return "flair"
+    return "t2" if sequence.startswith("t2") else "t1"
 
 
 def _check_pairs(pairs) -> list[tuple[Image, Image]]:
