@@ -6,9 +6,13 @@ What is timed (p50 / p95 over repeated updates, milliseconds, this machine):
   the raw int16 slice as a binary buffer) is handed to the comm, i.e. ready to send.
 * **medlab W/L change**: ``viewer.window = w`` until its (tiny) message is ready. Window/level is
   done in the browser, so this is the whole Python cost; the browser-side cost is estimated
-  by running the viewer's own W/L loop (``greyLevels`` from ``widgets/js/core.js``) in Node.js
-  on the same slice when ``node`` is installed (drawing to the canvas is not included; the
-  real-browser test times the full path).
+  by running the viewer's own W/L loop (``greyPixels`` from ``widgets/js/draw.js``: window/level
+  straight into the canvas' RGBA words) in Node.js on the same slice when ``node`` is
+  installed (putting the pixels on the canvas is not included; the real-browser benchmark
+  times the full path).
+* **medlab slab** (a volume over ``VOLUME_CACHE_BYTES``, streamed): Python's cost to hand one
+  slab (about ``SLAB_BYTES`` of whole axial slices) to the comm after the browser acknowledges
+  the previous one; the kernel is busy this long per slab while a volume streams.
 * **medlab snapshot()**: PNG of the current view rendered in Python (for reports).
 * **baseline**: the usual notebook pattern, a reused matplotlib figure (``imshow`` artist),
   ``set_data`` (slice) or ``set_clim`` (W/L), ``savefig`` to PNG, ``ipywidgets.Image.value =
@@ -72,7 +76,7 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 def ct_volume(shape, seed=0) -> np.ndarray:
     """An int16 CT-like volume: a body ellipse of soft tissue with noise, air around it."""
     rng = np.random.default_rng(seed)
-    nz, ny, nx = shape
+    _, ny, nx = shape
     yy, xx = np.mgrid[-1:1:ny * 1j, -1:1:nx * 1j]
     body = (xx / 0.85) ** 2 + (yy / 0.7) ** 2 < 1
     slab = np.where(body, 40, -1000).astype(np.int16)
@@ -103,6 +107,33 @@ def medlab_cases(volume: np.ndarray, spacing, plane: str, repeat: int) -> dict:
         "bytes": viewer._axial.get("data", memoryview(b"")).nbytes if plane == "axial" else None,
         "slice_array": np.ascontiguousarray(viewer.current_slice().array),
     }
+
+
+def slab_cost(volume: np.ndarray, spacing, repeat: int) -> tuple[float, float]:
+    """p50/p95 ms for Python to send the next slab of a streamed volume after an acknowledgement."""
+    from medlab.widgets import Viewer
+    from medlab.widgets import viewer as viewer_module
+
+    from medlab import Image
+
+    saved = viewer_module.VOLUME_CACHE_BYTES
+    viewer_module.VOLUME_CACHE_BYTES = 0  # stream whatever the size
+    try:
+        viewer = Viewer(Image(volume, spacing, metadata={"modality": "CT", "units": "HU"}))
+    finally:
+        viewer_module.VOLUME_CACHE_BYTES = saved
+    viewer.comm = CaptureComm()
+    gen = viewer._stream["gen"]
+    viewer._on_message(viewer, {"type": "stream-ready", "gen": gen}, [])
+
+    def next_slab(k):
+        plan = viewer._plan
+        if plan.complete:
+            plan.reset()
+            viewer._on_message(viewer, {"type": "stream-ready", "gen": gen}, [])
+        viewer._on_message(viewer, {"type": "slab-ack", "gen": gen, "slab": min(plan.in_flight, default=-1)}, [])
+
+    return timed(next_slab, repeat)
 
 
 def baseline_cases(volume: np.ndarray, plane: str, repeat: int) -> dict:
@@ -142,14 +173,15 @@ def baseline_cases(volume: np.ndarray, plane: str, repeat: int) -> dict:
 
 JS_HARNESS = """
 import { readFileSync } from "node:fs";
-const src = readFileSync(process.argv[2], "utf8");
-const start = src.indexOf("function wlFunction");
-const greyLevels = new Function(src.slice(start) + "; return greyLevels;")();
+const core = readFileSync(process.argv[2], "utf8"), draw = readFileSync(process.argv[4], "utf8");
+const src = core.slice(core.indexOf("function wlFunction")) + draw.slice(draw.indexOf("// opaque grey RGBA"));
+const greyPixels = new Function(src + "; return greyPixels;")();
 const raw = new Int16Array(readFileSync(process.argv[3]).buffer.slice(0));
+const out = new Uint32Array(raw.length);
 const times = [];
 for (let r = 0; r < 80; r++) {  // the first 20 runs warm the JIT up, as scrolling would
   const t0 = performance.now();
-  greyLevels(raw, "int16", 400 + r, 40);
+  greyPixels(out, raw, "int16", 400 + r, 40);
   if (r >= 20) times.push(performance.now() - t0);
 }
 times.sort((a, b) => a - b);
@@ -167,8 +199,9 @@ def js_window_level(slice_array: np.ndarray) -> tuple[float, float] | None:
         harness.write_text(JS_HARNESS)
         data = Path(tmp) / "slice.bin"
         data.write_bytes(slice_array.astype(np.int16).tobytes())
-        out = subprocess.run([node, str(harness), str(ROOT / "widgets" / "js" / "core.js"), str(data)],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run([node, str(harness), str(ROOT / "widgets" / "js" / "core.js"), str(data),
+                              str(ROOT / "widgets" / "js" / "draw.js")],
+                             check=False, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             return None
         return tuple(json.loads(out.stdout))
@@ -205,8 +238,13 @@ def main() -> None:
             ratio = b[key][1] / max(m[key][1] + (js[1] if key == "wl" and js else 0.0), 1e-6)
             print(f"{title:40s} {label:9s} {f(m[key]):>18s} {jscol:>18s} {f(b[key]):>18s} {ratio:11.0f}x")
         print(f"{title:40s} {'snapshot':9s} {f(m['snapshot']):>18s} {'':>18s} {'':>18s}")
+    from medlab.widgets import viewer as viewer_module
+
+    slab = slab_cost(ct_volume((256, 512, 512)), (0.78, 0.78, 2.5), args.repeat)
+    print(f"{'512x512x256 CT, streamed':40s} {'slab':9s} {f(slab):>18s}   (one {viewer_module.SLAB_BYTES / 2**20:.0f} MiB "
+          "slab handed to the comm after an acknowledgement)")
     print("\nmedlab (Python): trait change -> message with the raw slice bytes ready for the comm.")
-    print("medlab JS W/L: the viewer's greyLevels() loop in Node.js on the same slice (no canvas draw).")
+    print("medlab JS W/L: the viewer's greyPixels() loop in Node.js on the same slice (no canvas draw).")
     print("baseline: reused matplotlib figure, set_data/set_clim, savefig PNG, ipywidgets.Image.value.")
 
 

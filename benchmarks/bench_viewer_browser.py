@@ -93,9 +93,11 @@ def interpolated(image, n):
                         direction=image.direction, metadata=dict(image.metadata))
 
 vols['c600'] = interpolated(vols['c512'], 600)
+cell_start = {}  # wall-clock ms at the start of each display cell
 assert vols['c600'].array.nbytes == 300 * 2**20
 
 def make_baseline(prefix, image):
+    cell_start[prefix + '-base'] = time.time() * 1000
     vol = image.array                      # [z, y, x] int16
     state = {'index': vol.shape[0] // 2, 'window': 400.0, 'level': 40.0}
     rows, cols = vol.shape[1:]
@@ -136,7 +138,7 @@ def make_baseline(prefix, image):
     draw()
     return W.VBox([W.HBox([slider, box, win]), img])
 
-viewers, cell_start = {}, {}
+viewers = {}
 
 def show_viewer(prefix):
     # make and show a viewer; its first picture is timed from here
@@ -163,12 +165,33 @@ DISPLAY_CELLS = [
     "show_viewer('c600')",
 ]
 
-# first picture of each viewer and end of each stream, in wall-clock ms (installed before the run)
+# First picture of each viewer (its canvas in the page with a picture drawn: a view draws before
+# JupyterLab attaches it, so a MutationObserver sees the moment both hold) and end of each
+# stream, in wall-clock ms; installed before the cells run.
 FIRST_DRAW_JS = r"""() => {
   window.__first = {}; window.__streamed = {};
-  const prefixOf = (e) => ['c512', 'c256', 'c600'].find((p) => e.target.closest(`.${p}-viewer`)) || null;
-  document.addEventListener('medlab-drawn', (e) => { const p = prefixOf(e); if (p && !(p in window.__first)) window.__first[p] = Date.now(); }, true);
-  document.addEventListener('medlab-streamed', (e) => { const p = prefixOf(e); if (p && !(p in window.__streamed)) window.__streamed[p] = Date.now(); }, true);
+  const prefixes = ['c512', 'c256', 'c600'];
+  const look = () => {
+    for (const p of prefixes) {
+      if (p in window.__first) continue;
+      const c = document.querySelector(`.${p}-viewer canvas.medlab-canvas[data-drawn-index]`);
+      if (c && c.isConnected) window.__first[p] = Date.now();
+    }
+  };
+  new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true,
+    attributeFilter: ['data-drawn-index'] });
+  // the baseline's first PNG on the page (polled: an <img> may load before it is attached)
+  const poll = setInterval(() => {
+    for (const p of prefixes) {
+      const img = document.querySelector(`img.${p}-img`);
+      if (!((p + '-base') in window.__first) && img && img.isConnected && img.complete && img.naturalWidth > 0)
+        window.__first[p + '-base'] = Date.now();
+    }
+    if (prefixes.every((p) => (p + '-base') in window.__first)) clearInterval(poll);
+  }, 5);
+  document.addEventListener('medlab-streamed', (e) => {
+    const p = prefixes.find((q) => e.target.closest(`.${q}-viewer`));
+    if (p && !(p in window.__streamed)) window.__streamed[p] = Date.now(); }, true);
 }"""
 
 # ----------------------------------------------------------------------------- in-page timers
@@ -504,7 +527,8 @@ def main() -> int:
                 firsts = page.evaluate("() => window.__first")
                 ends = page.evaluate("() => window.__streamed")
                 for prefix in CASES:
-                    facts[f"first picture {prefix}"] = firsts.get(prefix, float("nan")) - starts[prefix]
+                    for who, key in (("medlab", prefix), ("baseline", prefix + "-base")):
+                        facts[f"first picture {prefix} {who}"] = firsts.get(key, float("nan")) - starts[key]
                 facts["300 MiB streamed in"] = ends.get("c600", float("nan")) - starts["c600"]
                 errors = [c for c in console if c.startswith(("error", "pageerror"))]
                 context.close()

@@ -35,7 +35,8 @@ the browser already holds whenever it can:
 * **Memory bound.** The browser holds at most :data:`BROWSER_CACHE_BYTES` (512 MiB) of slabs
   per viewer: the whole volume with its layers when it fits (a 512×512×600 int16 CT: 300 MiB),
   else a ring of the slabs nearest the cursor, refilled as the cursor moves; plus at most
-  9 cut slices per view and the last slice the kernel sent per plane. Measured with
+  24 cut slices per view (sagittal ones are cut 8 at a time) and the last slice the kernel
+  sent per plane. Measured with
   ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools protocol).
 * **Coronal and sagittal planes** need a row from every axial slice, so they are cut in the
   browser only once the whole volume is held; until then, and always when the volume is over

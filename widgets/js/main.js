@@ -78,7 +78,7 @@ function render({ model, el: host }) {
     "data-jp-suppress-context-menu": "true" });
   host.appendChild(root);
   const ctx = { model, state: { active: model.get("plane"), panes: {}, raw: {}, drag: null, drawn: {},
-    volCache: {}, sliceCache: {}, pending: null, wlFrame: 0 }, dom: { root, host } };
+    volCache: {}, sliceCache: {}, pending: null, wlFrame: 0, lastIndex: {}, prefetch: null }, dom: { root, host } };
   ctx.fail = (err) => {
     console.error(err);
     ctx.dom.status.textContent = "Error (browser): " + err.message;

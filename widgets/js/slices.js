@@ -26,36 +26,49 @@ function volumeArray(ctx, name) {
   return arrays[name];
 }
 
-// pixel (row, col) of slice `index` is element offset + index*s + row*r + col*c of the volume
-function cutSlice(arr, pg, index) {
+// Pixel (row, col) of slice `index` is element offset + index*s + row*r + col*c of the volume.
+// `read(name, element)` gives [array, position] of an element that starts a row (every row of
+// any plane lies in one axial slice): the whole volume, or the streamed slab that holds it.
+// Cuts rows r0..r1 of the consecutive slices `indices` into `outs` ({name: pixels} each);
+// false when a row is not held.
+function cutRows(read, names, pg, indices, outs, r0, r1) {
   const [offset, s, r, c] = pg.strides;
-  const rows = pg.rows, cols = pg.cols;
-  const base = offset + index * s;
-  if (c === 1 && r === cols) return arr.subarray(base, base + rows * cols);
-  if (c !== 1) return cutBlock(arr, pg, [index])[0];
-  const out = new arr.constructor(rows * cols);
-  for (let row = 0; row < rows; row++) {
-    const start = base + row * r;
-    out.set(arr.subarray(start, start + cols), row * cols);
-  }
-  return out;
-}
-
-// Neighbouring slices `indices` (consecutive) of a plane whose columns are strided, in one
-// pass. Sagittal pixels sit `ni` voxels apart, so each read touches its own cache line; the
-// slices next to it (|s| = 1) are on the same line, and reading 8 costs about as much as one.
-function cutBlock(arr, pg, indices) {
-  const [offset, s, r, c] = pg.strides;
-  const rows = pg.rows, cols = pg.cols, nb = indices.length;
-  const outs = indices.map(() => new arr.constructor(rows * cols));
-  const base = offset + indices[0] * s;
-  for (let row = 0; row < rows; row++) {
-    for (let col = 0; col < cols; col++) {
-      const e = base + row * r + col * c, at = row * cols + col;
-      for (let b = 0; b < nb; b++) outs[b][at] = arr[e + b * s];
+  const cols = pg.cols, nb = indices.length;
+  for (const name of names) {
+    const dsts = outs.map((o) => o[name]), d0 = dsts[0];
+    for (let row = r0; row < r1; row++) {
+      const hit = read(name, offset + indices[0] * s + row * r);
+      if (!hit) return false;
+      const [src, local] = hit, at = row * cols;
+      if (nb === 1 && c === 1) d0.set(src.subarray(local, local + cols), at);
+      else if (nb === 1) for (let col = 0; col < cols; col++) d0[at + col] = src[local + col * c];
+      else {
+        // neighbouring sagittal slices (|s| = 1) share each cache line read: one pass for all
+        for (let col = 0; col < cols; col++) {
+          const e = local + col * c;
+          for (let b = 0; b < nb; b++) dsts[b][at + col] = src[e + b * s];
+        }
+      }
     }
   }
-  return outs;
+  return true;
+}
+
+function newCuts(names, dtypes, n, count) {
+  return Array.from({ length: count }, () => Object.fromEntries(names.map((name) => [name, new TYPED[dtypes[name]](n)])));
+}
+
+function cutSlice(arr, pg, index) {
+  const [offset, s, r, c] = pg.strides;
+  const base = offset + index * s;
+  if (c === 1 && r === pg.cols) return arr.subarray(base, base + pg.rows * pg.cols);  // no copy
+  return cutBlock(arr, pg, [index])[0];
+}
+
+function cutBlock(arr, pg, indices) {
+  const outs = indices.map(() => ({ base: new arr.constructor(pg.rows * pg.cols) }));
+  cutRows((name, e) => [arr, e], ["base"], pg, indices, outs, 0, pg.rows);
+  return outs.map((o) => o.base);
 }
 
 // The cursor the user asked for, until Python's reply catches up (fast key repeats and wheel
@@ -77,8 +90,9 @@ function cursorIndex(ctx, plane, cursor) {
   return Math.round(index);
 }
 
-const SLICE_CACHE_SIZE = 24;  // cut slices kept per view (a block of 8 per plane): bounded memory
-const BLOCK = 8;  // sagittal slices cut together
+const SLICE_CACHE_SIZE = 24;  // cut slices kept per view: bounded memory
+const PREFETCH = 8;  // sagittal slices cut ahead, in the direction of travel
+const PREFETCH_ROWS = 48;  // rows per background chunk (a few ms), so input is never held up
 
 // The slices this view has cut, most recently used last; emptied when the voxels change.
 function sliceCache(ctx, source) {
@@ -86,52 +100,94 @@ function sliceCache(ctx, source) {
   return ctx.state.sliceCache.map;
 }
 
+// Where this view's voxels are: names, dtypes, a row reader and a cache key (null: none held).
+function voxelSource(ctx) {
+  if (volumeMode(ctx)) {
+    const vols = ctx.model.get("_volumes");
+    const names = ["base", "labels", "heat", "second"].filter((n) => volumeArray(ctx, n));
+    return { key: vols, names, dtypes: Object.fromEntries(names.map((n) => [n, vols[n + "_dtype"]])),
+      read: (name, e) => [volumeArray(ctx, name), e], copy: false };
+  }
+  const rec = streamRecord(ctx.model);
+  if (!streamHeld(rec)) return null;
+  return { key: rec.gen + ":" + rec.stream.id, names: rec.info.names, dtypes: rec.info.dtypes,
+    read: slabReader(rec), copy: true };
+}
+
+function asPayload(pg, index, cut, src) {
+  const slice = { index, rows: pg.rows, cols: pg.cols, local: true, dtype: src.dtypes.base, data: cut.base };
+  for (const name of src.names) if (name !== "base") { slice[name] = cut[name]; slice[name + "_dtype"] = src.dtypes[name]; }
+  return slice;
+}
+
+function remember(cache, key, slice) {
+  cache.delete(key);
+  cache.set(key, slice);
+  while (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
+}
+
 // Slice `index` of `plane` cut in the browser, or null when the browser does not hold its voxels.
-// A plane whose neighbouring slices lie side by side in memory (sagittal) is cut 8 at a time.
 function localSlice(ctx, plane, index) {
   const pg = planeGeom(ctx, plane);
-  const vols = ctx.model.get("_volumes");
-  const rec = volumeMode(ctx) ? null : streamRecord(ctx.model);
-  if (!pg || !(volumeMode(ctx) || streamHeld(rec))) return null;
-  const cache = sliceCache(ctx, rec ? rec.gen + ":" + rec.model.get("_stream").id : vols);
+  const src = pg ? voxelSource(ctx) : null;
+  if (!src) return null;
+  const cache = sliceCache(ctx, src.key);
   const key = plane + ":" + index;
   const hit = cache.get(key);
   if (hit) {
-    cache.delete(key);
-    cache.set(key, hit);
+    remember(cache, key, hit);
+    prefetch(ctx, plane, index);
     return hit;
   }
-  const [, s, , c] = pg.strides;
-  let indices = [index];
-  if (Math.abs(s) === 1 && c !== 1) {
-    const first = Math.floor(index / BLOCK) * BLOCK;
-    indices = [];
-    for (let n = first; n < Math.min(pg.count, first + BLOCK); n++) indices.push(n);
-  }
-  const names = rec ? rec.info.names : ["base", "labels", "heat", "second"].filter((n) => volumeArray(ctx, n));
-  const dtypes = rec ? rec.info.dtypes : Object.fromEntries(names.map((n) => [n, vols[n + "_dtype"]]));
-  let cuts;  // one {name: pixels} per index
-  if (rec) {
-    cuts = streamCut(rec, pg, indices);
-    if (!cuts) return null;
+  const [offset, s, r, c] = pg.strides;
+  let cut;
+  if (!src.copy && c === 1 && r === pg.cols) {  // a contiguous slice of the whole volume: a view
+    const base = offset + index * s;
+    cut = Object.fromEntries(src.names.map((n) => [n, volumeArray(ctx, n).subarray(base, base + pg.rows * pg.cols)]));
   } else {
-    cuts = indices.map(() => ({}));
-    for (const name of names) {
-      const arr = volumeArray(ctx, name);
-      const pieces = indices.length > 1 ? cutBlock(arr, pg, indices) : [cutSlice(arr, pg, index)];
-      pieces.forEach((piece, n) => { cuts[n][name] = piece; });
-    }
+    [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
+    if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
   }
-  let out = null;
-  indices.forEach((i, n) => {
-    const slice = { index: i, rows: pg.rows, cols: pg.cols, local: true, dtype: dtypes.base, data: cuts[n].base };
-    for (const name of names) if (name !== "base") { slice[name] = cuts[n][name]; slice[name + "_dtype"] = dtypes[name]; }
-    if (i === index) out = slice;
-    else if (!cache.has(plane + ":" + i)) cache.set(plane + ":" + i, slice);
-  });
-  cache.set(key, out);  // the slice asked for is the most recent
-  while (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
+  const out = asPayload(pg, index, cut, src);
+  remember(cache, key, out);
+  prefetch(ctx, plane, index);
   return out;
+}
+
+// Sagittal slices are slow to cut (every pixel its own cache line): cut the next ones in the
+// direction of travel in the background, a few rows at a time, all in one pass.
+function prefetch(ctx, plane, index) {
+  const pg = planeGeom(ctx, plane);
+  const [, s, , c] = pg.strides;
+  const last = ctx.state.lastIndex[plane];
+  ctx.state.lastIndex[plane] = index;
+  if (!(Math.abs(s) === 1 && c !== 1)) return;
+  const src = voxelSource(ctx);
+  const cache = sliceCache(ctx, src.key);
+  const dir = last !== undefined && index < last ? -1 : 1;
+  const wanted = [];
+  for (let n = 1; n <= PREFETCH; n++) {
+    const i = index + dir * n;
+    if (i >= 0 && i < pg.count && !cache.has(plane + ":" + i)) wanted.push(i);
+  }
+  const job = ctx.state.prefetch;
+  if (!wanted.length || (job && job.plane === plane && wanted.every((i) => job.indices.includes(i)))) return;
+  const lo = Math.min(...wanted), hi = Math.max(...wanted);
+  const indices = Array.from({ length: hi - lo + 1 }, (_, n) => lo + n);
+  const mine = { plane, indices, outs: newCuts(src.names, src.dtypes, pg.rows * pg.cols, indices.length), row: 0 };
+  ctx.state.prefetch = mine;
+  const step = ctx.guard(() => {
+    if (ctx.state.prefetch !== mine || sliceCache(ctx, src.key) !== cache) return;  // superseded
+    const r1 = Math.min(pg.rows, mine.row + PREFETCH_ROWS);
+    if (!cutRows(src.read, src.names, pg, indices, mine.outs, mine.row, r1)) { ctx.state.prefetch = null; return; }
+    mine.row = r1;
+    if (r1 < pg.rows) { setTimeout(step, 0); return; }
+    ctx.state.prefetch = null;
+    indices.forEach((i, n) => { if (!cache.has(plane + ":" + i)) remember(cache, plane + ":" + i, asPayload(pg, i, mine.outs[n], src)); });
+    const shown = cache.get(plane + ":" + index);
+    if (shown) remember(cache, plane + ":" + index, shown);  // the shown slice stays the most recent
+  });
+  setTimeout(step, 0);
 }
 
 // What a plane shows: the slice at the cursor the user asked for, cut here when the browser

@@ -58,39 +58,26 @@ function onSlab(rec, msg, buffers) {
   for (const f of rec.listeners) f(rec);
 }
 
-// Cut slices `indices` (consecutive) of a plane from the held slabs: one {name: pixels} per
-// index, or null when a slab they need is missing. Each row of any plane lies in one axial
-// slice (strides from medlab.render.plane_geometry), and so does a block of neighbouring
-// sagittal slices (|s| = 1), read together (see cutBlock). Pixels are copied: a slot may be
-// refilled with another slab later.
-function streamCut(rec, pg, indices) {
-  const info = rec.info;
-  const [, nj, ni] = info.shape;
+// Rows of the held slabs: [array, position] of element `e` of the volume (see cutRows), or
+// null when its slab is not here.
+function slabReader(rec) {
+  const [, nj, ni] = rec.info.shape;
   const plane = nj * ni;
-  const [offset, s, r, c] = pg.strides;
-  const rows = pg.rows, cols = pg.cols, nb = indices.length;
-  const outs = indices.map(() => {
-    const o = {};
-    for (const name of info.names) o[name] = new TYPED[info.dtypes[name]](rows * cols);
-    return o;
-  });
-  for (let row = 0; row < rows; row++) {
-    const start = offset + indices[0] * s + row * r;
-    const k = Math.floor(start / plane);
-    const slot = rec.slabSlot.get(Math.floor(k / info.per_slab));
+  return (name, e) => {
+    const k = Math.floor(e / plane);
+    const slot = rec.slabSlot.get(Math.floor(k / rec.info.per_slab));
     if (slot === undefined) return null;
     const held = rec.slots[slot];
-    const local = start - held.k0 * plane;
-    for (const name of info.names) {
-      const src = held.arrays[name];
-      if (nb === 1 && c === 1) { outs[0][name].set(src.subarray(local, local + cols), row * cols); continue; }
-      for (let col = 0; col < cols; col++) {
-        const e = local + col * c, at = row * cols + col;
-        for (let b = 0; b < nb; b++) outs[b][name][at] = src[e + b * s];
-      }
-    }
-  }
-  return outs;
+    return [held.arrays[name], e - held.k0 * plane];
+  };
+}
+
+// Cut slices `indices` (consecutive) of a plane from the held slabs: one {name: pixels} per
+// index, or null when a slab they need is missing. Pixels are copied: a slot may be refilled
+// with another slab later.
+function streamCut(rec, pg, indices) {
+  const outs = newCuts(rec.info.names, rec.info.dtypes, pg.rows * pg.cols, indices.length);
+  return cutRows(slabReader(rec), rec.info.names, pg, indices, outs, 0, pg.rows) ? outs : null;
 }
 
 // anywidget calls this once per model, before any view: slabs are stored here for every view.
