@@ -18,8 +18,15 @@ def md(text):
     return new_markdown_cell(text.strip())
 
 
-def code(text):
-    return new_code_cell(text.strip())
+def code(text, tags=(), **medlab):
+    """A code cell; ``tags`` (``parameters``, ``exercise``, ``raises-exception``) and ``medlab``
+    metadata (``wrong_answers=[...]``, ``expected_error=...``) are what tests/test_notebooks.py reads."""
+    cell = new_code_cell(text.strip())
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    if medlab:
+        cell.metadata["medlab"] = medlab
+    return cell
 
 
 START_HERE = [
@@ -31,10 +38,23 @@ direction (which way each array axis points in the patient). This notebook
 
 1. loads a built-in phantom and two real scans that ship with installed packages,
 2. shows them in the medlab viewer (scroll, window/level, labels, click-to-point),
-3. makes the two classic geometry mistakes on purpose, and fixes them.
+3. makes the two classic geometry mistakes on purpose, and fixes them,
+4. records what it did as a recipe that reruns.
+
+**You will learn to**
+
+1. tell an image's voxel array from its geometry (spacing, origin, direction) and why both matter;
+2. read a scan in the viewer: scroll, window/level, readout in mm, labels, points;
+3. avoid the two classic mistakes: ignoring the spacing, and overlaying by index instead of position;
+4. turn what you did into a recipe that reruns bit-identically.
 
 Everything runs offline on a laptop CPU.
 """),
+    code("""
+import os
+FAST = os.environ.get("MEDLAB_FAST") == "1"   # CI sets it: smaller phantoms, same steps
+SIZE = (64, 64, 32) if FAST else (128, 128, 64)
+""", tags=["parameters"]),
     code("""
 import numpy as np
 import matplotlib.pyplot as plt
@@ -52,7 +72,7 @@ noise and an optional bias field. The same seed always gives the same images. A 
 notebook shows a static three-plane thumbnail with its size, spacing and intensity range.
 """),
     code("""
-brain = medlab.data.brain_mri(seed=0)
+brain = medlab.data.brain_mri(seed=0, size=SIZE)
 brain.t1
 """),
     code("""
@@ -135,6 +155,26 @@ true_ratio = (thick.size[2] * thick.spacing[2]) / (thick.size[0] * thick.spacing
 print(f"height/width as array: {squash:.2f}, in the patient: {true_ratio:.2f}")
 """),
     md("""
+**Exercise 1.** How far apart, in millimetres, are the centres of two neighbouring slices of
+`thick` (along z)? Put your answer in `my_step` (the value filled in is the answer; change it and
+the check tells you why it is wrong).
+"""),
+    code("""
+def check_step(step):
+    true = thick.spacing[2]
+    if abs(step - true) < 1e-6:
+        print(f"✓ right: {true} mm, the z spacing (thick.spacing is in x, y, z order)")
+    elif any(abs(step - s) < 1e-6 for s in thick.spacing[:2]):
+        print(f"✗ {step} mm is an in-plane pixel size (x or y); slices follow each other along z")
+    elif abs(step - 1.0) < 1e-6:
+        print("✗ 1 is the step in array index, not in millimetres: multiply by the spacing")
+    else:
+        print(f"✗ {step} mm: read it from thick.spacing, whose last value is z")
+
+my_step = 6.0
+check_step(my_step)
+""", tags=["exercise"], wrong_answers=["1.5", "1.0", "3.0"]),
+    md("""
 ## 5. Mistake 2: overlaying by array index instead of by position
 
 Two files can cover the same anatomy with differently ordered axes: a label map saved with its
@@ -154,6 +194,25 @@ honest = medlab.render.resample_like(flipped, lab).array == tumour_value  # by p
 dice = medlab.metrics.dice
 print(f"Dice with the truth, overlay by index: {dice(naive, truth):.2f}; by position: {dice(honest, truth):.2f}")
 """),
+    md("""
+**Exercise 2.** Which overlay puts the tumour where it is, `"index"` or `"position"`? Set
+`my_overlay`.
+"""),
+    code("""
+def check_overlay(answer):
+    scores = {"index": dice(naive, truth), "position": dice(honest, truth)}
+    if answer not in scores:
+        print(f"✗ answer 'index' or 'position', not {answer!r}")
+    elif answer == "position":
+        print(f"✓ right: by position the overlay matches the truth (Dice {scores['position']:.2f}); "
+              "the two files store the same anatomy with opposite y directions")
+    else:
+        print(f"✗ by index the flipped file lands upside down (Dice {scores['index']:.2f}): "
+              "the arrays differ even though the anatomy is the same")
+
+my_overlay = "position"
+check_overlay(my_overlay)
+""", tags=["exercise"], wrong_answers=["'index'", "'pixels'"]),
     code("""
 fixed_view = Viewer(brain.t1)
 fixed_view.set_labels(flipped, opacity=0.4)   # resampled into the T1's physical space
@@ -201,6 +260,22 @@ same = np.array_equal(outputs["step2.image"].array, flair_corrected.array)
 print("replay is bit-identical:", same, "| the field keeps the geometry:", outputs["step2.field"].same_grid(small.flair))
 """),
     md("""
+## Run it on your own data
+
+`medlab.load` takes a DICOM file or folder (pick a series with `series=` when a folder holds
+several; `medlab.io.list_series(folder)` lists them), NIfTI, NRRD, MHA or a PNG/JPEG/TIFF:
+
+```python
+scan = medlab.load("my_scans/patient_001/")      # a folder of DICOM slices -> one volume in mm
+print(scan.describe())
+Viewer(scan, layout="three")
+```
+
+Everything above works the same on it: the viewer places it in physical space, the readout
+gives millimetres and (for CT) Hounsfield units, and `Recipe.record(image=scan)` records what
+you do to it.
+"""),
+    md("""
 Next: `02_preprocessing.ipynb` (denoising, contrast, resampling, bias correction, the
 preprocess widget and its recipe). For any group of stages, `medlab.widgets.Workbench(images,
 group=...)` gives the same interface: pick a stage, fill its inputs, preview, apply, export.
@@ -217,7 +292,20 @@ PREPROCESSING = [
 Every step below is a medlab **stage**: a plain function with validated parameters that also
 appears in the interactive widget and in the exported recipe. We measure everything against the
 phantom's noise-free ground truth.
+
+**You will learn to**
+
+1. tell Gaussian, Rician and Poisson noise apart, and why the model matters;
+2. compare denoisers on noise *and* edges, with numbers (PSNR, SSIM, edge preservation);
+3. choose a CT window and see what CLAHE and N4 bias correction do (and cost);
+4. resample without inventing labels;
+5. tune a stage live in the preprocess widget and export the exact recipe.
 """),
+    code("""
+import os
+FAST = os.environ.get("MEDLAB_FAST") == "1"   # CI sets it: smaller phantoms, same steps
+SIZE = (64, 64, 32) if FAST else (128, 128, 64)
+""", tags=["parameters"]),
     code("""
 import numpy as np
 import matplotlib.pyplot as plt
@@ -256,7 +344,7 @@ Smoothing removes noise *and* edges. We measure both: PSNR and SSIM against the 
 phantom, and edge preservation (how well the result's gradients follow the true edges).
 """),
     code("""
-brain = medlab.data.brain_mri(seed=1, noise=0.05)
+brain = medlab.data.brain_mri(seed=1, noise=0.05, size=SIZE)
 noisy, clean = brain.t1, brain.clean["t1"]
 results = {
     "noisy": noisy,
@@ -287,12 +375,23 @@ high flattens texture. Which of the candidates below gives the best PSNR? Put it
 """),
     code("""
 candidates = [0.4, 0.8, 1.2, 2.0, 3.0]
-my_h = 1.2
 scores = {h: metrics.psnr(nlm_denoise(noisy, h=h), clean) for h in candidates}
 print({h: round(v, 2) for h, v in scores.items()})
 best = max(scores, key=scores.get)
-print("✓ correct" if my_h == best else f"✗ not the best: h={my_h} gives {scores[my_h]:.2f} dB")
-"""),
+
+def check_h(h):
+    if h not in scores:
+        print(f"✗ pick one of the candidates {candidates}")
+    elif h == best:
+        print(f"✓ right: h={h} gives the best PSNR, {scores[h]:.2f} dB")
+    elif h < best:
+        print(f"✗ h={h} is too weak: noise is left ({scores[h]:.2f} dB against {scores[best]:.2f})")
+    else:
+        print(f"✗ h={h} is too strong: it flattens texture ({scores[h]:.2f} dB against {scores[best]:.2f})")
+
+my_h = best
+check_h(my_h)
+""", tags=["exercise"], wrong_answers=["0.4", "3.0"]),
     md("""
 ## 3. CT windowing
 
@@ -314,11 +413,22 @@ plt.show()
 white? Set `my_preset`.
 """),
     code("""
+def check_preset(preset):
+    if preset not in medlab.render.CT_PRESETS:
+        print(f"✗ choose one of {sorted(medlab.render.CT_PRESETS)}")
+        return
+    w, l = medlab.render.CT_PRESETS[preset]
+    grey = (-600 - (l - w / 2)) / w
+    if 0.15 < grey < 0.85:
+        print(f"✓ right: in the {preset} window (W {w:g}, L {l:g}) -600 HU is {grey:.0%} grey")
+    else:
+        shade = "black" if grey <= 0.15 else "white"
+        print(f"✗ in the {preset} window -600 HU is {shade} ({grey:.2f} of the grey range): "
+              "the window must reach down to lung density")
+
 my_preset = "lung"
-w, l = medlab.render.CT_PRESETS[my_preset]
-grey = (-600 - (l - w / 2)) / w
-print("✓ correct" if 0.15 < grey < 0.85 else f"✗ -600 HU maps to {grey:.2f} of the grey range in that window")
-"""),
+check_preset(my_preset)
+""", tags=["exercise"], wrong_answers=["'mediastinum'", "'bone'", "'brain'"]),
     md("""
 ## 4. CLAHE and its artefacts
 
@@ -344,7 +454,7 @@ A smooth multiplicative field (coil sensitivity) makes the same tissue brighter 
 estimates it; we compare the estimated field with the phantom's true one.
 """),
     code("""
-biased = medlab.data.brain_mri(seed=2, noise=0.02, bias=0.4)
+biased = medlab.data.brain_mri(seed=2, noise=0.02, bias=0.4, size=SIZE)
 corrected, field = n4_bias_correction(biased.t1, shrink_factor=4)
 wm = biased.mask("white matter")
 cv = lambda img: img.array[wm].std() / img.array[wm].mean()
@@ -393,9 +503,32 @@ print(recipe.to_python("t1.nii.gz", "t1_clean.nii.gz"))
 widget produced.
 """),
     code("""
+def check_replay(image):
+    if image is None or not hasattr(image, "array"):
+        print("✗ recipe.run(noisy) returns the final image: pass that")
+    elif image.shape != w.image.shape:
+        print("✗ a different shape: did you run the recipe on the original image?")
+    elif np.array_equal(image.array, w.image.array):
+        print("✓ bit-identical: the recipe reruns exactly what the widget did")
+    else:
+        print(f"✗ it differs (largest difference {np.abs(image.array - w.image.array).max():.3g}): "
+              "run the recipe on the original, not on the widget's result")
+
 replayed = recipe.run(noisy)
-ok = np.array_equal(replayed.array, w.image.array)
-print("✓ bit-identical" if ok else "✗ differs")
+check_replay(replayed)
+""", tags=["exercise"], wrong_answers=["w.image.with_array(w.image.array + 1)", "None"]),
+    md("""
+## Run it on your own data
+
+Load your scan, open the widget on it, and export what you keep:
+
+```python
+scan = medlab.load("my_scans/t1.nii.gz")
+w = PreprocessWidget(scan)          # try stages live; Apply what you keep
+w.export("recipes/my_t1.json")      # then, on a whole folder: medlab run recipes/my_t1.json my_scans/ --out results/
+```
+
+For CT, start from a window preset; for MR, from N4 then NLM (with `noise_model="rician"`).
 """),
 ]
 
@@ -818,6 +951,840 @@ Next: `04_segmentation_unet.ipynb`, where a network learns the three tumour clas
 ]
 
 
+SEGMENTATION_UNET = [
+    md("""
+# A U-Net on a CPU: train it on phantoms, segment a new scan, see where it fails
+
+The classic methods of the previous notebook need a seed and a tolerance per scan. A network
+learns what the structure looks like from examples instead. Here a small 3D U-Net (MONAI) learns
+the brain phantom's tumour on a laptop CPU, with a fixed seed, and then segments scans it has
+never seen, including some it should fail on.
+
+**You will learn to**
+
+1. turn images and label maps into training cases, and keep some back for validation;
+2. train a U-Net (Dice + cross-entropy loss, Adam, best-epoch checkpoint) reproducibly, and read its
+   loss and validation-Dice curves while it runs;
+3. segment a new scan by sliding windows, and get the label map **on the scan's own grid** (spacing,
+   orientation), whatever grid the network works on;
+4. score it in mm and mL, compare with a model trained longer, and see **honestly where networks
+   fail**: noise they did not see, a scan without tumour, a real MRI, a missing input contrast;
+5. save the model and the result, look at it in 3D, and use the model in the segment widget.
+
+The settings cell keeps the run to a few minutes on two CPU cores; with the environment variable
+`MEDLAB_FAST=1` (what the test suite can use) it is smaller and rougher.
+"""),
+    code("""
+import os
+from pathlib import Path
+
+import numpy as np
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+import medlab
+from medlab import metrics
+from medlab.deep import brain_tumour_cases, deep_segment, pretrained, pretrained_models, train_segmenter
+from medlab.deep.train_models import BRAIN_SETTINGS
+from medlab.outputs import Checkpoint
+from medlab.stage import progress_to
+from medlab.widgets import SegmentWidget, View3D
+from medlab.widgets.outputs import LiveView
+"""),
+    md("""
+## Settings
+
+Change them here, never in the code below. The network and data pipeline are those that trained
+the models shipped with medlab (`BRAIN_SETTINGS`); with only a few minutes of CPU, fewer cases and
+epochs, and a larger learning rate (1e-2 instead of 3e-3: a few dozen optimiser steps, on one easy
+label). With 3e-3, ten epochs here leave the validation Dice below 0.1.
+"""),
+    code("""
+FAST = os.environ.get("MEDLAB_FAST") == "1"
+N_CASES = 4 if FAST else 10                       # phantoms to learn from; 2 are held out for validation
+SIZE = (32, 32, 16) if FAST else (48, 48, 24)     # voxels (x, y, z) of each small phantom, 1.5 x 1.5 x 2 mm
+EPOCHS = 3 if FAST else 10
+SEED = 0                                          # the same seed, data and settings give the same weights
+SETTINGS = {**BRAIN_SETTINGS, "epochs": EPOCHS, "seed": SEED, "learning_rate": 1e-2,
+            "patch_size": [min(p, s) for p, s in zip(BRAIN_SETTINGS["patch_size"], SIZE)]}
+print(dict(FAST=FAST, N_CASES=N_CASES, SIZE=SIZE), SETTINGS)
+"""),
+    md("""
+## 1. Training cases: the whole tumour on FLAIR
+
+`brain_tumour_cases` draws one phantom per seed: the image and the full tissue label map. We start
+with the easiest task a network can learn in a minute on a CPU: the **whole tumour** (oedema,
+enhancing rim and necrotic core as one label) on **FLAIR**, where the oedema is the brightest tissue.
+The three classes apart, on T1, take much longer: section 4 shows a model trained for that.
+"""),
+    code("""
+cases = brain_tumour_cases(range(N_CASES), contrasts=("flair",), size=SIZE)
+TUMOUR = list(cases.classes)                                      # label values 8, 9, 7 of the phantom
+def whole_tumour(labels):
+    return labels.with_array(np.isin(labels.array, TUMOUR).astype(np.uint8), kind="label", labels={1: "tumour"})
+targets = [whole_tumour(lab) for lab in cases.labels]
+
+image, target = cases.images[0], targets[0]
+z = int(np.argwhere(target.array)[:, 0].mean())
+fig, ax = plt.subplots(1, 2, figsize=(8, 4))
+ax[0].imshow(image.array[z], cmap="gray"); ax[0].set_title(f"FLAIR, case 0, slice {z}")
+ax[1].imshow(image.array[z], cmap="gray"); ax[1].imshow(np.ma.masked_equal(target.array[z], 0), cmap="autumn", alpha=0.6)
+ax[1].set_title("target: whole tumour")
+for a in ax: a.axis("off")
+plt.show()
+"""),
+    md("""
+## 2. Training, live
+
+`train_segmenter` normalises every image (percentiles), puts it on the network's grid (patient
+axes, the cases' median voxel size), draws random patches around tumour and background voxels,
+and minimises Dice + cross-entropy with Adam. After each epoch it segments the validation cases
+whole and keeps the weights with the best Dice. Like every medlab stage it **publishes** its curves
+while it runs: a live view plots them here (in the segment widget, Cancel keeps the best so far).
+"""),
+    code("""
+live = LiveView()
+display(live)
+with progress_to(None, publish=lambda stage, values: live.update(values)):
+    result = train_segmenter(cases.images, targets, classes={1: "tumour"}, **SETTINGS)
+live.flush()
+model = result.model
+print(model.describe())
+print({k: v for k, v in model.metrics.items() if k.startswith("dice") or k in ("epoch", "epochs_run", "training_seconds")})
+"""),
+    code("""
+fig, ax = plt.subplots(1, 2, figsize=(10, 3))
+for name, (x, y) in result.history.data().items():
+    ax[0].plot(x, y, "o-", label=name)
+ax[0].set_xlabel("epoch"); ax[0].set_ylabel("Dice + CE loss"); ax[0].legend()
+for name, (x, y) in result.dice.data().items():
+    ax[1].plot(x, y, "o-", label=name)
+ax[1].set_xlabel("epoch"); ax[1].set_ylabel("validation Dice"); ax[1].legend(fontsize=8)
+plt.show()
+"""),
+    md("""
+**Exercise 1.** The network never sees an image at its own voxel size: every image is resampled
+to the grid recorded in the checkpoint, and the label map is resampled back. What voxel size
+(x, y, z in mm) does this network work at? Set `my_spacing`.
+"""),
+    code("""
+my_spacing = (1.5, 1.5, 2.0)
+
+def check_spacing(spacing):
+    used = tuple(model.preprocessing["spacing"])
+    if np.allclose(spacing, used):
+        print(f"✓ {used} mm: the median voxel size of the training cases (recorded in model.preprocessing)")
+    else:
+        print(f"✗ the checkpoint records {used} mm (look at model.preprocessing['spacing'])")
+
+check_spacing(my_spacing)
+"""),
+    md("""
+### Same seed, same weights
+
+Training is seeded (torch, numpy, MONAI, the data order), so a run can be repeated exactly on the
+same number of threads. A tiny run, twice:
+"""),
+    code("""
+tiny = [train_segmenter(cases.images[:2], targets[:2], classes={1: "tumour"}, epochs=1, seed=7, validation=0,
+                        patch_size=(32, 32, 16)).model for _ in range(2)]
+same = all(np.array_equal(tiny[0].state_dict[k].numpy(), tiny[1].state_dict[k].numpy()) for k in tiny[0].state_dict)
+print("✓ identical weights from the same seed" if same else "✗ the two runs differ")
+"""),
+    md("""
+## 3. A scan the network has never seen
+
+A phantom with another seed (another head, another tumour), segmented whole by sliding windows.
+The label map comes back on the scan's grid.
+"""),
+    code("""
+new = medlab.data.brain_mri(seed=500, size=SIZE)
+found, _ = deep_segment(new.flair, model)
+truth = whole_tumour(new.labels)
+print(found.describe(), "| on the scan's grid:", found.same_grid(new.flair))
+COLUMNS = ["name", "dice", "hausdorff95_mm", "assd_mm", "volume_pred_ml", "volume_truth_ml"]
+def table(pred, truth, labels):
+    return pd.DataFrame([{c: r[c] for c in COLUMNS} for r in metrics.segmentation_scores(pred, truth, labels=labels)]).round(3)
+table(found, truth, [1])
+"""),
+    md("""
+**Exercise 2.** A scan rarely comes on the training grid. Resample the new scan to 1 × 1 × 3 mm and
+store it in RAS order (another orientation), segment it, and say on which grid the label map comes
+back: the `"input"` you gave, or the `"network"` grid? Set `my_grid`.
+"""),
+    code("""
+other = medlab.preprocess.resample(new.flair, spacing=(1.0, 1.0, 3.0)).reorient("RAS")
+found_other, _ = deep_segment(other, model)
+my_grid = "input"
+
+def check_grid(answer):
+    on_input = found_other.same_grid(other)
+    truth_there = medlab.preprocess.resample_to(truth, reference=other, interpolator="nearest")
+    d = metrics.dice(found_other.array > 0, truth_there.array > 0)
+    if (answer == "input") == on_input:
+        print(f"✓ on the input's grid ({other.describe()}); Dice there {d:.3f}")
+    else:
+        print(f"✗ the label map is {'on' if on_input else 'not on'} the input's grid: compare found_other.same_grid(other)")
+
+check_grid(my_grid)
+"""),
+    md("""
+## 4. Three classes, trained longer
+
+Telling the enhancing rim, the necrotic core and the oedema apart is a harder task. medlab ships
+small models trained on phantoms by `python -m medlab.deep.train_models` with the same settings for
+many more epochs; each comes with a card (seeds, epochs, time, Dice on held-out phantoms). When this
+installation has them, here is the T1 + FLAIR one on a new head at the phantom's default size.
+"""),
+    code("""
+shipped = pretrained_models()
+print("shipped models:", sorted(shipped) or "none in this installation")
+if "brain_tumour" in shipped:
+    card = shipped["brain_tumour"]
+    training = card.get("training", {})
+    print(f"{card.get('task')}: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, "
+          f"{training.get('seconds', 0) / 60:.0f} min of training; mean Dice on held-out phantoms:",
+          card.get("test_phantoms", {}).get("mean"))
+    three = pretrained("brain_tumour")
+    head = medlab.data.brain_mri(seed=501)
+    classes, _ = deep_segment(head.t1, three, head.flair)
+    display(table(classes, head.labels, list(three.labels)))
+else:
+    print("(the three-class model is not shipped here: run python -m medlab.deep.train_models brain_tumour)")
+"""),
+    md("""
+## 5. Where networks fail, honestly
+
+A network is only as good as the data it saw. Tests the model trained above was not made for:
+
+1. **more noise and a bias field** (another scanner, another coil);
+2. **a head without tumour**: everything it calls tumour is a false positive;
+3. **a real MRI** (the shared `brain1` scan, when it is there). It is a post-contrast T1 and has no
+   FLAIR: the model trained here still runs on it (one channel in, one channel expected; nothing
+   checks which contrast it is), and answers for the wrong contrast. The shipped T1-only model is
+   tried too, when this installation has it.
+"""),
+    code("""
+rows = []
+for name, case in [("the new scan, as trained", new),
+                   ("noise 8 % + bias field", medlab.data.brain_mri(seed=500, size=SIZE, noise=0.08, bias=0.4))]:
+    s = metrics.segmentation_scores(deep_segment(case.flair, model)[0], whole_tumour(case.labels), labels=[1])[0]
+    rows.append({"scan": name, **{c: s[c] for c in COLUMNS[1:]}})
+display(pd.DataFrame(rows).round(3))
+
+healthy = medlab.data.brain_mri(seed=502, size=SIZE, tumour=False)
+called = deep_segment(healthy.flair, model)[0]
+false_ml = float((called.array > 0).sum() * np.prod(called.spacing) / 1000)
+print(f"a head without tumour: {false_ml:.2f} mL called tumour (every voxel of it a false positive)")
+"""),
+    code("""
+shared = Path(os.environ.get("MEDLAB_SHARED_DATA", Path(medlab.__file__).resolve().parents[1].parent / "shared" / "data"))
+real = shared / "labels" / "brain1_image.nrrd"
+if not real.exists():
+    print(f"(the shared test data is not here ({shared}): the real-MRI test is skipped)")
+else:
+    mri = medlab.load(real)
+    lesion = medlab.load(shared / "labels" / "brain1_label.nrrd", kind="label")
+    print(mri.describe())
+    tried = {f"the model trained here (on {model.preprocessing['channels'][0]}), given this T1": model}
+    if "brain_tumour_t1" in pretrained_models():
+        tried["the shipped T1-only model"] = pretrained("brain_tumour_t1")
+    else:
+        print("(no shipped T1-only model here: python -m medlab.deep.train_models brain_tumour_t1)")
+    for name, m in tried.items():
+        pred = deep_segment(mri, m)[0]
+        s = metrics.segmentation_scores(pred.with_array(pred.array > 0), lesion.with_array(lesion.array > 0), labels=[1])[0]
+        print(f"{name}: whole tumour vs the lesion mask: Dice {s['dice']:.3f}, HD95 {s['hausdorff95_mm']:.1f} mm, "
+              f"volume {s['volume_pred_ml']:.1f} mL (mask {s['volume_truth_ml']:.1f} mL)")
+"""),
+    md("""
+Read the numbers above before trusting a network:
+
+* the **shifted** scan: the same head, with noise and a bias field it never saw. Intensity
+  normalisation absorbs part of a bias field, not unseen noise;
+* the **healthy** head: anything above 0 mL is tissue that would be reported as tumour;
+* the **real** MRI: phantoms have no skull-base fat, no vessels, no 6.5 mm slices. A network trained
+  only on them mostly fails there; a Dice near 0 is the honest result, not a bug. And a network needs
+  exactly the inputs (contrasts) it was trained on: the checkpoint records them
+  (`model.preprocessing["channels"]`), but matching them is your job. This is why a validation set must
+  come from the data the network will be used on.
+
+## 6. Save, look in 3D, and use the model in the widget
+"""),
+    code("""
+out = Path("unet_outputs"); out.mkdir(exist_ok=True)
+print(medlab.save(found, out / "tumour.nii.gz", overwrite=True))
+print(model.save(out / "my_unet.pt", overwrite=True), "(weights, config, classes and preprocessing in one file)")
+if found.array.any():
+    view = View3D(new.flair, found, height=320)
+    display(view)
+else:
+    print("the network found no tumour in this scan: nothing to show in 3D (train longer, or unset MEDLAB_FAST)")
+"""),
+    code("""
+w = SegmentWidget(new.flair, truth=truth)
+w.training.add_model(model)             # or train one in its "Train a U-Net" panel
+w.training.segment_image(wait=True)     # the deep_segment stage, recorded in the widget's recipe
+print(w.recipe.to_python())
+w
+"""),
+    md("""
+**Exercise 3.** The model file holds everything inference needs: load `unet_outputs/my_unet.pt` back
+with `Checkpoint.load` and segment the new scan with it. The check wants the same label map as
+before, voxel for voxel.
+"""),
+    code("""
+reloaded = Checkpoint.load(out / "my_unet.pt")
+again, _ = deep_segment(new.flair, reloaded)
+
+def check_reloaded(labels):
+    if np.array_equal(labels.array, found.array):
+        print("✓ the same label map from the saved file (read with torch.load(..., weights_only=True))")
+    else:
+        print(f"✗ {(labels.array != found.array).sum()} voxels differ: is it the same scan and model file?")
+
+check_reloaded(again)
+"""),
+    md("""
+## Run it on your own data
+
+```python
+import medlab
+from medlab.deep import train_segmenter, deep_segment
+
+images = [medlab.load(p) for p in ["case1_t1.nii.gz", "case2_t1.nii.gz"]]         # ... more cases
+labels = [medlab.load(p, kind="label") for p in ["case1_mask.nii.gz", "case2_mask.nii.gz"]]
+result = train_segmenter(images, labels, epochs=100, seed=0, validation=0.2)      # classes: the values present
+result.model.save("my_unet.pt")
+segmented, _ = deep_segment(medlab.load("new_case_t1.nii.gz"), result.model)
+```
+
+Or give the pairs to the widget, `SegmentWidget(scan, training_pairs=list(zip(images, labels)))`, and
+use its *Train a U-Net* panel (live curves; Cancel keeps the best weights). On a CPU keep the images
+small (crop around the organ, resample to 1.5–2 mm) and expect minutes to hours per model.
+"""),
+]
+
+
+REGISTRATION = [
+    md("""
+# Registration: aligning two scans, and measuring the error in millimetres
+
+Two scans of one patient rarely line up: the head moved between them, the scanner chose another
+field of view, or one is a CT and the other an MRI. **Registration** finds the transform that maps
+each point of one image (the *fixed* image) to the same tissue in the other (the *moving* image).
+Every number in this notebook is in millimetres or degrees, and every result is checked against
+a transform we know.
+
+**You will learn to**
+
+1. read a transform, resample an image through it in **physical space**, and get its direction right;
+2. see **why mutual information works across modalities** (T1 against T2) where mean squares fails,
+   from the joint histograms themselves;
+3. use a **multi-resolution** schedule, and see why it reaches a far-off alignment;
+4. register from **landmarks**, and tell fiducial localisation error (FLE), fiducial registration
+   error (FRE) and target registration error (TRE) apart;
+5. align **surfaces** with ICP;
+6. undo a smooth **deformation** with a B-spline and with demons, and read the **Jacobian**;
+7. **check** a registration (checkerboard, difference, green-magenta, TRE) and recognise a failure.
+
+Everything runs offline on a CPU in a few minutes; `MEDLAB_FAST=1` makes it smaller and rougher.
+"""),
+    code("""
+import os
+import time
+
+import numpy as np
+import matplotlib.pyplot as plt
+import SimpleITK as sitk
+
+import medlab
+from medlab.outputs import Transform
+from medlab.register import (bspline_register, demons_register, fit_landmark_transform, fle_to_tre,
+                             folded_voxels, jacobian_determinant, landmark_register, linear_register,
+                             mutual_information, predicted_tre, resample_image, sample_points,
+                             surface_register, target_registration_error)
+from medlab.report import slice_figure
+from medlab.widgets import RegisterWidget
+
+medlab.__version__
+"""),
+    md("""
+## Settings
+
+Change them here, never in the code below.
+"""),
+    code("""
+FAST = os.environ.get("MEDLAB_FAST") == "1"
+SIZE = (64, 64, 32) if FAST else (96, 96, 48)          # phantom voxels (x, y, z)
+SPACING = (3.0, 3.0, 3.75) if FAST else (2.0, 2.0, 2.5)  # mm
+SAMPLES = 5000 if FAST else 20000                      # metric points per resolution level
+DEFORMABLE_ITERATIONS = 10 if FAST else 30
+started = time.perf_counter()
+print(dict(FAST=FAST, SIZE=SIZE, SPACING=SPACING, SAMPLES=SAMPLES))
+"""),
+    md("""
+## 1. Transforms and resampling in physical space
+
+`medlab.data.registration_pair` renders one head phantom twice: a **T1** image (fixed) and a **T2**
+image (moving) that was moved by a known rigid transform (rotations up to 10°, shifts up to 10 mm).
+It also gives landmarks in the fixed image (the tumour centre, the ventricles, points in the brain)
+and where the same tissue lies in the moving image.
+
+medlab (like SimpleITK, elastix and ANTs) stores a transform as a map **from fixed points to moving
+points**, in mm in the patient's LPS frame. That is the direction resampling needs: each voxel centre
+`p` of the fixed grid takes the moving image's value at `T(p)`, so the moving image lands on the
+fixed grid without any inverse.
+"""),
+    code("""
+pair = medlab.data.registration_pair(size=SIZE, spacing=SPACING, seed=3)
+fixed, moving = pair.fixed, pair.moving
+truth = Transform(pair.transform, name="true motion")
+brain = pair.fixed_labels.with_array((pair.fixed_labels.array >= 4).astype(np.uint8), kind="label")
+targets = sample_points(brain, 500, seed=0)          # TRE is measured at 500 points inside the brain
+print(fixed.describe()); print(moving.describe()); print(truth.describe())
+
+def tre(transform):
+    e = target_registration_error(transform, targets, truth=pair.transform)
+    return e.mean(), e.max()
+
+def show(images, titles, plane="axial"):
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4))
+    for ax, img, title in zip(np.atleast_1d(axes), images, titles):
+        s = medlab.render.extract_slice(img, plane, medlab.render.slice_count(img, plane) // 2)
+        w, h = s.size[0] * s.spacing[0], s.size[1] * s.spacing[1]   # millimetres on both axes
+        ax.imshow(s.array, cmap="gray", extent=(0, w, h, 0)); ax.set_title(title, fontsize=9); ax.axis("off")
+    plt.show()
+
+by_position = resample_image(moving, Transform(sitk.Euler3DTransform()), fixed)   # identity: same mm, no motion undone
+undone = resample_image(moving, truth, fixed)                                      # through the true transform
+show([fixed, by_position, undone], ["fixed T1", "moving T2 on the fixed grid, by position",
+                                    "moving T2 through the true transform"])
+print("TRE with no registration: mean %.2f mm, max %.2f mm" % tre(Transform(sitk.Euler3DTransform())))
+print("resampled onto the fixed grid:", undone.same_grid(fixed))
+"""),
+    md("""
+**Exercise 1: which way does a transform go?** Below, the T1 itself is moved **12 mm towards the
+patient's left** (+x in LPS) to make `shifted`. Which translation `my_shift` (x, y, z in mm), as a
+fixed → moving transform, brings `shifted` back onto `fixed`? The value filled in is the answer:
+change its sign and the check says why.
+"""),
+    code("""
+shifted = resample_image(fixed, Transform(sitk.TranslationTransform(3, (-12.0, 0.0, 0.0))), fixed)
+
+my_shift = (12.0, 0.0, 0.0)
+
+def check_shift(shift):
+    inner = (slice(None), slice(None), slice(8, -8))        # away from the edges the shift leaves empty
+    def difference(t):
+        back = resample_image(shifted, Transform(sitk.TranslationTransform(3, tuple(map(float, t)))), fixed)
+        return np.abs(back.array[inner] - fixed.array[inner]).mean()
+    error, untouched = difference(shift), difference((0.0, 0.0, 0.0))
+    if error < 0.2 * untouched:
+        print(f"✓ {tuple(shift)}: the head is back (mean difference {error:.4f}, {untouched:.4f} before)")
+    else:
+        print(f"✗ {tuple(shift)} leaves a mean difference of {error:.3f} ({untouched:.3f} before). A transform maps "
+              "FIXED points to MOVING points: tissue at p in the fixed image is at p + 12 mm (x) in the shifted one")
+
+check_shift(my_shift)
+"""),
+    md("""
+## 2. Why mutual information works across modalities
+
+On T1, CSF is dark and white matter bright; on T2 it is the other way round. **Mean squares**
+(the average squared intensity difference) assumes the same tissue has the same value in both images,
+so it is wrong for a T1/T2 pair. **Mutual information** (MI) only assumes that the intensity of one
+image *predicts* the intensity of the other. The **joint histogram** shows it: count every pair (T1
+value, T2 value) at the same point. When the images are aligned, each tissue makes one tight cluster;
+misaligned, the clusters smear out. MI measures how concentrated the joint histogram is.
+"""),
+    code("""
+head = fixed.array > 0.05
+
+def moved_by(dx):
+    extra = sitk.TranslationTransform(3, (float(dx), 0.0, 0.0))
+    return resample_image(moving, Transform(sitk.CompositeTransform([pair.transform, extra])), fixed)
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+for ax, dx in zip(axes, (0, 3, 10)):
+    m = moved_by(dx)
+    h, _, _ = np.histogram2d(fixed.array[head], m.array[head], bins=64, range=((0, 1), (0, 1)))
+    ax.imshow(np.log1p(h).T, origin="lower", extent=(0, 1, 0, 1), cmap="magma")
+    ax.set_xlabel("T1 intensity"); ax.set_ylabel("T2 intensity")
+    ax.set_title(f"{dx} mm off: MI {mutual_information(fixed, m, mask=fixed.with_array(head.astype(np.uint8), kind='label')):.3f}",
+                 fontsize=9)
+plt.show()
+
+offsets = np.arange(-16, 17, 2)
+mi, ms = [], []
+for dx in offsets:
+    m = moved_by(dx)
+    mi.append(mutual_information(fixed, m, mask=fixed.with_array(head.astype(np.uint8), kind="label")))
+    ms.append(float(np.mean((fixed.array[head] - m.array[head]) ** 2)))
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].plot(offsets, mi, "o-"); ax[0].set_title("mutual information (higher is better)", fontsize=9)
+ax[1].plot(offsets, ms, "o-", color="C3"); ax[1].set_title("mean squares (lower is better)", fontsize=9)
+for a in ax: a.set_xlabel("shift away from the true alignment (mm)"); a.axvline(0, color="k", lw=0.5)
+plt.show()
+print(f"MI is highest at {offsets[int(np.argmax(mi))]} mm; mean squares is lowest at {offsets[int(np.argmin(ms))]} mm")
+"""),
+    md("""
+Now the registrations themselves. `linear_register` optimises a rigid transform (3 rotations, 3
+translations); its metric curve has one series per resolution level (section 3), and the report
+gives each level's voxel size, samples, iterations and why it stopped. Medlab's MI metrics are
+**negated** so that lower is better for every metric.
+"""),
+    code("""
+results = {}
+for metric in ("mattes_mi", "joint_histogram_mi", "mean_squares"):
+    t0 = time.perf_counter()
+    results[metric] = linear_register(fixed, moving, metric=metric, samples=SAMPLES)
+    mean, worst = tre(results[metric].transform)
+    print(f"{metric:19s} TRE mean {mean:6.2f} mm, max {worst:6.2f} mm   ({time.perf_counter() - t0:.1f} s)")
+print()
+print(results["mattes_mi"].transform.describe())
+print(truth.describe())
+"""),
+    md("""
+**Exercise 2.** A colleague wants to align a **CT** (fixed) with an **MR** (moving) of the same head.
+Which metric should they use? Set `my_metric` to one of `"mattes_mi"`, `"joint_histogram_mi"`,
+`"correlation"`, `"mean_squares"`.
+"""),
+    code("""
+my_metric = "mattes_mi"
+
+def check_metric(metric):
+    if metric in ("mattes_mi", "joint_histogram_mi"):
+        print(f"✓ {metric}: mutual information only needs one image's intensity to predict the other's")
+    elif metric in ("correlation", "mean_squares"):
+        print(f"✗ {metric} assumes the same tissue has the same (or a linearly related) value in both images: bone "
+              "is bright on CT and dark on most MR sequences")
+    else:
+        print(f"✗ {metric!r} is not one of medlab's metrics")
+
+check_metric(my_metric)
+"""),
+    md("""
+## 3. Multi-resolution
+
+Far from the answer, the metric surface of a detailed image is bumpy: a local optimiser stops in the
+nearest dip. A **multi-resolution schedule** starts on a coarse, block-averaged copy (the bumps are
+gone), then refines on finer copies. `shrink_factors=(8, 4, 2, 1)` (the default) runs four levels with
+voxels 8, 4, 2 and 1 times the finest spacing; no axis is shrunk below 16 voxels, and `smoothing_mm`
+adds Gaussian smoothing per level. Here the head starts up to 20° and 30 mm away.
+"""),
+    code("""
+far = medlab.data.registration_pair(size=SIZE, spacing=SPACING, seed=11, max_rotation_deg=20, max_translation_mm=30)
+far_brain = far.fixed_labels.with_array((far.fixed_labels.array >= 4).astype(np.uint8), kind="label")
+far_targets = sample_points(far_brain, 500, seed=0)
+print("TRE before: %.1f mm" % target_registration_error(sitk.Euler3DTransform(), far_targets, truth=far.transform).mean())
+schedules = [(1,), (2, 1), (4, 2, 1), (8, 4, 2, 1)]
+far_tre = {}
+for schedule in schedules:
+    t0 = time.perf_counter()
+    r = linear_register(far.fixed, far.moving, shrink_factors=schedule, samples=SAMPLES)
+    far_tre[schedule] = target_registration_error(r.transform, far_targets, truth=far.transform).mean()
+    print(f"shrink factors {str(schedule):13s} TRE {far_tre[schedule]:7.2f} mm  "
+          f"({r.report.rows[-1]['iterations']} iterations, {time.perf_counter() - t0:.1f} s)")
+"""),
+    code("""
+for row in r.report.rows[:-1]:
+    print(f"level {row['level']}: voxels {row['voxel size']} mm, {row['samples']} samples, "
+          f"{row['iterations']} iterations, stopped: {row['stop reason'][:60]}")
+fig, ax = plt.subplots(figsize=(6, 3))
+for name in r.history.series_names:
+    xs, ys = r.history.series(name)
+    ax.plot(xs, ys, label=name)
+ax.set_xlabel("iteration"); ax.set_ylabel("Mattes MI (negated)"); ax.legend(fontsize=8); plt.show()
+"""),
+    md("""
+**Exercise 3.** Which schedule in `schedules` does **not** bring this far-off pair to a mean TRE under
+1 mm? Set `my_schedule`.
+"""),
+    code("""
+my_schedule = (1,)
+
+def check_schedule(schedule):
+    schedule = tuple(schedule)
+    if schedule not in far_tre:
+        print(f"✗ {schedule} was not tried; pick one of {schedules}")
+    elif far_tre[schedule] >= 1.0:
+        print(f"✓ {schedule} ends {far_tre[schedule]:.1f} mm off: at full resolution from so far away, the "
+              "optimiser stops in the nearest dip of the metric")
+    else:
+        print(f"✗ {schedule} reaches {far_tre[schedule]:.2f} mm: its coarse levels see the whole head move first")
+
+check_schedule(my_schedule)
+"""),
+    md("""
+## 4. Landmarks: FLE, FRE and TRE
+
+Point-based registration needs a few **landmarks** clicked at the same anatomy in both images. Three
+errors are worth telling apart (Fitzpatrick, West and Maurer, 1998):
+
+* **FLE**, fiducial localisation error: how far each click is from the true point;
+* **FRE**, fiducial registration error: the residual distance between the landmarks after the fit;
+* **TRE**, target registration error: the error at a point **not used in the fit** (the tumour you
+  will operate on). TRE is what matters, and a small FRE does not promise a small TRE.
+
+Here six landmarks are "clicked" in the moving image with 2 mm of localisation error; four more
+points are held out as targets.
+"""),
+    code("""
+rng = np.random.default_rng(0)
+fle = 2.0                                                     # mm, RMS length of the click error
+clicked = pair.moving_landmarks[:6] + rng.normal(0, fle / np.sqrt(3), (6, 3))
+r_lm = landmark_register(fixed, moving, fixed_landmarks=pair.landmarks[:6].tolist(), moving_landmarks=clicked.tolist(),
+                         fixed_targets=pair.landmarks[6:10].tolist(), moving_targets=pair.moving_landmarks[6:10].tolist())
+for row in r_lm.errors.rows:
+    print(f"{row['point']:12s} {row['use']:9s} error {row['error']:.2f} mm")
+print("TRE over the brain: mean %.2f mm" % tre(r_lm.transform)[0])
+"""),
+    md("""
+The simulation below repeats the experiment many times: it moves the fiducials by random errors of
+known FLE, fits, and measures FRE and the TRE at targets farther and farther from the fiducials'
+centroid. Fitzpatrick and West's formula predicts both.
+"""),
+    code("""
+fiducials = pair.landmarks[:6]
+centre = fiducials.mean(axis=0)
+direction = np.array([1.0, 0.5, 0.2]) / np.linalg.norm([1.0, 0.5, 0.2])
+far_points = centre + np.outer([0, 25, 50, 75, 100, 150], direction)
+sim = fle_to_tre(fiducials, far_points, fle_rms=fle, trials=300)
+rows = sim.rows[:-1]
+d = [r["distance from centroid"] for r in rows]
+plt.figure(figsize=(5, 3))
+plt.plot(d, [r["simulated TRE"] for r in rows], "o", label="simulated")
+plt.plot(d, [r["predicted TRE"] for r in rows], "-", label="Fitzpatrick–West")
+plt.xlabel("target distance from the fiducials' centroid (mm)"); plt.ylabel("RMS TRE (mm)"); plt.legend(); plt.show()
+print(f"FRE: simulated {sim.rows[-1]['simulated FRE']:.2f} mm, predicted {sim.rows[-1]['predicted FRE']:.2f} mm "
+      f"(FLE {fle} mm: FRE is SMALLER than FLE, it hides part of the error)")
+"""),
+    md("""
+**Exercise 4.** You may place six fiducials either **spread** over the head or **bunched** within 2 cm
+of each other, in the same region. The target is the tumour. Which gives the smaller expected TRE
+there? Set `my_layout` to `"spread"` or `"bunched"`.
+"""),
+    code("""
+tumour = pair.landmarks[0]
+spread = pair.landmarks[[1, 2, 10, 20, 30, 40]]
+bunched = spread.mean(axis=0) + (spread - spread.mean(axis=0)) * (20.0 / np.ptp(spread, axis=0).max())
+expected = {"spread": float(predicted_tre(spread, [tumour], fle)[0]), "bunched": float(predicted_tre(bunched, [tumour], fle)[0])}
+
+my_layout = "spread"
+
+def check_layout(layout):
+    best = min(expected, key=expected.get)
+    other = "bunched" if layout == "spread" else "spread"
+    if layout == best:
+        print(f"✓ {layout}: expected TRE at the tumour {expected[layout]:.2f} mm ({other}: {expected[other]:.2f} mm)")
+    else:
+        print(f"✗ {layout}: {expected.get(layout, float('nan')):.2f} mm; bunched fiducials pin the rotation poorly, and "
+              "a small rotation error grows with the distance to the target")
+
+check_layout(my_layout)
+"""),
+    md("""
+## 5. Surfaces: ICP
+
+When no intensity metric fits (a surface scanned in the operating room, a model from another
+segmentation), align **surfaces**. `surface_register` extracts each label's surface in mm (marching
+cubes) and runs rigid iterative closest point: match each fixed point to its nearest moving point
+(within its own label), solve the best rigid fit, repeat; pairs far beyond the median distance are
+ignored as outliers.
+"""),
+    code("""
+r_icp = surface_register(pair.fixed_labels, pair.moving_labels, max_points=3000)
+xs, ys = r_icp.history.series("inliers")
+plt.figure(figsize=(5, 3)); plt.plot(xs, ys, "o-")
+plt.xlabel("ICP iteration"); plt.ylabel("RMS surface distance (mm)"); plt.show()
+print("ICP: RMS distance %.2f -> %.2f mm, TRE mean %.2f mm" % (ys[0], ys[-1], tre(r_icp.transform)[0]))
+"""),
+    md("""
+## 6. Deformable registration and the Jacobian
+
+Soft tissue does not move rigidly. We bend the T1 phantom with a known smooth deformation (two bumps
+of 6–8 mm) and undo it with a **B-spline** (a grid of control points, here every 30 mm) and with
+**diffeomorphic demons** (a dense displacement field; same contrast only). The **Jacobian determinant**
+of a deformation tells what it does to each voxel's volume: 1 keeps it, above 1 expands, below 1
+compresses, and **≤ 0 folds** the tissue inside out, which no anatomy does.
+"""),
+    code("""
+base = medlab.data.brain_mri(size=SIZE, spacing=SPACING, noise=0.01, seed=3)
+z, y, x = np.indices(base.t1.array.shape).astype(float)
+points = np.stack([x, y, z], -1) * np.asarray(base.t1.spacing) + np.asarray(base.t1.origin)
+u = np.zeros(points.shape)
+for c, v in (((-20.0, 10.0, 0.0), (8.0, 0.0, 0.0)), ((25.0, -15.0, 5.0), (0.0, -6.0, 4.0))):
+    u += np.exp(-np.sum((points - c) ** 2, -1) / (2 * 22.0 ** 2))[..., None] * np.asarray(v)
+field = sitk.GetImageFromArray(u, isVector=True)
+field.CopyInformation(base.t1.to_sitk())
+bend = sitk.DisplacementFieldTransform(field)                      # fixed -> moving, known
+warped = medlab.Image.from_sitk(sitk.Resample(sitk.Cast(base.t1.to_sitk(), sitk.sitkFloat32), base.t1.to_sitk(),
+                                              bend, sitk.sitkLinear, 0.0))
+d_fixed, d_moving = warped, base.t1
+d_points = sample_points(base.labels.with_array((base.labels.array >= 4).astype(np.uint8), kind="label"), 500, seed=0)
+before = target_registration_error(sitk.Euler3DTransform(), d_points, truth=bend).mean()
+deformable = {
+    "B-spline": bspline_register(d_fixed, d_moving, grid_spacing_mm=30.0, iterations=DEFORMABLE_ITERATIONS, samples=SAMPLES),
+    "demons": demons_register(d_fixed, d_moving, iterations=DEFORMABLE_ITERATIONS),
+}
+print(f"mean landmark error before: {before:.2f} mm")
+for name, r in deformable.items():
+    after = target_registration_error(r.transform, d_points, truth=bend).mean()
+    s = r.report.rows[-1]
+    print(f"{name:9s} after: {after:.2f} mm ({100 * (1 - after / before):.0f} % less), folded voxels {s['folded voxels']}, "
+          f"Jacobian {s['jacobian min']:.2f} to {s['jacobian max']:.2f}")
+"""),
+    code("""
+truth_jacobian = jacobian_determinant(bend, d_fixed)
+pics = [truth_jacobian, deformable["B-spline"].jacobian, deformable["demons"].jacobian]
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+for ax, img, title in zip(axes, pics, ["true deformation", "B-spline", "demons"]):
+    s = medlab.render.extract_slice(img, "axial", medlab.render.slice_count(img, "axial") // 2)
+    im = ax.imshow(s.array, cmap="RdBu_r", vmin=0.7, vmax=1.3); ax.set_title(f"Jacobian: {title}", fontsize=9); ax.axis("off")
+fig.colorbar(im, ax=axes, shrink=0.8, label="volume change (1 = kept)"); plt.show()
+"""),
+    md("""
+**Exercise 5.** Demons compare intensities directly. Could demons undo the same bend if the moving
+image were the **T2** of the same head (the fixed one staying the bent T1)? Set `my_prediction` to
+`True` or `False`; the check runs it.
+"""),
+    code("""
+my_prediction = False
+
+def check_demons(prediction):
+    r = demons_register(d_fixed, base.t2, iterations=DEFORMABLE_ITERATIONS)
+    after = target_registration_error(r.transform, d_points, truth=bend).mean()
+    works = after < 0.5 * before
+    if prediction == works:
+        print(f"✓ {'it works' if works else 'it fails'}: error {before:.2f} -> {after:.2f} mm. Demons push each voxel "
+              "towards equal intensity, which a T2 does not have where the T1 does")
+    else:
+        print(f"✗ error {before:.2f} -> {after:.2f} mm: {'it does reduce the error' if works else 'it does not help'}")
+
+check_demons(my_prediction)
+"""),
+    md("""
+## 7. How to check a registration, and what failure looks like
+
+The metric's value says little by itself. Look at the images:
+
+* a **checkerboard** alternates tiles of the fixed and the registered image: aligned, the edges run on
+  across the tiles; misaligned, they break at every tile border;
+* a **difference** image is dark where two images of the same contrast agree (across modalities it
+  shows contrast, not error);
+* a **green-magenta** composite shows the fixed image in green and the moving in magenta: aligned
+  structures are grey-white, misaligned ones have green and magenta fringes;
+* and when anything is known about the truth (landmarks, a phantom), the **TRE** in mm.
+
+Below: the T1/T2 pair by position, after mean squares (which failed), and after Mattes MI.
+"""),
+    code("""
+checks = {"A: by position": by_position, "B: mean squares": results["mean_squares"].registered,
+          "C: Mattes MI": results["mattes_mi"].registered}
+fig, axes = plt.subplots(3, 1, figsize=(9, 13))
+for ax, (name, img) in zip(axes, checks.items()):
+    ax.imshow(slice_figure(fixed, second=img, planes=("axial", "coronal"), size=300)); ax.axis("off")
+    ax.set_title(name, fontsize=10)
+plt.show()
+"""),
+    code("""
+def green_magenta(image):
+    k = medlab.render.slice_count(fixed, "axial") // 2
+    f = medlab.render.extract_slice(fixed, "axial", k).array
+    m = medlab.render.extract_slice(image, "axial", k).array
+    scale = lambda a: np.clip(a / np.percentile(a, 99.5), 0, 1)
+    return np.stack([scale(m), scale(f), scale(m)], axis=-1)
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+for ax, (name, img) in zip(axes, checks.items()):
+    ax.imshow(green_magenta(img)); ax.set_title(name + " (green: T1, magenta: T2)", fontsize=9); ax.axis("off")
+plt.show()
+"""),
+    md("""
+**Exercise 6.** One of A, B, C is a failed registration (B's metric *did* improve: mean squares
+found what it was built for, equal intensities, which is the wrong thing here). Which registration
+is **good**? Set `my_good` to `"A"`, `"B"` or `"C"`; the check uses the TRE, which you would not have on
+a patient: there, the checkerboard is your evidence.
+"""),
+    code("""
+my_good = "C"
+
+def check_good(letter):
+    transforms = {"A": Transform(sitk.Euler3DTransform()), "B": results["mean_squares"].transform,
+                  "C": results["mattes_mi"].transform}
+    errors = {k: tre(t)[0] for k, t in transforms.items()}
+    best = min(errors, key=errors.get)
+    if letter == best:
+        print(f"✓ {letter}: TRE {errors[letter]:.2f} mm; the edges run on across the tiles")
+    else:
+        print(f"✗ {letter}: TRE {errors.get(letter, float('nan')):.1f} mm; look for edges that break at the tile borders")
+
+check_good(my_good)
+"""),
+    md("""
+### The register widget
+
+Everything above in one widget: pick a stage, press **Start**; the metric curve (one line per level)
+and the checkerboard over the fixed image update while it runs, and the notebook stays free.
+**Cancel** keeps the best transform so far. The overlay can be a checkerboard (tile size in mm), an
+alpha blend, a difference or green-magenta; the two viewers follow each other in mm. With the
+*landmark* stage, click a landmark in the fixed image, then the same point in the moving image: the
+table gives each pair's error (FRE, and TRE for targets), and the overlay follows the fit. Below it
+is driven from code.
+"""),
+    code("""
+w = RegisterWidget(fixed, moving, truth=pair.transform, targets=targets)
+w.set(samples=SAMPLES)
+w
+"""),
+    code("""
+w.start()           # returns at once; w.cancel() would stop it and keep the best transform so far
+w.wait()
+for name, value in w.summary_rows:
+    print(f"{name:14s} {value}")
+"""),
+    md("""
+The widget's export saves the transform (`w.save_transform("t2_to_t1.h5")`), the registered image
+(`w.save_registered("t2_on_t1.nii.gz")`) and the recipe (`w.export("registration.json")`), which
+replays the same computation bit for bit on the same or other images.
+"""),
+    code("""
+recipe = w.recipe
+print(recipe.to_python())
+again = recipe.run(fixed=fixed, moving=moving)
+same = again["step1.transform"].fingerprint() == w.transform.fingerprint()
+print("✓ the recipe replays the same transform" if same else "✗ the replay differs")
+print(f"notebook ran in {time.perf_counter() - started:.0f} s")
+"""),
+    md("""
+## Run it on your own data
+
+```python
+import medlab
+from medlab.register import linear_register, bspline_register, resample_labels
+from medlab.widgets import RegisterWidget
+
+fixed = medlab.load("path/to/ct/")                   # a DICOM folder, NIfTI, NRRD ...
+moving = medlab.load("path/to/mr.nii.gz")
+w = RegisterWidget(fixed, moving)                     # Start, look at the checkerboard, Cancel, export
+w
+
+# or in a script (or over a cohort, from the exported recipe)
+rigid, registered, history, report = linear_register(fixed, moving)          # Mattes MI: works CT <-> MR
+warp = bspline_register(fixed, moving, rigid, grid_spacing_mm=30.0)          # local refinement, same modality best
+labels_on_fixed = resample_labels(medlab.load("mr_labels.nii.gz", kind="label"), rigid, fixed)
+rigid.save("mr_to_ct.h5")
+```
+
+Check the result with the checkerboard **before** trusting it, and measure TRE on landmarks you did
+not use for the fit. With thick slices or a small overlap, start with `initialisation="moments"` or
+from a few landmarks (`landmark_register(...).transform` as `initial`).
+"""),
+]
+
+
 def write(name, cells):
     nb = new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
@@ -830,4 +1797,6 @@ if __name__ == "__main__":
     write("00_start_here.ipynb", START_HERE)
     write("02_preprocessing.ipynb", PREPROCESSING)
     write("03_segmentation_classic.ipynb", SEGMENTATION_CLASSIC)
+    write("04_segmentation_unet.ipynb", SEGMENTATION_UNET)
+    write("05_registration.ipynb", REGISTRATION)
     print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.ipynb"))))
