@@ -8,6 +8,7 @@
 
 from .bridges import open_in_napari, view_itk
 from .cohort import Cohort
+from .explain import ExplainWidget
 from .outputs import CurvePlot
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
@@ -19,6 +20,7 @@ from .workbench import Workbench
 __all__ = [
            "Cohort",
            "CurvePlot",
+           "ExplainWidget",
            "PreprocessWidget",
            "SegmentWidget",
            "StagePanel",
