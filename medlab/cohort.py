@@ -48,6 +48,10 @@ Examples
 >>> result.failures                                     # doctest: +SKIP
 >>> result.results.pivot_table(index="case", columns="quantity", values="value")  # doctest: +SKIP
 
+De-identifying a cohort's DICOM on the same machinery: :func:`deidentify_cohort` (one task per
+series; see its docstring for why it is not a recipe step). In a notebook,
+``medlab.widgets.Cohort`` shows the case list, the live per-case table and the failures.
+
 On an existing cluster:
 
 >>> from distributed import Client                     # doctest: +SKIP
