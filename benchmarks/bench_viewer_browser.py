@@ -3,8 +3,8 @@
 JupyterLab (started here on 127.0.0.1, isolated, stopped by process group at the end) in Debian
 Chromium driven by Playwright (fresh temporary profile; every non-localhost request is aborted).
 One notebook holds, for each case (a 512x512x40 int16 chest CT, a 256^3 int16 chest CT, and a
-512x512x600 int16 CT of 300 MiB: the 40-slice phantom linearly interpolated to 600 slices, which
-the viewer streams to the browser in slabs because it is over ``VOLUME_CACHE_BYTES``):
+512x512x600 int16 CT of 300 MiB: the 40-slice phantom linearly interpolated to 600 slices; all
+three are over ``VOLUME_CACHE_BYTES``, so the viewer streams them to the browser in slabs):
 
 * a ``medlab.widgets.Viewer`` (axial plane), made and displayed in its own cell, and
 * the usual notebook baseline: an ``ipywidgets.IntSlider`` (driven through a ``jslink``-ed
@@ -354,6 +354,27 @@ def pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q))
 
 
+PHASES = [(0, 1, None), (2, 3, "c512"), (4, 5, "c256"), (6, 7, "c600")]  # cells run together
+
+
+def run_cells(page, conftest, first: int, last: int, timeout_ms: int = 600_000) -> None:
+    """Run notebook cells ``first..last`` in order; wait until each has run, fail on an error."""
+    page.evaluate("""async ([first, last]) => {
+        const nb = window.jupyterapp.shell.currentWidget.content;
+        for (let i = first; i <= last; i++) {
+            nb.activeCellIndex = i;
+            await window.jupyterapp.commands.execute('notebook:run-cell');
+        } }""", [first, last])
+    page.wait_for_function(
+        r"""([first, last]) => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+            return p.slice(first, last + 1).every((e) => /^\[\d+\]:$/.test(e.textContent.trim())); }""",
+        arg=[first, last], timeout=timeout_ms)
+    conftest.wait_kernel_idle(page, timeout_ms)
+    errors = page.evaluate("() => { " + conftest._CELL_ERRORS + " return cellErrors(); }")
+    if errors:
+        raise RuntimeError("a notebook cell raised:\n" + "\n".join(errors)[-3000:])
+
+
 def kernel_json(page, code: str):
     """Run ``code`` in the notebook's kernel and parse what it prints as JSON."""
     out = page.evaluate("""async (code) => {
@@ -476,12 +497,22 @@ def main() -> int:
                 page.evaluate(FIRST_DRAW_JS)
                 memory.append(("page open, before any cell", page_memory(cdp), None))
                 t_run = time.monotonic()
-                conftest.run_all_cells(page, n_cells=len(cells), timeout_ms=600_000)
-                page.wait_for_function(
-                    """() => ['c512', 'c256', 'c600'].every(p =>
-                        document.querySelector(`.${p}-viewer canvas.medlab-canvas[data-plane=axial]`)?.dataset.drawnIndex !== undefined
-                        && document.querySelector(`img.${p}-img`)?.complete)
-                        && document.querySelector('.bench-ping input')""", timeout=60_000)
+                # one case at a time, each once the page has drawn the one before, so a first
+                # picture waits only for its own voxels (not for the previous case's transfer)
+                for first, last, prefix in PHASES:
+                    if prefix == "c600":
+                        memory.append(("before the 300 MiB viewer", page_memory(cdp), None))
+                    run_cells(page, conftest, first, last)
+                    if prefix:
+                        page.wait_for_function(
+                            """(p) => document.querySelector(`.${p}-viewer canvas.medlab-canvas[data-plane=axial]`)
+                                ?.dataset.drawnIndex !== undefined && document.querySelector(`img.${p}-img`)?.complete""",
+                            arg=prefix, timeout=600_000)
+                    if prefix in ("c512", "c256"):  # sent whole, or streamed: wait until it is all here
+                        page.wait_for_function("""(p) => { const s = document.querySelector(`.${p}-viewer .medlab-viewer`)
+                            .dataset.streamed || ''; const [a, b] = s.split('/'); return !s || a === b; }""",
+                                               arg=prefix, timeout=600_000)
+                        page.wait_for_timeout(1000)
                 setup_s = time.monotonic() - t_run
                 vers["Chromium (page)"] = page.evaluate("() => navigator.userAgent")
                 page.evaluate("(src) => { (0, eval)(src); }", JS_HELPERS)

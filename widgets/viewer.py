@@ -21,8 +21,9 @@ How voxels travel
 A kernel round trip through JupyterLab costs about 50 ms, so slice steps are drawn from voxels
 the browser already holds whenever it can:
 
-* **Small volumes** (voxels and layers within :data:`VOLUME_CACHE_BYTES`, 96 MiB) travel
-  **once, whole**, in ``_volumes``; the browser cuts every slice of every plane itself.
+* **Small volumes** (voxels and layers within :data:`VOLUME_CACHE_BYTES`, 8 MiB) travel
+  **once, whole**, in ``_volumes``; the browser cuts every slice of every plane itself. The
+  first picture waits for the whole transfer, hence the low limit.
 * **Larger volumes** show their first picture from one slice per visible plane (``_axial``
   etc.), then **stream** in the background: slabs of whole axial slices (about
   :data:`SLAB_BYTES`, every array: base and layers) sent with ``Widget.send`` as binary
@@ -35,9 +36,11 @@ the browser already holds whenever it can:
 * **Memory bound.** The browser holds at most :data:`BROWSER_CACHE_BYTES` (512 MiB) of slabs
   per viewer: the whole volume with its layers when it fits (a 512×512×600 int16 CT: 300 MiB),
   else a ring of the slabs nearest the cursor, refilled as the cursor moves; plus at most
-  24 cut slices per view (sagittal ones are cut 8 at a time) and the last slice the kernel
-  sent per plane. Measured with
-  ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools protocol).
+  24 cut slices per view (sagittal ones are cut 8 at a time, ahead of the user, since each
+  sagittal pixel is its own cache line) and the last slice the kernel sent per plane.
+  Measured with ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools
+  protocol): the 300 MiB CT streamed, the page's ArrayBuffers grew by 300 MiB plus the other
+  viewers' volumes, its JS heap by 8 MiB.
 * **Coronal and sagittal planes** need a row from every axial slice, so they are cut in the
   browser only once the whole volume is held; until then, and always when the volume is over
   :data:`BROWSER_CACHE_BYTES` (a ring), their slices come from the kernel. Per-plane slab
@@ -118,8 +121,10 @@ from medlab.image import Image, as_image, label_color
 
 _HERE = pathlib.Path(__file__).parent
 _SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
-VOLUME_CACHE_BYTES = 96 * 2**20
-"""Volumes (with their layers) up to this size are sent whole, and sliced in the browser."""
+VOLUME_CACHE_BYTES = 8 * 2**20
+"""Volumes (with their layers) up to this size are sent whole with the widget, and sliced in the
+browser; larger ones stream (the first picture of a whole 32 MiB volume waited 4 s for it on
+a loaded machine, a streamed one 0.5 s)."""
 BROWSER_CACHE_BYTES = 512 * 2**20
 """Most bytes of a larger volume (with its layers) the browser holds once streamed: the whole
 volume when it fits, else the slabs nearest the cursor (0: no streaming, slices only)."""

@@ -91,7 +91,7 @@ function cursorIndex(ctx, plane, cursor) {
 }
 
 const SLICE_CACHE_SIZE = 24;  // cut slices kept per view: bounded memory
-const PREFETCH = 8;  // sagittal slices cut ahead, in the direction of travel
+const PREFETCH = 8;  // sagittal slices cut together, ahead in the direction of travel
 const PREFETCH_ROWS = 48;  // rows per background chunk (a few ms), so input is never held up
 
 // The slices this view has cut, most recently used last; emptied when the voxels change.
@@ -126,6 +126,27 @@ function remember(cache, key, slice) {
   while (cache.size > SLICE_CACHE_SIZE) cache.delete(cache.keys().next().value);
 }
 
+// Sagittal slices are slow to cut: every pixel is its own cache line (neighbouring pixels sit
+// `ni` voxels apart), while the slices next to it (|s| = 1) share those lines, so several are
+// cut in one pass for little more than the cost of one.
+function strided(pg) { return Math.abs(pg.strides[1]) === 1 && pg.strides[3] !== 1; }
+
+// the direction the user travels through a plane; it changes only when the slice does
+// (payload() is asked for the same slice often)
+function travel(ctx, plane, index) {
+  const seen = ctx.state.lastIndex[plane] || { index, dir: 1 };
+  const dir = index === seen.index ? seen.dir : index < seen.index ? -1 : 1;
+  ctx.state.lastIndex[plane] = { index, dir };
+  return dir;
+}
+
+// the slices from `index` on in direction `dir` that are not cut yet (at most PREFETCH, in a row)
+function uncut(cache, plane, pg, index, dir) {
+  const out = [];
+  for (let i = index; out.length < PREFETCH && i >= 0 && i < pg.count && !cache.has(plane + ":" + i); i += dir) out.push(i);
+  return out.sort((a, b) => a - b);
+}
+
 // Slice `index` of `plane` cut in the browser, or null when the browser does not hold its voxels.
 function localSlice(ctx, plane, index) {
   const pg = planeGeom(ctx, plane);
@@ -133,58 +154,51 @@ function localSlice(ctx, plane, index) {
   if (!src) return null;
   const cache = sliceCache(ctx, src.key);
   const key = plane + ":" + index;
-  const hit = cache.get(key);
-  if (hit) {
-    remember(cache, key, hit);
-    prefetch(ctx, plane, index);
-    return hit;
-  }
-  const [offset, s, r, c] = pg.strides;
-  let cut;
-  if (!src.copy && c === 1 && r === pg.cols) {  // a contiguous slice of the whole volume: a view
-    const base = offset + index * s;
-    cut = Object.fromEntries(src.names.map((n) => [n, volumeArray(ctx, n).subarray(base, base + pg.rows * pg.cols)]));
+  const dir = travel(ctx, plane, index);
+  let out = cache.get(key);
+  if (out) {
+    remember(cache, key, out);
   } else {
-    [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
-    if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
+    const [offset, s, r, c] = pg.strides;
+    if (!src.copy && c === 1 && r === pg.cols) {  // a contiguous slice of the whole volume: a view
+      const base = offset + index * s;
+      const cut = Object.fromEntries(src.names.map((n) => [n, volumeArray(ctx, n).subarray(base, base + pg.rows * pg.cols)]));
+      out = asPayload(pg, index, cut, src);
+    } else {
+      const indices = strided(pg) ? uncut(cache, plane, pg, index, dir) : [index];
+      const cuts = newCuts(src.names, src.dtypes, pg.rows * pg.cols, indices.length);
+      if (!cutRows(src.read, src.names, pg, indices, cuts, 0, pg.rows)) return null;
+      indices.forEach((i, n) => { if (i !== index) remember(cache, plane + ":" + i, asPayload(pg, i, cuts[n], src)); });
+      out = asPayload(pg, index, cuts[indices.indexOf(index)], src);
+    }
+    remember(cache, key, out);
   }
-  const out = asPayload(pg, index, cut, src);
-  remember(cache, key, out);
-  prefetch(ctx, plane, index);
+  if (strided(pg)) prefetch(ctx, plane, index, dir, src, cache);
   return out;
 }
 
-// Sagittal slices are slow to cut (every pixel its own cache line): cut the next ones in the
-// direction of travel in the background, a few rows at a time, all in one pass.
-function prefetch(ctx, plane, index) {
+// While the user steps through sagittal slices, cut the next ones (in the direction of travel)
+// in the background, a few rows at a time so that input is never held up.
+function prefetch(ctx, plane, index, dir, src, cache) {
   const pg = planeGeom(ctx, plane);
-  const [, s, , c] = pg.strides;
-  const last = ctx.state.lastIndex[plane];
-  ctx.state.lastIndex[plane] = index;
-  if (!(Math.abs(s) === 1 && c !== 1)) return;
-  const src = voxelSource(ctx);
-  const cache = sliceCache(ctx, src.key);
-  const dir = last !== undefined && index < last ? -1 : 1;
-  const wanted = [];
-  for (let n = 1; n <= PREFETCH; n++) {
-    const i = index + dir * n;
-    if (i >= 0 && i < pg.count && !cache.has(plane + ":" + i)) wanted.push(i);
-  }
   const job = ctx.state.prefetch;
-  if (!wanted.length || (job && job.plane === plane && wanted.every((i) => job.indices.includes(i)))) return;
-  const lo = Math.min(...wanted), hi = Math.max(...wanted);
-  const indices = Array.from({ length: hi - lo + 1 }, (_, n) => lo + n);
-  const mine = { plane, indices, outs: newCuts(src.names, src.dtypes, pg.rows * pg.cols, indices.length), row: 0 };
+  if (job && job.plane === plane && job.dir === dir && job.indices.includes(index + dir)) return;
+  let held = 0;  // cut slices ahead
+  while (held < PREFETCH / 2 && cache.has(plane + ":" + (index + dir * (held + 1)))) held += 1;
+  if (held >= PREFETCH / 2) return;
+  const indices = uncut(cache, plane, pg, index + dir * (held + 1), dir);
+  if (!indices.length) return;
+  const mine = { plane, dir, indices, outs: newCuts(src.names, src.dtypes, pg.rows * pg.cols, indices.length), row: 0 };
   ctx.state.prefetch = mine;
   const step = ctx.guard(() => {
-    if (ctx.state.prefetch !== mine || sliceCache(ctx, src.key) !== cache) return;  // superseded
+    if (ctx.state.prefetch !== mine || ctx.state.sliceCache.map !== cache) return;  // superseded
     const r1 = Math.min(pg.rows, mine.row + PREFETCH_ROWS);
     if (!cutRows(src.read, src.names, pg, indices, mine.outs, mine.row, r1)) { ctx.state.prefetch = null; return; }
     mine.row = r1;
     if (r1 < pg.rows) { setTimeout(step, 0); return; }
     ctx.state.prefetch = null;
-    indices.forEach((i, n) => { if (!cache.has(plane + ":" + i)) remember(cache, plane + ":" + i, asPayload(pg, i, mine.outs[n], src)); });
     const shown = cache.get(plane + ":" + index);
+    indices.forEach((i, n) => { if (!cache.has(plane + ":" + i)) remember(cache, plane + ":" + i, asPayload(pg, i, mine.outs[n], src)); });
     if (shown) remember(cache, plane + ":" + index, shown);  // the shown slice stays the most recent
   });
   setTimeout(step, 0);
