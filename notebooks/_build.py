@@ -567,6 +567,11 @@ from medlab.widgets import SegmentWidget, View3D
 
 medlab.__version__
 """),
+    code("""
+FAST = os.environ.get("MEDLAB_FAST") == "1"       # CI sets it: nothing here is heavy, so only the CT shrinks
+SIZE = (96, 96, 48)                                # the brain phantom, voxels (x, y, z) of 1.5 x 1.5 x 2 mm
+CT_SIZE = (64, 64, 24) if FAST else (96, 96, 32)   # the chest CT phantom written as a DICOM series
+""", tags=["parameters"]),
     md("""
 ## 1. The phantom and its ground truth
 
@@ -576,7 +581,7 @@ tumour is our target. The histogram shows the problem: the tumour's voxels are a
 bright end, and other tissues overlap it.
 """),
     code("""
-brain = medlab.data.brain_mri(size=(96, 96, 48), seed=0)
+brain = medlab.data.brain_mri(size=SIZE, seed=0)
 flair = brain.flair
 tumour = brain.labels.with_array(brain.mask("oedema", "enhancing tumour", "necrotic core"), kind="label",
                                  labels={1: "tumour"})
@@ -644,7 +649,7 @@ def check_classes(n):
         print(f"✗ with {n} classes the tumour itself is split between two classes (Dice {candidates[n]:.3f})")
 
 check_classes(my_classes)
-"""),
+""", wrong_answers=["3", "5", "2"]),
     md("""
 That worked because this phantom's oedema is the brightest tissue on FLAIR. On real scans fat,
 vessels or artefacts are often as bright, and the number of classes is a guess. A person points at
@@ -694,7 +699,7 @@ def check_tolerance(t):
 check_tolerance(my_tolerance)
 for k in (2.0, 2.5, 3.0):
     print(line(f"confidence connected, mean ± {k} SD", segment.confidence_connected(flair, seeds=[seed], multiplier=k)))
-"""),
+""", wrong_answers=["0.25", "0.35", "0.33"]),
     md("""
 ### A leak, and a background point that stops it
 
@@ -781,7 +786,7 @@ def check_metric(name):
         print(f"✗ {name} went from {clean[name]:.3g} to {blob[name]:.3g}: that one shows the blob")
 
 check_metric(my_metric)
-"""),
+""", wrong_answers=['"hausdorff_mm"', '"hausdorff95_mm"', '"assd_mm"', '"volume"']),
     md("""
 **Exercise 4.** Remove the stray blob with `segment.remove_components` (the *Remove piece* tool of
 the widget): give it a point on the piece, in mm. The check wants the clean segmentation back, voxel
@@ -799,7 +804,7 @@ def check_fixed(labels):
         print(f"✗ {diff} voxels differ from the clean segmentation: is your point on the blob?")
 
 check_fixed(fixed)
-"""),
+""", wrong_answers=["slip", "segment.remove_components(slip, pieces=[seed])"]),
     md("""
 ## 6. The segment widget, and a recipe that replays
 
@@ -870,7 +875,7 @@ def write_dicom_series(image, folder):
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm")); writer.Execute(plane)
     return folder
 
-series = write_dicom_series(medlab.data.chest_ct(seed=0, size=(96, 96, 32)).ct, out / "chest_ct_dicom")
+series = write_dicom_series(medlab.data.chest_ct(seed=0, size=CT_SIZE).ct, out / "chest_ct_dicom")
 ct = medlab.load(series)                 # from DICOM: metadata["source"] is the series folder
 lungs = segment.ct_threshold(ct, preset="lung")
 seg_path = segment.write_dicom_seg(lungs, series, out / "lungs_seg.dcm", overwrite=True)
@@ -1009,7 +1014,7 @@ SEED = 0                                          # the same seed, data and sett
 SETTINGS = {**BRAIN_SETTINGS, "epochs": EPOCHS, "seed": SEED, "learning_rate": 1e-2,
             "patch_size": [min(p, s) for p, s in zip(BRAIN_SETTINGS["patch_size"], SIZE)]}
 print(dict(FAST=FAST, N_CASES=N_CASES, SIZE=SIZE), SETTINGS)
-"""),
+""", tags=["parameters"]),
     md("""
 ## 1. Training cases: the whole tumour on FLAIR
 
@@ -1079,7 +1084,7 @@ def check_spacing(spacing):
         print(f"✗ the checkpoint records {used} mm (look at model.preprocessing['spacing'])")
 
 check_spacing(my_spacing)
-"""),
+""", wrong_answers=["(1.0, 1.0, 1.0)", "(2.0, 1.5, 1.5)"]),
     md("""
 ### Same seed, same weights
 
@@ -1128,7 +1133,7 @@ def check_grid(answer):
         print(f"✗ the label map is {'on' if on_input else 'not on'} the input's grid: compare found_other.same_grid(other)")
 
 check_grid(my_grid)
-"""),
+""", wrong_answers=['"network"']),
     md("""
 ## 4. Three classes, trained longer
 
@@ -1248,7 +1253,7 @@ def check_reloaded(labels):
         print(f"✗ {(labels.array != found.array).sum()} voxels differ: is it the same scan and model file?")
 
 check_reloaded(again)
-"""),
+""", wrong_answers=["found_other", "deep_segment(new.flair, tiny[0])[0]"]),
     md("""
 ## Run it on your own data
 
@@ -1614,6 +1619,12 @@ xs, ys = r_icp.history.series("inliers")
 plt.figure(figsize=(5, 3)); plt.plot(xs, ys, "o-")
 plt.xlabel("ICP iteration"); plt.ylabel("RMS surface distance (mm)"); plt.show()
 print("ICP: RMS distance %.2f -> %.2f mm, TRE mean %.2f mm" % (ys[0], ys[-1], tre(r_icp.transform)[0]))
+"""),
+    md("""
+ICP lands within a few millimetres here, less precisely than mutual information: it uses only the
+surfaces, taken from label maps at the voxel size (2–2.5 mm), where MI uses every voxel's intensity.
+ICP's strengths are elsewhere: no intensities needed, and a good start for an intensity-based
+refinement (give its transform as `initial=` to `linear_register`).
 """),
     md("""
 ## 6. Deformable registration and the Jacobian
