@@ -864,10 +864,14 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
 
     import dask
 
-    # The workers' statistical profiler samples every thread's stack 100 times a second and ships
-    # the result to the scheduler: measured at about a third of the per-case CPU overhead on
-    # small cases (benchmarks/bench_cohort.py), for a dashboard tab cohort users rarely open.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    # Dask's background work costs CPU in every process even when idle (measured 0.045 CPU-s per
+    # second for a 1-worker cluster): the workers' statistical profiler samples every thread's
+    # stack 100 times a second, the system monitor polls psutil twice a second. Without the
+    # profiler (a dashboard tab cohort users rarely open) and with slower monitors (the memory
+    # limit still applies, checked every second) it fell to 0.011-0.019 CPU-s per second.
+    quiet = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
+             "distributed.admin.tick.interval": "200ms", "distributed.worker.memory.monitor-interval": "1s"}
+    with dask.config.set(quiet):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0" if dashboard else None,
                                silence_logs=logging.ERROR)
