@@ -591,10 +591,10 @@ def _ensure_stages(functions: Mapping[str, Callable]) -> None:
     (cloudpickle) without its registration, so it is added here."""
     from . import stage as stage_module
 
-    for name, fn in functions.items():
+    for fn in functions.values():
         spec = getattr(fn, "stage", None)
-        if spec is not None and name not in stage_module._REGISTRY:
-            stage_module._REGISTRY[name] = spec
+        if spec is not None:
+            stage_module.register(spec)
 
 
 @contextlib.contextmanager

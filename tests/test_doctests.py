@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["medlab.image", "medlab.stage", "medlab.outputs", "medlab.recipe", "medlab.render", "medlab.metrics",
+MODULES = ["medlab.image", "medlab.stage", "medlab.stage.params", "medlab.stage.ports",
+           "medlab.stage.declaration", "medlab.stage.context", "medlab.outputs", "medlab.recipe", "medlab.render", "medlab.metrics",
            "medlab.widgets.viewer", "medlab.widgets.outputs", "medlab.widgets.controls"]
 
 

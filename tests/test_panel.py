@@ -138,6 +138,8 @@ def _check_control(p, c):
         boxes = [b for b in w.children if b.__class__.__name__ == "FloatText"]
         assert len(boxes) == (p.length or 3)
         assert c.value == (None if p.default is None else tuple(p.default))
+    elif p.kind == "numbers":
+        assert c.value == tuple(p.default) and w.value == ", ".join(str(v) for v in p.default)
     elif p.kind == "points":
         assert c.value == ()
     elif p.kind == "grid":
