@@ -166,12 +166,17 @@ class Recipe:
             if isinstance(exc, MedlabError):
                 raise
             raise ParameterError(f"{name}: parameters {str(params)[:120]} cannot be read ({exc})") from None
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise ParameterError(f"{name}: inputs must map each input to its source, e.g. {{'image': 'step1.image'}}; "
+                                 f"got {type(inputs).__name__}")
         sources = dict(inputs or {})
         if not sources and spec.primary is not None:
             sources[spec.primary] = self._chain_source()
         for inp, src in sources.items():
             if not isinstance(src, str):
                 raise ParameterError(f"{name}: source of input {inp!r} must be a string like 'image' or 'step1.image'")
+            if "." not in src:  # a recipe input: a name its JSON can be read back with
+                _check_name(src, "recipe input")
             if "." not in src and src not in self.inputs:
                 kind = spec.inputs.get(inp)
                 self.inputs[src] = {"type": _INPUT_TYPES.get(type(kind), "image")}
@@ -286,6 +291,8 @@ class Recipe:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ReadError(f"{source} is not a medlab recipe (no '\"schema\": \"{SCHEMA}\"')")
         version = data.get("version")
+        if isinstance(version, bool):  # True == 1 in Python, but it is not a schema version
+            version = repr(version)
         if version == 1:
             data = _migrate_v1(data, source)
         elif version != SCHEMA_VERSION:
@@ -327,27 +334,32 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str, source: str = "recipe") -> Recipe:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ParameterError(f"Recipe.from_json needs the JSON text (a str); got {type(text).__name__}. "
+                                 "To read a file use Recipe.load(path)")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ReadError(f"{source} is not valid JSON: {exc}") from None
         except RecursionError:
             raise ReadError(f"{source} is nested too deeply to be a recipe") from None
+        except ValueError as exc:  # bad JSON, bad UTF-8, or a number of thousands of digits
+            raise ReadError(f"{source} is not valid JSON: {exc}") from None
         return cls.from_dict(data, source)
 
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write the recipe as JSON (atomically; refuses to overwrite unless asked)."""
         from .io import atomic_write_text
+        from .io.paths import as_file_path
 
-        return atomic_write_text(path, self.to_json() + "\n", overwrite=overwrite)
+        return atomic_write_text(as_file_path(path, "the recipe file"), self.to_json() + "\n", overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> Recipe:
-        path = Path(path)
+        from .io.paths import as_file_path, read_small_file
+
+        path = as_file_path(path, "the recipe file")
+        data = read_small_file(path, "recipe")
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ReadError(f"cannot read recipe {path}: {exc.strerror}") from None
+            text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the JSON
         except UnicodeDecodeError:
             raise ReadError(f"{path} is not a text (UTF-8 JSON) file; is it a recipe?") from None
         return cls.from_json(text, str(path))
@@ -532,14 +544,14 @@ class _PythonWriter:
         imports: dict[str, list[str]] = {}
         var: dict[str, str] = {}      # source -> variable
         holder: dict[str, str] = {}   # variable -> source it holds now
-        lines = [f"# medlab recipe (medlab {r.medlab_version})", "import medlab"]
+        lines = [f"# medlab recipe (medlab {_comment(r.medlab_version)})", "import medlab"]
         body = []
         for name, desc in r.inputs.items():
             v = _identifier(name)
             var[name], holder[v] = v, name
             path = paths.get(name) or desc.get("source") or f"{name}{_SUFFIX.get(desc.get('type', 'image'), '')}"
             if desc.get("description"):
-                body.append(f"# {name}: recorded on {desc['description']}")
+                body.append(f"# {name}: recorded on {_comment(desc['description'])}")
             loader = {"transform": "Transform.load", "model": "Checkpoint.load"}.get(desc.get("type"), "medlab.load")
             if loader != "medlab.load":
                 imports.setdefault("medlab.outputs", []).append(loader.split(".")[0])
@@ -595,14 +607,18 @@ class _PythonWriter:
                 suffix = {"image": ".nii.gz", "label": ".nii.gz", "transform": ".h5", "table": ".csv",
                           "curve": ".csv", "points": ".csv", "model": ".pt"}[o.type_name]
                 path = f"{out_dir}/{v}{suffix}"
-                if o.type_name in ("image", "label"):
-                    lines.append(f"medlab.save({v}, {path!r})")
-                else:
-                    lines.append(f"{v}.save({path!r})")
+                save = f"medlab.save({v}, {path!r})" if o.type_name in ("image", "label") else f"{v}.save({path!r})"
+                lines.append(f"if {v} is not None:\n    {save}" if o.optional else save)
         return lines
 
 
 _SUFFIX = {"image": ".nii.gz", "transform": ".h5", "model": ".pt"}
+
+
+def _comment(text) -> str:
+    """``text`` made safe for one comment line: a recipe file could hold a line break followed
+    by code, which the exported script would then run."""
+    return re.sub(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+", " ", str(text))[:300]
 
 
 def _identifier(name: str) -> str:

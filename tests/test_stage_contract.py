@@ -404,3 +404,18 @@ def test_numbers_parameter_and_its_control():
 def test_hostile_recipe_json_is_a_read_error(data, match):
     with pytest.raises(ReadError, match=match):
         Recipe.from_dict({"schema": "medlab.recipe", "version": 2, **data})
+
+
+def test_exported_python_skips_an_optional_output_that_is_none(tmp_path, pair):
+    from medlab.stage import ImageOut, stage
+
+    @stage("Toy optional output", group="toy", outputs={"image": ImageOut(), "extra": ImageOut(optional=True)})
+    def toy_optional(image):
+        return image.copy(), None
+
+    fixed, _, _ = pair
+    with Recipe.record(fixed) as recipe:
+        toy_optional(fixed)
+        medlab.preprocess.gaussian_smooth(fixed)  # a second step makes it a graph, not a chain
+    code = recipe.to_python(outputs_dir="out")
+    assert "if extra is not None:\n    medlab.save(extra, 'out/extra.nii.gz')" in code

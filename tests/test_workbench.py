@@ -218,3 +218,16 @@ def test_export_needs_a_file_name(session):
     wb.export_button.click()
     assert "type a file name" in wb.panel.message
     wb.close()
+
+
+def test_too_few_points_is_a_note_not_an_error(session):
+    image = session["fixed"]
+    wb = Workbench({"image": image}, stages=[toy_seed_threshold], debounce=0.0)
+    wb.set(seeds=[])                      # still clicking: not an error
+    wb.panel.request_preview()
+    assert wb.panel.error is None and "click 1 seeds point(s)" in wb.panel.preview_note.value
+    with pytest.raises(medlab.ParameterError, match="at least 1"):
+        wb.apply(wait=True)               # Apply needs them
+    with pytest.raises(medlab.ParameterError, match="points of 2 or 3"):
+        wb.set(seeds=[(1.0,)])            # but a malformed point is refused at once
+    wb.close()

@@ -53,7 +53,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as widgets
@@ -63,7 +63,7 @@ import traitlets
 from medlab.errors import Cancelled, MedlabError, ParameterError
 from medlab.image import Image
 from medlab.outputs import Curve, describe_value
-from medlab.stage import Result, StageSpec, get_stage, progress_to, record
+from medlab.stage import Points, Result, StageSpec, get_stage, progress_to, record
 
 from .controls import ParamControl, param_control
 from .outputs import LiveView, OutputsView
@@ -319,6 +319,11 @@ class StagePanel(widgets.VBox):
         self.add_class("medlab-panel")
         self.spec: StageSpec = _as_spec(stage)
         self.function = self.spec.function or self.spec.func
+        for what, value, low in (("slab", slab, 0), ("volume_preview_size", volume_preview_size, 8)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= 4096:
+                raise ParameterError(f"{what} must be a whole number from {low} to 4096; got {value!r}")
+        if isinstance(debounce, bool) or not isinstance(debounce, (int, float)) or not 0 <= debounce <= 60:
+            raise ParameterError(f"debounce is a quiet time in seconds, from 0 to 60; got {debounce!r}")
         self._inputs: dict[str, Any] = dict(inputs or {})
         if image is not None and self.spec.primary is not None:
             self._inputs[self.spec.primary] = image
@@ -526,8 +531,10 @@ class StagePanel(widgets.VBox):
         --------
         >>> panel.set(sigma=2.0, mode="reflect")     # doctest: +SKIP
         """
+        # a generator or iterator of points is read once, here: checking it would use it up
+        params = {n: list(v) if isinstance(v, Iterator) else v for n, v in params.items()}
         try:
-            self.spec.validate({**self.params, **params})
+            self._validate(params)
         except ParameterError as exc:
             self._fail(exc, source="params")
             raise
@@ -540,6 +547,29 @@ class StagePanel(widgets.VBox):
                     self.viewer.set_point_set(self._point_set_name(n), [[*p, 0.0][:3] for p in v])
                 finally:
                     self._syncing_points = False
+
+    def _validate(self, params: dict) -> None:
+        """Check new values as the stage will, except that too few points is not an error while
+        the user is still clicking them (Apply checks the count)."""
+        if unknown := set(params) - set(self.spec.params):
+            raise ParameterError(f"{self.spec.name}: unknown parameter(s) {sorted(unknown)}; it takes "
+                                 f"{sorted(self.spec.params)}")
+        for n, v in params.items():
+            p = self.spec.params[n]
+            if isinstance(p, Points) and len(v if v is not None else ()) < p.min_count:
+                p = Points(role=p.role, max_count=p.max_count)  # the coordinates, not the count
+                p.name = n
+            p.validate(v, self.spec.name)
+
+    def _waiting_for_points(self) -> str:
+        """A note when a points parameter has fewer points than it needs (the user is clicking)."""
+        for n, p in self.spec.point_params().items():
+            have = len(self.controls[n].value or ())
+            if have < p.min_count:
+                what = p.role.replace("_", " ")
+                return (f"<i>click {p.min_count - have} {html.escape(what)} point(s) in the viewer to preview "
+                        f"(the <b>pick in viewer</b> toggle of {html.escape(n)})</i>")
+        return ""
 
     def reset(self) -> None:
         """Back to the declared defaults."""
@@ -623,6 +653,10 @@ class StagePanel(widgets.VBox):
             return 0
         self._held = self._user_change = False
         if not self._active or self._preview_off_reason() or self.image is None:
+            return 0
+        waiting = self._waiting_for_points()
+        if waiting:
+            self.preview_note.value = waiting
             return 0
         try:
             values = self.spec.validate(self.params)
