@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import ReadError
+from ..errors import ParameterError, ReadError
 
 
 def check_readable(path: Path) -> os.stat_result:
@@ -31,6 +31,10 @@ def check_readable(path: Path) -> os.stat_result:
         st = os.stat(path)
     except OSError as exc:
         raise ReadError(lookup_message(path, exc)) from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        # opening a pipe blocks until a writer comes, and a device such as /dev/zero never ends
+        raise ReadError(f"{path} is not a file or a folder but a {_file_kind(st.st_mode)}; "
+                        "give the path of an image file or of a DICOM folder")
     try:
         if stat.S_ISDIR(st.st_mode):
             with os.scandir(path):
@@ -41,6 +45,70 @@ def check_readable(path: Path) -> os.stat_result:
     except PermissionError:
         raise ReadError(permission_message(path, is_dir=stat.S_ISDIR(st.st_mode))) from None
     return st
+
+
+def as_file_path(path, what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or a :class:`ParameterError` naming ``what`` when it
+    is not a file name (None, a number, an empty string).
+
+    Examples
+    --------
+    >>> as_file_path(None, "the recipe file")
+    Traceback (most recent call last):
+    ...
+    medlab.errors.ParameterError: the recipe file must be a file name (a str or Path); got None
+    """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ParameterError(f"{what} must be a file name (a str or Path); got {path!r}")
+    return Path(path)
+
+
+def read_small_file(path, what: str, *, max_bytes: int = 64 << 20) -> bytes:
+    """The bytes of a small regular file (a recipe, a study, a label-name list), read only after
+    checking that it is one: a pipe would block for ever, ``/dev/zero`` never ends and a
+    multi-gigabyte file is not what was meant. Raises :class:`ReadError` naming ``what``.
+
+    Examples
+    --------
+    >>> read_small_file("/dev/zero", "recipe")
+    Traceback (most recent call last):
+    ...
+    medlab.errors.ReadError: recipe /dev/zero is not a file but a character device; give the path of a file
+    """
+    path = as_file_path(path, what)
+    st = check_readable_file(path, what)
+    if st.st_size > max_bytes:
+        raise ReadError(f"{what} {path} is {st.st_size / 2**20:.0f} MiB, more than the {max_bytes >> 20} MiB such a "
+                        "file can be; is it the right file?")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ReadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def check_readable_file(path: Path, what: str) -> os.stat_result:
+    """:func:`check_readable`, and the path must be a regular file (not a folder, pipe or device)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ReadError(f"{what}: {lookup_message(path, exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ReadError(f"{what} {path} is a folder; give the path of the file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ReadError(f"{what} {path} is not a file but a {_file_kind(st.st_mode)}; give the path of a file")
+    if not os.access(path, os.R_OK):
+        raise ReadError(permission_message(path))
+    return st
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def lookup_message(path: Path, exc: OSError) -> str:
