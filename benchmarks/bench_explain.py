@@ -18,7 +18,7 @@ Tables, all from one run:
    ``grad_cam`` against captum's ``LayerGradCam`` and MONAI's ``GradCAM`` called directly on the
    same layer (``class_layers.relu``), with the largest difference of the maps.
 4. **Occlusion** against MONAI's ``OcclusionSensitivity`` at equal box and overlap (so equal
-   stride), ``mean_img`` fill and softmax probabilities: MONAI, medlab computing every box
+   stride), ``mean_img`` fill and the same probability (sigmoid of one logit, softmax of two): MONAI, medlab computing every box
    (``refine=0``, the same map), and medlab's coarse-to-fine default (``refine=0.1``), with time
    and the largest difference to MONAI's map (overall, and where medlab says it is exact).
 
@@ -85,12 +85,23 @@ def held_out_cases(model, n_cases: int | None):
         if label != 1:
             continue
         with torch.no_grad():
-            pred = int(net.module.eval()(network_input(image, net.preprocessing).tensor).argmax())
-        if pred != 1:
+            out = net.module.eval()(network_input(image, net.preprocessing).tensor)
+        if not _says_tumour(out):
             wrong += 1
             continue
         cases.append((image, mask))
     return cases[:n_cases] if n_cases else cases, wrong, len(ds)
+
+
+def _says_tumour(out) -> bool:
+    """One logit: tumour when positive; two: class 1 wins."""
+    return bool(out[0, 0] > 0) if out.shape[1] == 1 else int(out.argmax()) == 1
+
+
+def _activation(out):
+    import torch
+
+    return torch.sigmoid if out.shape[1] == 1 else partial(torch.softmax, dim=1)
 
 
 def localisation_and_randomisation(model, cases, twin, *, faith_cases: int) -> None:
@@ -234,10 +245,11 @@ def occlusion_speed(model) -> None:
             x = network_input(img, net.preprocessing).tensor
             model_in, mm = model, 24.0
         with torch.no_grad():
-            c = int(module(x).argmax())
-            p0 = float(module(x).softmax(1)[0, c])
+            logits = module(x)
+            c = int(logits.argmax())
+            p0 = float(_activation(logits)(logits)[0, c])
         occ = OcclusionSensitivity(module, mask_size=box, n_batch=32, mode="mean_img", overlap=overlap, verbose=False,
-                                   activate=partial(torch.softmax, dim=1))
+                                   activate=_activation(logits))
         t_monai, out = _timed(partial(_monai_occlusion, occ, x, c), repeats=1)
         rows.append((name, "MONAI OcclusionSensitivity (n_batch 32)", t_monai, 1.0, "–", "–", "–"))
         for refine in (0.0, 0.1):
@@ -253,8 +265,8 @@ def occlusion_speed(model) -> None:
             if refine > 0:
                 rows.append((name, "  (where medlab says exact: max difference)", "–", "–",
                              float(diff[exact].max()) if exact.any() else math.nan, float(exact.mean()), "–"))
-    print("Table 4. Occlusion at equal box (voxels, tensor axes) and overlap, mean-image fill, softmax probability "
-          "of the predicted class; difference = |MONAI map - (p(image) - medlab map)|.\n")
+    print("Table 4. Occlusion at equal box (voxels, tensor axes) and overlap, mean-image fill, probability "
+          "(sigmoid of one logit, softmax of two) of the predicted class; difference = |MONAI map - (p(image) - medlab map)|.\n")
     _table(("model and input", "implementation", "s", "speed-up vs MONAI", "max difference", "exact share", "boxes"),
            rows)
 

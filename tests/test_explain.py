@@ -282,6 +282,18 @@ def test_map_comes_back_to_an_oblique_anisotropic_scan_and_peaks_at_the_blob(tmp
     assert np.array_equal(img.array, _oblique_blob()[0].array)  # the input is never modified
 
 
+def test_crop_and_axis_order_of_the_record_are_undone():
+    img, centre = _oblique_blob()
+    model = _blob_classifier()
+    # a fixed network input smaller than the scan (a crop) with MONAI-loader axis order (x, y, z)
+    model.preprocessing.update(size=[14, 14, 12], array_order="xyz")
+    s, numbers = grad_cam(img, model, target_class=1)
+    assert s.same_grid(img)
+    assert 0 < table_value(numbers, "share of the scan outside the network's view (map 0 there)") < 1
+    peak = s.index_to_physical(np.unravel_index(np.argmax(s.array), s.shape)[::-1])
+    assert np.linalg.norm(peak - centre) <= 3.0
+
+
 def test_localisation_numbers_when_a_mask_is_given():
     img, centre = _oblique_blob()
     pos = img.index_to_physical(np.stack(np.meshgrid(*[np.arange(n) for n in img.size], indexing="ij"), -1)
@@ -397,3 +409,13 @@ def test_shipped_classifier_finds_a_held_out_tumour():
     s, numbers = grad_cam(image, model, tumour)
     assert s.metadata["saliency"]["class_name"] == "tumour" and table_value(numbers, "target probability") > 0.5
     assert table_value(numbers, "pointing game hit") is True
+
+
+@pytest.mark.parametrize("name", ["medlab.explain", "medlab.explain.network", "medlab.explain.geometry",
+                                  "medlab.explain.sanity", "medlab.explain.attention", "medlab.explain.classifier"])
+def test_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} example(s) of {name} failed"

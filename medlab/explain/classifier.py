@@ -10,12 +10,13 @@ _FILES = {False: "tumour_classifier.pt", True: "tumour_classifier_random_labels.
 
 
 def tumour_classifier(*, random_labels: bool = False):
-    """The shipped FLAIR brain-tumour classifier (classes 0 "no tumour", 1 "tumour").
+    """The shipped FLAIR brain-tumour classifier: one logit, the log-odds of "tumour" (class 0).
 
     Trained by :mod:`medlab.explain.train_classifier` on :func:`medlab.data.classification_set`
     phantoms (64×64×32 voxels of 3×3×4 mm); ``metrics`` hold its held-out accuracy, seed and
-    the exact command. Images reach it through its recorded preprocessing (percentile intensity
-    scaling, resampling to 3×3×4 mm LPS axes), so any FLAIR-like volume can be explained.
+    the exact command. Images reach it through its recorded preprocessing (intensity
+    range 0-1 as the phantoms', resampling to 3×3×4 mm LPS axes), so a FLAIR-like volume on any
+    grid can be explained; a tumour is called where the logit is positive.
 
     Parameters
     ----------
@@ -30,7 +31,7 @@ def tumour_classifier(*, random_labels: bool = False):
     --------
     >>> from medlab.explain import tumour_classifier
     >>> ck = tumour_classifier()
-    >>> ck.labels[1], ck.metrics["held_out_accuracy"] >= 0.9
+    >>> ck.labels[0], ck.metrics["held_out_accuracy"] >= 0.9
     ('tumour', True)
     """
     from ..outputs import Checkpoint

@@ -260,7 +260,7 @@ def network_input(image: Image, record: Mapping[str, Any] | None, *, channels: i
     >>> from medlab import Image
     >>> net_in = network_input(Image(np.zeros((6, 8, 8), np.float32), spacing=(1, 1, 2)), {"spacing": [2, 2, 2]})
     >>> tuple(net_in.tensor.shape), net_in.grid.spacing
-    ((1, 1, 6, 4, 4), (2.0, 2.0, 2.0))
+    ((1, 1, 6, 5, 5), (2.0, 2.0, 2.0))
     """
     import torch
 

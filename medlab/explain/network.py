@@ -29,7 +29,8 @@ __all__ = ["CLASSIFIERS", "Network", "build_classifier", "candidate_layers", "cl
 CLASSIFIERS = ("cnn_classifier", "densenet", "vit")
 
 _CLASSIFIER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn_classifier": {"channels": [8, 16, 32], "convs_per_block": 2, "norm": "batch", "dropout": 0.0},
+    "cnn_classifier": {"channels": [8, 16, 32], "convs_per_block": 2, "norm": "batch", "dropout": 0.0,
+                       "head": "average", "downsample": None},
     "densenet": {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2], "dropout": 0.0},
     "vit": {"img_size": [64, 64, 32], "patch_size": [8, 8, 8], "hidden_size": 96, "mlp_dim": 192,
             "num_layers": 4, "num_heads": 4, "dropout": 0.0},
@@ -46,14 +47,21 @@ def classifier_config(network: str = "cnn_classifier", *, spatial_dims: int = 3,
     network : {'cnn_classifier', 'densenet', 'vit'}
         ``cnn_classifier``: blocks of 3×3(×3) convolutions (batch norm, ReLU), max pooling
         between blocks, global average pooling and one linear layer; its Grad-CAM layer is
-        ``features.block{n}``. ``densenet``: MONAI's ``DenseNet``. ``vit``: MONAI's ``ViT``
+        ``features.block{n}``; with ``head="max_evidence"`` a 1×1 convolution maps the features
+        to one evidence map per class and the logit is its maximum over the image (no bias
+        after pooling: a class is present where its evidence is positive), a
+        multiple-instance detector whose evidence map is its own Grad-CAM.
+        ``densenet``: MONAI's ``DenseNet``. ``vit``: MONAI's ``ViT``
         with a classification token (explained by attention rollout).
     spatial_dims : {2, 3}
     in_channels, out_channels : int
         Image channels, and classes.
     **options
         ``cnn_classifier``: ``channels`` (one entry per block), ``convs_per_block``, ``norm``
-        (``'batch'``, ``'instance'``, ``None``), ``dropout``. ``densenet``: ``init_features``,
+        (``'batch'``, ``'instance'``, ``None``), ``dropout``, ``head`` (``'average'``: global
+        average pooling and a linear layer; ``'max_evidence'``; ``'lse_evidence'``: the same with
+        a smooth maximum, log-mean-exp), ``downsample`` (how many of the
+        first blocks are followed by 2× max pooling; None: all but the last). ``densenet``: ``init_features``,
         ``growth_rate``, ``block_config``, ``dropout``. ``vit``: ``img_size``, ``patch_size``
         (x, y, z order of the network input's array axes), ``hidden_size``, ``mlp_dim``,
         ``num_layers``, ``num_heads``, ``dropout``.
@@ -65,7 +73,7 @@ def classifier_config(network: str = "cnn_classifier", *, spatial_dims: int = 3,
     >>> classifier_config("cnn_classifier", chanels=[4, 8])
     Traceback (most recent call last):
     ...
-    medlab.errors.ParameterError: cnn_classifier config: unknown option(s) ['chanels']; it takes ['channels', 'convs_per_block', 'dropout', 'norm']
+    medlab.errors.ParameterError: cnn_classifier config: unknown option(s) ['chanels']; it takes ['channels', 'convs_per_block', 'downsample', 'dropout', 'head', 'norm']
     """
     if network not in CLASSIFIERS:
         raise ParameterError(f"network must be one of {list(CLASSIFIERS)}; got {network!r}")
@@ -97,6 +105,10 @@ def check_classifier_config(config: Mapping[str, Any]) -> dict[str, Any]:
         _int(cfg, "convs_per_block", 1, 4)
         if cfg["norm"] not in ("batch", "instance", None):
             raise ParameterError(f"cnn_classifier config: 'norm' must be 'batch', 'instance' or None; got {cfg['norm']!r}")
+        if cfg["downsample"] is not None:
+            _int(cfg, "downsample", 0, len(cfg["channels"]) - 1)
+        if cfg["head"] not in HEADS:
+            raise ParameterError(f"cnn_classifier config: 'head' must be one of {list(HEADS)}; got {cfg['head']!r}")
     elif net == "densenet":
         _int(cfg, "init_features", 1, 256)
         _int(cfg, "growth_rate", 1, 256)
@@ -147,25 +159,60 @@ def build_classifier(config: Mapping[str, Any]):
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     previous = cfg["in_channels"]
     pool = nn.MaxPool3d if d == 3 else nn.MaxPool2d
+    n_pools = len(cfg["channels"]) - 1 if cfg["downsample"] is None else cfg["downsample"]
     for i, width in enumerate(cfg["channels"], 1):
         convs = []
         for _ in range(cfg["convs_per_block"]):
             convs.append(Convolution(d, previous, width, kernel_size=3, act="RELU", norm=norm,
                                      dropout=cfg["dropout"] or None))
             previous = width
-        if i > 1:
+        if 1 < i <= n_pools + 1:
             layers[f"pool{i - 1}"] = pool(2)
         layers[f"block{i}"] = nn.Sequential(*convs)
-    pooling = nn.AdaptiveAvgPool3d(1) if d == 3 else nn.AdaptiveAvgPool2d(1)
-    head = nn.Sequential(OrderedDict(pool=pooling, flatten=nn.Flatten(), fc=nn.Linear(previous, cfg["out_channels"])))
+    if cfg["head"] in ("max_evidence", "lse_evidence"):
+        conv = nn.Conv3d if d == 3 else nn.Conv2d
+        if cfg["head"] == "lse_evidence":
+            pooling = _log_mean_exp()
+        else:
+            pooling = nn.AdaptiveMaxPool3d(1) if d == 3 else nn.AdaptiveMaxPool2d(1)
+        head = nn.Sequential(OrderedDict(evidence=conv(previous, cfg["out_channels"], 1), pool=pooling,
+                                         flatten=nn.Flatten()))
+    else:
+        pooling = nn.AdaptiveAvgPool3d(1) if d == 3 else nn.AdaptiveAvgPool2d(1)
+        head = nn.Sequential(OrderedDict(pool=pooling, flatten=nn.Flatten(), fc=nn.Linear(previous, cfg["out_channels"])))
     return nn.Sequential(OrderedDict(features=nn.Sequential(layers), head=head))
+
+
+HEADS = ("average", "max_evidence", "lse_evidence")
+_LSE: list = []
+
+
+def _log_mean_exp():
+    """``log(mean(exp(e)))`` over space: a smooth maximum of an evidence map (Pinheiro & Collobert,
+    CVPR 2015). Unlike the maximum, every place gets a gradient, so it trains; like the maximum,
+    the class is present when the evidence is positive somewhere, and negative evidence elsewhere
+    keeps it so."""
+    if not _LSE:
+        import math
+
+        import torch
+        from torch import nn
+
+        class LogMeanExp(nn.Module):
+            def forward(self, x):
+                flat = x.flatten(2)
+                return (torch.logsumexp(flat, dim=2) - math.log(flat.shape[2]))[..., None]
+
+        _LSE.append(LogMeanExp)
+    return _LSE[0]()
 
 
 def _size_multiple(config: Mapping[str, Any]) -> int:
     """What each network-input size must be a multiple of (pooling and striding)."""
     net = config.get("network")
     if net == "cnn_classifier":
-        return 2 ** (len(config.get("channels", [1])) - 1)
+        n = config.get("downsample")
+        return 2 ** (len(config.get("channels", [1])) - 1 if n is None else n)
     if net == "densenet":
         return 4 * 2 ** (len(config.get("block_config", [1])) - 1)
     if net == "unet":
