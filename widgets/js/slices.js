@@ -92,7 +92,7 @@ function cursorIndex(ctx, plane, cursor) {
 
 const SLICE_CACHE_SIZE = 24;  // cut slices kept per view: bounded memory
 const PREFETCH = 8;  // sagittal slices cut together, ahead in the direction of travel
-const PREFETCH_ROWS = 48;  // rows per background chunk (a few ms), so input is never held up
+const PREFETCH_MS = 6;  // background work between two looks at user input
 
 // The slices this view has cut, most recently used last; emptied when the voxels change.
 function sliceCache(ctx, source) {
@@ -165,11 +165,9 @@ function localSlice(ctx, plane, index) {
       const cut = Object.fromEntries(src.names.map((n) => [n, volumeArray(ctx, n).subarray(base, base + pg.rows * pg.cols)]));
       out = asPayload(pg, index, cut, src);
     } else {
-      const indices = strided(pg) ? uncut(cache, plane, pg, index, dir) : [index];
-      const cuts = newCuts(src.names, src.dtypes, pg.rows * pg.cols, indices.length);
-      if (!cutRows(src.read, src.names, pg, indices, cuts, 0, pg.rows)) return null;
-      indices.forEach((i, n) => { if (i !== index) remember(cache, plane + ":" + i, asPayload(pg, i, cuts[n], src)); });
-      out = asPayload(pg, index, cuts[indices.indexOf(index)], src);
+      const [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
+      if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
+      out = asPayload(pg, index, cut, src);
     }
     remember(cache, key, out);
   }
@@ -177,8 +175,20 @@ function localSlice(ctx, plane, index) {
   return out;
 }
 
+// run `fn` as a new task soon (a MessageChannel message: setTimeout would wait >= 4 ms once nested)
+let taskChannel = null;  // made on first use
+const taskQueue = [];
+function nextTask(fn) {
+  if (!taskChannel) {
+    taskChannel = new MessageChannel();
+    taskChannel.port1.onmessage = () => { const next = taskQueue.shift(); if (next) next(); };
+  }
+  taskQueue.push(fn);
+  taskChannel.port2.postMessage(0);
+}
+
 // While the user steps through sagittal slices, cut the next ones (in the direction of travel)
-// in the background, a few rows at a time so that input is never held up.
+// in the background, PREFETCH_MS at a time so that input is never held up for long.
 function prefetch(ctx, plane, index, dir, src, cache) {
   const pg = planeGeom(ctx, plane);
   const job = ctx.state.prefetch;
@@ -192,16 +202,19 @@ function prefetch(ctx, plane, index, dir, src, cache) {
   ctx.state.prefetch = mine;
   const step = ctx.guard(() => {
     if (ctx.state.prefetch !== mine || ctx.state.sliceCache.map !== cache) return;  // superseded
-    const r1 = Math.min(pg.rows, mine.row + PREFETCH_ROWS);
-    if (!cutRows(src.read, src.names, pg, indices, mine.outs, mine.row, r1)) { ctx.state.prefetch = null; return; }
-    mine.row = r1;
-    if (r1 < pg.rows) { setTimeout(step, 0); return; }
+    const until = performance.now() + PREFETCH_MS;
+    while (mine.row < pg.rows && performance.now() < until) {
+      const r1 = Math.min(pg.rows, mine.row + 8);
+      if (!cutRows(src.read, src.names, pg, indices, mine.outs, mine.row, r1)) { ctx.state.prefetch = null; return; }
+      mine.row = r1;
+    }
+    if (mine.row < pg.rows) { nextTask(step); return; }
     ctx.state.prefetch = null;
     const shown = cache.get(plane + ":" + index);
     indices.forEach((i, n) => { if (!cache.has(plane + ":" + i)) remember(cache, plane + ":" + i, asPayload(pg, i, mine.outs[n], src)); });
     if (shown) remember(cache, plane + ":" + index, shown);  // the shown slice stays the most recent
   });
-  setTimeout(step, 0);
+  nextTask(step);
 }
 
 // What a plane shows: the slice at the cursor the user asked for, cut here when the browser
