@@ -39,8 +39,8 @@ the browser already holds whenever it can:
   24 cut slices per view (sagittal ones are cut 8 at a time, ahead of the user, since each
   sagittal pixel is its own cache line) and the last slice the kernel sent per plane.
   Measured with ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools
-  protocol): the 300 MiB CT streamed, the page's ArrayBuffers grew by 300 MiB plus the other
-  viewers' volumes, its JS heap by 8 MiB.
+  protocol): streaming the 300 MiB CT grew the page's ArrayBuffers by 327 MiB (the slabs, the
+  cut slices, the last kernel slices) and its JS heap by 2 MiB.
 * **Coronal and sagittal planes** need a row from every axial slice, so they are cut in the
   browser only once the whole volume is held; until then, and always when the volume is over
   :data:`BROWSER_CACHE_BYTES` (a ring), their slices come from the kernel. Per-plane slab
