@@ -61,6 +61,12 @@ def _suffix(path: Path, allowed: Sequence[str], what: str) -> str:
     raise WriteError(f"cannot save a {what} as {path.name}: use one of {', '.join(allowed)}")
 
 
+def _path(path, what: str) -> Path:
+    from .io.paths import as_file_path
+
+    return as_file_path(path, f"the {what} file")
+
+
 def _write_text(path, text: str, overwrite: bool) -> Path:
     from .io.atomic import atomic_write_text
 
@@ -114,6 +120,13 @@ class Transform:
         if not isinstance(sitk_transform, sitk.Transform):
             raise ParameterError(f"Transform needs a SimpleITK transform; got {type(sitk_transform).__name__}")
         self._t = copy.deepcopy(sitk_transform.Downcast())  # a copy: nobody can change it under us
+        # a NaN parameter (a diverged optimiser) moves every point to NaN, and ITK writes a
+        # file it cannot read back; dense displacement fields are not copied out to check
+        if self._t.GetNumberOfParameters() <= 1_000_000:
+            values = np.asarray(self._t.GetParameters() + self._t.GetFixedParameters(), float)
+            if not np.all(np.isfinite(values)):
+                raise ParameterError(f"the {self._t.GetName()} has NaN or infinite parameters (did the optimiser "
+                                     "diverge?); it maps points nowhere, so it is not kept")
         self.fixed = dict(fixed or {})
         self.moving = dict(moving or {})
         self.name = name or self._t.GetName().replace("Transform", "")
@@ -129,12 +142,19 @@ class Transform:
 
     def transform_point(self, point) -> tuple[float, ...]:
         """Where fixed-image point ``point`` (mm, LPS) lands in the moving image."""
-        return tuple(float(v) for v in self._t.TransformPoint(tuple(float(c) for c in point)))
+        return tuple(float(v) for v in self.transform_points([point])[0])
 
     def transform_points(self, points) -> np.ndarray:
         """:meth:`transform_point` for an ``(n, d)`` array."""
-        pts = np.atleast_2d(np.asarray(points, float))
-        return np.array([self._t.TransformPoint(tuple(p)) for p in pts]).reshape(pts.shape)
+        d = self.dimension
+        try:
+            pts = np.atleast_2d(np.asarray(points, float))
+        except (TypeError, ValueError):
+            pts = np.full((1, 0), np.nan)
+        if pts.ndim != 2 or pts.shape[1] != d:
+            raise ParameterError(f"the {self.name} transform maps {d}D points (x, y{', z' if d == 3 else ''}) in mm; "
+                                 f"got {str(points)[:80]}")
+        return np.array([self._t.TransformPoint(tuple(p)) for p in pts.tolist()], float).reshape(pts.shape)
 
     def inverse(self) -> Transform:
         """The inverse (moving → fixed); raises :class:`ParameterError` when none exists (B-spline)."""
@@ -207,7 +227,7 @@ class Transform:
 
         from .io.atomic import atomic_path
 
-        path = Path(path)
+        path = _path(path, "transform")
         suffix = _suffix(path, (".tfm", ".txt", ".h5", ".hdf5"), "transform")
         # ITK's HDF5 writer locks the file it creates, which clashes with the lock medlab holds on
         # its temporary file: write in a private folder, then copy into the temporary file.
@@ -226,15 +246,19 @@ class Transform:
         """Read a transform written by :meth:`save`, SimpleITK, elastix (as ITK) or 3D Slicer."""
         import SimpleITK as sitk
 
-        path = Path(path)
-        if not path.is_file():
-            raise ReadError(f"transform file {path} does not exist")
+        from .io.paths import check_readable_file
+
+        path = _path(path, "transform")
+        check_readable_file(path, "transform file")
         try:
             t = sitk.ReadTransform(str(path))
         except RuntimeError as exc:
             raise ReadError(f"{path} is not a transform file SimpleITK can read "
                             f"({str(exc).strip().splitlines()[-1]})") from None
-        return cls(t, name=name)
+        try:
+            return cls(t, name=name)
+        except ParameterError as exc:
+            raise ReadError(f"{path}: {exc}") from None
 
     def fingerprint(self) -> str:
         params = np.asarray(self._t.GetParameters(), float).tobytes()
@@ -290,6 +314,14 @@ class Table:
 
     def __init__(self, rows: Iterable[Mapping[str, Any]] = (), *, units: Mapping[str, str] | None = None,
                  title: str = ""):
+        if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+            raise ParameterError(f"a Table needs rows: a list of mappings {{column: value}}; got {type(rows).__name__}")
+        rows = list(rows)
+        bad = next((r for r in rows if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise ParameterError(f"each row of a Table must be a mapping {{column: value}}; got {type(bad).__name__} {bad!r:.60}")
+        if units is not None and not isinstance(units, Mapping):
+            raise ParameterError(f"units must map a column to its unit, e.g. {{'volume': 'mL'}}; got {units!r:.60}")
         self.rows = [dict(r) for r in rows]
         cols: dict[str, None] = {}
         for r in self.rows:
@@ -334,7 +366,7 @@ class Table:
 
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write as CSV (column headers carry units: ``volume [mL]``), atomically."""
-        path = Path(path)
+        path = _path(path, "table")
         _suffix(path, (".csv",), "table")
         return _write_text(path, self.to_csv(), overwrite)
 
@@ -389,6 +421,9 @@ class Curve:
 
     def append(self, series: str, x: float, y: float) -> None:
         """Add one point to ``series`` (created on first use)."""
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) for v in (x, y)):
+            raise ParameterError(f"curve {self.name!r}, series {series!r}: a point is two numbers (x, y); "
+                                 f"got x={x!r:.40}, y={y!r:.40}")
         with self._lock:
             xs, ys = self._series.setdefault(str(series), ([], []))
             xs.append(float(x))
@@ -417,21 +452,28 @@ class Curve:
         with self._lock:
             return sum(len(x) for x, _ in self._series.values())
 
+    def _pick(self, data: dict, series: str | None):
+        if series is None:
+            return list(data.values())[-1]
+        if series not in data:
+            raise ParameterError(f"curve {self.name!r} has no series {series!r}; it has {list(data)}")
+        return data[series]
+
     def last(self, series: str | None = None) -> tuple[float, float] | None:
         data = self.data()
-        if not data:
+        if not data and series is None:
             return None
-        xs, ys = data[series] if series is not None else list(data.values())[-1]
+        xs, ys = self._pick(data, series)
         return (xs[-1], ys[-1]) if xs else None
 
     def best(self, series: str | None = None) -> tuple[float, float] | None:
         """The best point (by ``lower_is_better``); None when the curve says nothing about it."""
-        if self.lower_is_better is None:
-            return None
         data = self.data()
-        if not data:
+        if series is not None:
+            self._pick(data, series)  # an unknown series is an error, whatever the direction
+        if self.lower_is_better is None or not data:
             return None
-        xs, ys = data[series] if series is not None else list(data.values())[-1]
+        xs, ys = self._pick(data, series)
         finite = [(y, x) for x, y in zip(xs, ys) if math.isfinite(y)]
         if not finite:
             return None
@@ -458,17 +500,29 @@ class Curve:
                 f"{'s' if n != 1 else ''}{last}")
 
     def to_dict(self) -> dict:
+        """Plain JSON values; a NaN or infinite point (a diverged loss) is ``None`` (JSON has no NaN)."""
+        def finite(values):
+            return [v if math.isfinite(v) else None for v in values]
+
         return {"name": self.name, "x_label": self.x_label, "y_label": self.y_label, "x_unit": self.x_unit,
                 "y_unit": self.y_unit, "lower_is_better": self.lower_is_better,
-                "series": {k: {"x": x, "y": y} for k, (x, y) in self.data().items()}}
+                "series": {k: {"x": finite(x), "y": finite(y)} for k, (x, y) in self.data().items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Curve:
-        c = cls(d.get("name", "curve"), x_label=d.get("x_label", "step"), y_label=d.get("y_label", "value"),
-                x_unit=d.get("x_unit", ""), y_unit=d.get("y_unit", ""), lower_is_better=d.get("lower_is_better"))
-        for name, s in d.get("series", {}).items():
-            for x, y in zip(s["x"], s["y"]):
-                c.append(name, x, y)
+        """The curve :meth:`to_dict` describes (``None`` values come back as NaN)."""
+        try:
+            c = cls(str(d.get("name", "curve")), x_label=str(d.get("x_label", "step")),
+                    y_label=str(d.get("y_label", "value")), x_unit=str(d.get("x_unit", "")),
+                    y_unit=str(d.get("y_unit", "")), lower_is_better=d.get("lower_is_better"))
+            for name, s in d.get("series", {}).items():
+                if len(s["x"]) != len(s["y"]):
+                    raise ValueError(f"series {name!r} has {len(s['x'])} x and {len(s['y'])} y values")
+                for x, y in zip(s["x"], s["y"]):
+                    c.append(name, math.nan if x is None else x, math.nan if y is None else y)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ParameterError(f"not a curve description {{'name', 'series': {{name: {{'x': [...], 'y': [...]}}}}}} "
+                                 f"({type(exc).__name__}: {exc})") from None
         return c
 
     def to_csv(self) -> str:
@@ -484,9 +538,9 @@ class Curve:
 
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write as CSV (series, x, y) or JSON (with labels and units), atomically."""
-        path = Path(path)
+        path = _path(path, "curve")
         suffix = _suffix(path, (".csv", ".json"), "curve")
-        text = self.to_csv() if suffix == ".csv" else json.dumps(self.to_dict(), indent=1) + "\n"
+        text = self.to_csv() if suffix == ".csv" else json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
         return _write_text(path, text, overwrite)
 
     def fingerprint(self) -> str:
@@ -508,9 +562,16 @@ class PointSet:
     """
 
     def __init__(self, points, *, role: str = "points", names: Sequence[str] | None = None):
-        arr = np.asarray(points if len(points) else np.zeros((0, 3)), float)
+        try:
+            if isinstance(points, (str, bytes)):
+                raise TypeError("text")
+            points = list(points)
+            arr = np.asarray(points if len(points) else np.zeros((0, 3)), float)
+        except (TypeError, ValueError):
+            raise ParameterError(f"points must be an (n, 2 or 3) array of finite mm values; got {points!r:.80}") from None
         if arr.ndim != 2 or arr.shape[1] not in (2, 3) or not np.all(np.isfinite(arr)):
             raise ParameterError(f"points must be an (n, 2 or 3) array of finite mm values; got shape {arr.shape}")
+        role = str(role)
         self.points = arr
         self.points.flags.writeable = False
         self.role = role
@@ -538,7 +599,7 @@ class PointSet:
 
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write as CSV (name, x, y, z in mm, LPS) or JSON, atomically."""
-        path = Path(path)
+        path = _path(path, "point set")
         suffix = _suffix(path, (".csv", ".json"), "point set")
         text = self.to_csv() if suffix == ".csv" else json.dumps(
             {"role": self.role, "frame": "LPS", "unit": "mm", "names": self.names,
@@ -580,14 +641,26 @@ class Checkpoint:
     def __init__(self, state_dict: Mapping[str, Any], config: Mapping[str, Any], *,
                  labels: Mapping[int, str] | None = None, preprocessing: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, float] | None = None):
+        for what, value in (("state_dict", state_dict), ("config", config), ("labels", labels or {}),
+                            ("preprocessing", preprocessing or {}), ("metrics", metrics or {})):
+            if not isinstance(value, Mapping):
+                raise ParameterError(f"checkpoint {what} must be a mapping; got {type(value).__name__}")
+        odd = next(((k, v) for k, v in state_dict.items()
+                    if not isinstance(k, str) or not (hasattr(v, "shape") and hasattr(v, "detach"))), None)
+        if odd is not None:
+            raise ParameterError(f"checkpoint weights must map names (str) to tensors; got {odd[0]!r}: "
+                                 f"{type(odd[1]).__name__}")
         self.state_dict = dict(state_dict)
         self.config = dict(config)
-        self.labels = {int(k): str(v) for k, v in (labels or {}).items()}
+        try:
+            self.labels = {int(k): str(v) for k, v in (labels or {}).items()}
+        except (TypeError, ValueError):
+            raise ParameterError(f"checkpoint labels must map integer values to names; got {labels!r:.80}") from None
         self.preprocessing = dict(preprocessing or {})
         self.metrics = dict(metrics or {})
         try:
             json.dumps([self.config, self.preprocessing, self.metrics])
-        except TypeError as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ParameterError(f"checkpoint config, preprocessing and metrics must be plain JSON values ({exc})") from None
 
     def n_weights(self) -> int:
@@ -605,7 +678,7 @@ class Checkpoint:
 
         from .io.atomic import atomic_path
 
-        path = Path(path)
+        path = _path(path, "checkpoint")
         _suffix(path, (".pt", ".pth"), "model checkpoint")
         payload = {"format": "medlab.checkpoint", "version": 1, "state_dict": self.state_dict,
                    "config": json.dumps(self.config), "labels": json.dumps(self.labels),
@@ -619,9 +692,10 @@ class Checkpoint:
         """Read a checkpoint with ``torch.load(..., weights_only=True)`` (no code runs from the file)."""
         import torch
 
-        path = Path(path)
-        if not path.is_file():
-            raise ReadError(f"checkpoint {path} does not exist")
+        from .io.paths import check_readable_file
+
+        path = _path(path, "checkpoint")
+        check_readable_file(path, "checkpoint")
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
@@ -631,8 +705,8 @@ class Checkpoint:
         try:
             return cls(data["state_dict"], json.loads(data["config"]), labels=json.loads(data["labels"]),
                        preprocessing=json.loads(data["preprocessing"]), metrics=json.loads(data["metrics"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReadError(f"{path}: checkpoint is incomplete or damaged ({exc})") from None
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise ReadError(f"{path}: checkpoint is incomplete or damaged ({type(exc).__name__}: {exc})") from None
 
     def fingerprint(self) -> str:
         parts = [json.dumps(self.config, sort_keys=True).encode()]

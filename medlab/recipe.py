@@ -425,9 +425,10 @@ class RecipeOutputs(dict):
 
     def save(self, folder, *, overwrite: bool = False) -> dict[str, Path]:
         """Save every output as ``<folder>/<step>_<output><suffix>``; returns ``{key: path}``."""
+        from .io.paths import as_file_path
         from .outputs import default_suffix, save_output
 
-        folder = Path(folder)
+        folder = as_file_path(folder, "the output folder")
         return {k: save_output(v, folder / f"{k.replace('.', '_')}{default_suffix(v)}", overwrite=overwrite)
                 for k, v in self.items() if v is not None and default_suffix(v)}
 

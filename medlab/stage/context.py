@@ -186,7 +186,7 @@ def execute_sitk(filt, *inputs, iterations: int | None = None):
     """
     import SimpleITK as sitk
 
-    state = {"cancelled": False, "count": 0}
+    state = {"cancelled": False, "count": 0, "error": None}
 
     def check():
         ev = _cancel.get()
@@ -194,6 +194,19 @@ def execute_sitk(filt, *inputs, iterations: int | None = None):
             state["cancelled"] = True
             filt.Abort()
             raise Cancelled("cancelled by the user")  # SimpleITK turns this into a RuntimeError
+
+    def kept(callback):
+        """SimpleITK turns whatever a command raises into a RuntimeError: keep what it was (a
+        Ctrl-C is a KeyboardInterrupt, not "the filter failed")."""
+        def command():
+            try:
+                callback()
+            except BaseException as exc:
+                if not isinstance(exc, Cancelled):
+                    state["error"] = exc
+                    filt.Abort()
+                raise
+        return command
 
     def on_progress():
         check()
@@ -208,13 +221,15 @@ def execute_sitk(filt, *inputs, iterations: int | None = None):
         if cb is not None and iterations:
             cb(min(state["count"] / iterations, 1.0), filt.GetName())
 
-    filt.AddCommand(sitk.sitkProgressEvent, on_progress)
-    filt.AddCommand(sitk.sitkIterationEvent, on_iteration)
+    filt.AddCommand(sitk.sitkProgressEvent, kept(on_progress))
+    filt.AddCommand(sitk.sitkIterationEvent, kept(on_iteration))
     try:
         return filt.Execute(*inputs)
     except RuntimeError as exc:
         if state["cancelled"]:
             raise Cancelled("cancelled by the user; the input is unchanged") from None
+        if state["error"] is not None:
+            raise state["error"].with_traceback(None) from None
         raise ImageError(f"{filt.GetName()} failed: {str(exc).strip().splitlines()[-1]}") from exc
     finally:
         filt.RemoveAllCommands()

@@ -183,6 +183,10 @@ def _legacy_outputs(outputs, resamples: bool) -> dict[str, Output]:
             o = o()
         if not isinstance(o, Output):
             raise TypeError(f"output {n!r} must be declared with an Output (ImageOut(), TransformOut() ...); got {o!r}")
+        if not isinstance(n, str) or not n.isidentifier() or hasattr(Result, n):
+            # result.count would be tuple.count, not the output: a silently wrong value
+            raise TypeError(f"output name {n!r} must be a Python name that is not an attribute of a Result "
+                            "(such as count, index, items, names, save); rename it")
         o.name = n
         if isinstance(o, ImageOut) and o.grid == "" and resamples:
             o.grid = None
@@ -320,10 +324,9 @@ def _run(spec: StageSpec, inputs: dict, values: dict):
         raw = spec.func(*inputs.values(), **values)
     except Cancelled as exc:
         if spec.keeps_best and live.values:
-            kept = {n: live.values.get(n) for n in spec.outputs}
+            kept = {n: _kept_value(spec.outputs[n], live.values.get(n), inputs) for n in spec.outputs}
             if any(v is not None for v in kept.values()):
-                exc.result = Result({n: (spec.outputs[n].coerce(v, inputs) if v is not None else None)
-                                     for n, v in kept.items()}, stage=spec.name, cancelled=True)
+                exc.result = Result(kept, stage=spec.name, cancelled=True)
         raise
     finally:
         _depth.reset(t_depth)
@@ -335,6 +338,17 @@ def _run(spec: StageSpec, inputs: dict, values: dict):
     if len(spec.outputs) == 1:
         return result[0]
     return result
+
+
+def _kept_value(output, value, inputs: dict):
+    """A published value as the output it stands for, or None when it is not one: the user
+    pressed Cancel, and gets the cancellation (with what could be kept), not a TypeError."""
+    if value is None:
+        return None
+    try:
+        return output.coerce(value, inputs)
+    except (TypeError, ParameterError):
+        return None
 
 
 def _to_result(spec: StageSpec, raw, inputs: dict) -> Result:

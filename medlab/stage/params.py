@@ -45,6 +45,14 @@ class Param:
         return ParameterError(f"{stage_name}: parameter {self.name!r} must be {allowed}{unit}; got {value!r}")
 
 
+def _unordered(value) -> bool:
+    """A set or a mapping: its order is not the user's (``{3.0, 1.0, 2.0}`` iterates as it likes)."""
+    from collections.abc import Mapping
+    from collections.abc import Set as AbstractSet
+
+    return isinstance(value, (AbstractSet, Mapping))
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
@@ -153,8 +161,8 @@ class Vector(Param):
             return None
         if _is_number(value):
             value = (value,) * (self.length or 3)
-        if isinstance(value, (str, bytes)):
-            raise self._fail(stage_name, "a sequence of numbers", value)
+        if isinstance(value, (str, bytes)) or _unordered(value):
+            raise self._fail(stage_name, "a sequence of numbers (x, y, z order)", value)
         try:
             vals = tuple(float(v) for v in value)
         except (TypeError, ValueError):
@@ -200,8 +208,8 @@ class Numbers(Param):
     def validate(self, value, stage_name):
         if _is_number(value):
             value = (value,)
-        if isinstance(value, (str, bytes)):
-            raise self._fail(stage_name, "a list of numbers", value)
+        if isinstance(value, (str, bytes)) or _unordered(value):
+            raise self._fail(stage_name, "a list of numbers (in order)", value)
         try:
             vals = tuple(value)
         except TypeError:
@@ -261,6 +269,13 @@ class Points(Param):
             value = value.points
         if isinstance(value, np.ndarray):
             value = value.tolist() if value.ndim == 2 else ([] if value.size == 0 else [value.tolist()])
+        if _unordered(value):
+            raise self._fail(stage_name, "a list of (x, y[, z]) points (a set or mapping has no order)", value)
+        if value is not None and not isinstance(value, (str, bytes)):
+            try:
+                value = list(value)  # a generator is read once: the checks below would use it up
+            except TypeError:
+                raise self._fail(stage_name, "a list of (x, y[, z]) points", value) from None
         if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in (value if value is not None else ())):
             raise self._fail(stage_name, "a list of (x, y[, z]) points", value)
         try:

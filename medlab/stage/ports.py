@@ -333,11 +333,10 @@ class Result(tuple):
 
     def save(self, folder, *, prefix: str = "", overwrite: bool = False) -> dict[str, Any]:
         """Save every output into ``folder`` as ``<prefix><name><suffix>``; returns ``{name: path}``."""
-        from pathlib import Path
-
+        from ..io.paths import as_file_path
         from ..outputs import default_suffix, save_output
 
-        folder = Path(folder)
+        folder = as_file_path(folder, "the output folder")
         return {n: save_output(v, folder / f"{prefix}{n}{default_suffix(v)}", overwrite=overwrite)
                 for n, v in self.items() if v is not None and default_suffix(v)}
 
