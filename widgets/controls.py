@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 
 from medlab.errors import ParameterError
 from medlab.image import Image
@@ -143,8 +144,9 @@ def _vector_control(p, image):
         if value is None:
             auto.value = True
             return
+        values = p.validate(value, "")  # a scalar means the same on every axis, as the stage reads it
         auto.value = False
-        for b, v in zip(boxes, value):
+        for b, v in zip(boxes, values):
             b.value = float(v)
 
     return ParamControl(p, row, get, set, [*boxes, auto])
@@ -162,10 +164,10 @@ def _numbers_control(p, image):
         parts = [t.strip() for t in box.value.replace(";", ",").split(",") if t.strip()]
         try:
             return tuple(float(t) if not p.integer else int(float(t)) for t in parts)
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", or "1e400" as an integer
             return box.value  # the stage's validation names the parameter and what it needs
 
-    return ParamControl(p, box, get, lambda v: setattr(box, "value", text(v)), [box])
+    return ParamControl(p, box, get, lambda v: setattr(box, "value", text(p.validate(v, ""))), [box])
 
 
 def _points_control(p, image):
@@ -178,13 +180,25 @@ def _points_control(p, image):
     hidden = widgets.IntText(value=0, layout=widgets.Layout(display="none"))  # change counter
 
     def set(value):
-        state["value"] = tuple(tuple(float(c) for c in q) for q in (value or ()))
+        state["value"] = tuple(tuple(float(c) for c in q) for q in _point_rows(value))
         count.value = f"{_description(p)}: {len(state['value'])} points"
         hidden.value += 1
 
     control = ParamControl(p, widgets.HBox([count, pick, hidden]), lambda: state["value"], set, [hidden])
     control.pick = pick
     return control
+
+
+def _point_rows(value) -> list:
+    """Rows of a points value as given from Python: a list, an ``(n, d)`` array, one point as a
+    1D array, or a :class:`~medlab.outputs.PointSet` (the truth of an array is ambiguous)."""
+    if value is None:
+        return []
+    if hasattr(value, "points") and hasattr(value, "role"):
+        value = value.points
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.ndim == 2 else ([] if value.size == 0 else [value.tolist()])
+    return list(value)
 
 
 def _grid_control(p, image):

@@ -556,7 +556,7 @@ class StagePanel(widgets.VBox):
                                  f"{sorted(self.spec.params)}")
         for n, v in params.items():
             p = self.spec.params[n]
-            if isinstance(p, Points) and len(v if v is not None else ()) < p.min_count:
+            if isinstance(p, Points) and _count(v) < p.min_count:
                 p = Points(role=p.role, max_count=p.max_count)  # the coordinates, not the count
                 p.name = n
             p.validate(v, self.spec.name)
@@ -963,6 +963,15 @@ class StagePanel(widgets.VBox):
         if self._unlink is not None:
             self._unlink()
         super().close()
+
+
+def _count(points) -> int:
+    """How many points a value holds; a value that is not a list (5, None) counts as none, so
+    the Points check says what it needs."""
+    try:
+        return len(points)
+    except TypeError:
+        return 0
 
 
 def _noop_publish(stage: str, values: dict) -> None:

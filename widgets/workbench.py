@@ -36,6 +36,7 @@ CSS classes (besides the panel's, see :mod:`medlab.widgets.panel`)
 from __future__ import annotations
 
 import html
+import keyword
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -100,7 +101,7 @@ class Workbench(widgets.VBox):
             raise MedlabError("give the workbench at least one image: Workbench(image) or Workbench({'t1': t1, ...})")
         self.session: dict[str, Any] = {}
         for name, value in start.items():
-            key = _identifier(name)
+            key = _unique(_identifier(name), self.session)  # "t-1" and "t_1" stay two images
             self.session[key] = as_image(value, key) if not isinstance(value, (Transform, Checkpoint)) and \
                 not hasattr(value, "state_dict") else value
         self.original = next((v for v in self.session.values() if isinstance(v, Image)), None)
@@ -229,17 +230,24 @@ class Workbench(widgets.VBox):
             self.picker.value = name
         return panel
 
+    def _fits(self, inp, value) -> bool:
+        """Whether a value can be input ``inp`` of the shown stage."""
+        if isinstance(inp, ImageInput):
+            if not isinstance(value, Image):
+                return False
+            kind = "rgb" if value.rgb else value.kind
+            return kind in inp.kinds and value.ndim in (inp.dims or self.panel_dims(inp))
+        if isinstance(inp, TransformInput):
+            return isinstance(value, Transform)
+        if isinstance(inp, ModelInput):
+            return isinstance(value, Checkpoint) or hasattr(value, "state_dict")
+        return True
+
     def _choices(self, inp) -> list[tuple[str, str]]:
         """Session values an input can take: ``(label, key)``, newest first."""
         out = []
         for key, value in reversed(list(self.session.items())):
-            if isinstance(inp, ImageInput):
-                if not isinstance(value, Image):
-                    continue
-                kind = "rgb" if value.rgb else value.kind
-                if kind not in inp.kinds or value.ndim not in (inp.dims or self.panel_dims(inp)):
-                    continue
-            elif isinstance(inp, TransformInput) and not isinstance(value, Transform) or isinstance(inp, ModelInput) and not (isinstance(value, Checkpoint) or hasattr(value, "state_dict")):
+            if not self._fits(inp, value):
                 continue
             text = describe_value(value)
             out.append((f"{key} — {text[:70]}{'…' if len(text) > 70 else ''}", key))
@@ -288,7 +296,7 @@ class Workbench(widgets.VBox):
         if key is None:
             raise MedlabError(f"output {name!r} is not in the session (was it kept after a Cancel?)")
         for inp_name in self.panel.spec.inputs:
-            box = next(b for b in self._inputs_box.children if f"medlab-input-{inp_name}" in b._dom_classes)
+            box = self._input_box(inp_name)
             if key in [k for _, k in box.options]:
                 box.value = key
                 self.panel.show_status(f"{key} is now input {inp_name!r}", "ok")
@@ -307,14 +315,31 @@ class Workbench(widgets.VBox):
 
     def set_input(self, name: str, key_or_value) -> None:
         """Choose the session value of input ``name`` (by key, or a value to add to the session)."""
+        spec = self.panel.spec
+        if name not in spec.inputs:
+            raise MedlabError(f"{spec.title} has no input {name!r}; its inputs are {list(spec.inputs)}")
+        inp = spec.inputs[name]
         if not isinstance(key_or_value, str):
+            value = key_or_value
+            if isinstance(inp, ImageInput) and not isinstance(value, Image):
+                value = as_image(value, name)
+            if not self._fits(inp, value):  # checked before the session keeps it
+                raise MedlabError(f"input {name!r} of {spec.title} cannot take {describe_value(value)[:80]}; "
+                                  f"it needs {_wants(inp)}")
             key = _unique(f"input_{name}", self.session)
-            self.session[key] = key_or_value
-            self.recipe.name_values(**{key: key_or_value})
+            self.session[key] = value
+            self.recipe.name_values(**{key: value})
             self._wire_inputs(self.panel)
             key_or_value = key
-        box = next(b for b in self._inputs_box.children if f"medlab-input-{name}" in b._dom_classes)
+        box = self._input_box(name)
+        keys = [k for _, k in box.options if k]
+        if key_or_value not in keys:
+            raise MedlabError(f"input {name!r} of {spec.title} cannot take session value {key_or_value!r}; "
+                              f"it takes {keys or 'nothing in the session yet: give a value'}")
         box.value = key_or_value
+
+    def _input_box(self, name: str) -> widgets.Dropdown:
+        return next(b for b in self._inputs_box.children if f"medlab-input-{name}" in b._dom_classes)
 
     def apply(self, wait: bool = False):
         """Apply the selected stage to its chosen inputs (see :meth:`StagePanel.apply`)."""
@@ -346,6 +371,14 @@ class Workbench(widgets.VBox):
                 key = next((k for k, v in self.session.items() if v is image_out), None)
                 if key is not None:
                     self._current = key
+        if panel is not self.panel:
+            # the user picked another stage while this one ran: keep its outputs in the session
+            # and the history, and leave the shown stage's panes and inputs as they are
+            self._wire_inputs(self.panel)
+            self._refresh_history()
+            self.panel.show_status(f"{panel.spec.title} finished ({self.recipe.steps[-1].id if self.recipe.steps else ''}); "
+                                   "its outputs are in the session", "ok")
+            return
         if advances:
             # a chain: the result is what the next stage takes. Both panes show it until the
             # user changes something, rather than a preview of the stage applied a second time.
@@ -371,8 +404,9 @@ class Workbench(widgets.VBox):
         self.before_caption.value = f"<b>input</b> <code>{html.escape(key or '')}</code> {html.escape(source)}"
         if what == "result" and self.recipe.steps:
             step = self.recipe.steps[-1]
+            title = self.specs[step.stage].title if step.stage in self.specs else step.stage
             self.after_caption.value = (f"<b>result</b> of {html.escape(step.id)} "
-                                        f"({html.escape(spec.title)}); change a parameter to preview the next step")
+                                        f"({html.escape(title)}); change a parameter to preview the next step")
         elif spec.preview is None:
             self.after_caption.value = "<b>result</b> (this stage has no live preview: Apply runs it)"
         else:
@@ -450,8 +484,10 @@ class Workbench(widgets.VBox):
         Path
             The file written.
         """
-        if not str(path).strip():
+        if path is None or not str(path).strip():
             raise MedlabError("type a file name for the recipe first, e.g. recipes/my_recipe.json")
+        if not isinstance(path, (str, Path)):
+            raise MedlabError(f"the recipe file must be a file name (a str or Path); got {type(path).__name__}")
         written = self.recipe.save(Path(path).expanduser(), overwrite=overwrite)
         self.code.value = f"<pre>{html.escape(self.recipe.to_python())}</pre>"
         self.panel.show_status(f"recipe with {len(self.recipe)} step(s) written to {written}", "ok")
@@ -476,4 +512,12 @@ class Workbench(widgets.VBox):
 
 def _identifier(name: str) -> str:
     key = re.sub(r"\W", "_", str(name)).strip("_") or "image"
-    return key if key[0].isalpha() else f"image_{key}"
+    key = key if key[0].isalpha() else f"image_{key}"
+    return f"{key}_" if keyword.iskeyword(key) else key  # "class" is a fine label, not a Python name
+
+
+def _wants(inp) -> str:
+    if isinstance(inp, ImageInput):
+        dims = f" ({' or '.join(f'{d}D' for d in inp.dims)})" if inp.dims else ""
+        return f"an image of kind {' or '.join(inp.kinds)}{dims}"
+    return f"a {inp.type_name}"
