@@ -53,7 +53,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import MedlabError, ParameterError
+from .errors import MedlabError, ParameterError, WriteError
 
 REVIEW_TEMPLATE = "medlab-review"
 DEFAULT_REVIEW_PORT = 8866
@@ -132,7 +132,16 @@ def _review(args: argparse.Namespace) -> int:
     store = study.open_store(args.db)  # refuses a corrupt or foreign database before serving
     if args.export is not None:
         folder = args.export
-        folder.mkdir(parents=True, exist_ok=True)
+        names = ("verdicts.csv", "verdict_history.csv", "distribution.csv", "cohen_kappa.csv", "fleiss_kappa.csv",
+                 "click_agreement.csv")
+        existing = [n for n in names if (folder / n).exists()]
+        if existing and not args.overwrite:  # refused before any is written: never half an export
+            raise WriteError(f"a file of the export exists already in {folder} ({', '.join(existing)}); pass "
+                             "--overwrite to replace them, or choose another folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot make the export folder {folder}: {exc.strerror or exc}") from None
         store.export_csv(folder / "verdicts.csv", overwrite=args.overwrite)
         store.export_csv(folder / "verdict_history.csv", history=True, overwrite=args.overwrite)
         summary = summarize(store)
@@ -276,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedlabError as exc:
         print(f"medlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (files are written atomically)
+        print(f"\nmedlab {args.command}: interrupted; files are written whole or not at all: run it again",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

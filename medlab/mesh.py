@@ -97,9 +97,15 @@ class Mesh:
     def __post_init__(self):
         try:
             vertices = np.array(self.vertices, dtype=np.float64)
-            faces = np.array(self.faces, dtype=np.int64)
-        except (TypeError, ValueError):
-            raise ParameterError("a Mesh needs numeric vertices (n, 3) and integer faces (m, 3)") from None
+            given = np.asarray(self.faces)
+            faces = given.astype(np.int64)
+            if not np.array_equal(faces, given):   # 2.5 is no vertex index, and truncating it is a wrong face
+                raise ValueError("faces must be whole numbers")
+            label = int(self.label)
+            color = tuple(int(c) for c in self.color)
+        except (TypeError, ValueError, OverflowError):
+            raise ParameterError("a Mesh needs numeric vertices (n, 3), integer faces (m, 3), an integer label "
+                                 f"and an (r, g, b) colour; got label {self.label!r}, colour {self.color!r}") from None
         if vertices.ndim != 2 or vertices.shape[1] != 3 or not np.all(np.isfinite(vertices)):
             raise ParameterError(f"vertices must be an (n, 3) array of finite mm; got shape {vertices.shape}")
         if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
@@ -114,7 +120,7 @@ class Mesh:
         object.__setattr__(self, "vertices", vertices)
         object.__setattr__(self, "faces", faces)
         object.__setattr__(self, "color", color)
-        object.__setattr__(self, "label", int(self.label))
+        object.__setattr__(self, "label", label)
         object.__setattr__(self, "name", str(self.name))
 
     # ------------------------------------------------------------------ measurements
@@ -218,14 +224,12 @@ def label_surface(labels: Image, value: int | None = None, *, smoothing: int = 1
     smoothing = _check_smoothing(smoothing)
     reduction = _check_reduction(reduction)
     value = _pick_value(labels, value)
-    from scipy import ndimage
-
-    boxes = ndimage.find_objects(labels.array, max_label=value)
-    if len(boxes) < value or boxes[value - 1] is None:
+    box = _boxes(labels, [value])[0]
+    if box is None:
         present = _values(labels)
         raise ImageError(f"label {value} has no voxel in this label map (values present: {present}); "
                          f"pick one of them")
-    return _surface(labels, value, boxes[value - 1], smoothing, reduction)
+    return _surface(labels, value, box, smoothing, reduction)
 
 
 def label_surfaces(labels: Image, values: Iterable[int] | None = None, *, smoothing: int = 10,
@@ -256,10 +260,25 @@ def label_surfaces(labels: Image, values: Iterable[int] | None = None, *, smooth
         missing = [v for v in wanted if v not in present]
         if missing:
             raise ImageError(f"label(s) {missing} have no voxel in this label map (values present: {present})")
+    return [_surface(labels, v, box, smoothing, reduction) for v, box in zip(wanted, _boxes(labels, wanted))]
+
+
+def _boxes(labels: Image, values: list[int]) -> list[tuple[slice, ...] | None]:
+    """The bounding box of each label value (None when it has no voxel).
+
+    ``ndimage.find_objects`` gives every box in one pass but keeps a list as long as the largest
+    value: fine for anatomy (values up to a few thousand), gigabytes for a value of 2**31.
+    """
     from scipy import ndimage
 
-    boxes = ndimage.find_objects(labels.array, max_label=max(wanted))   # every box in one pass
-    return [_surface(labels, v, boxes[v - 1], smoothing, reduction) for v in wanted]
+    if max(values) <= 1 << 16 and labels.array.dtype.kind in "iu":
+        boxes = ndimage.find_objects(labels.array, max_label=max(values))   # every box in one pass
+        return [boxes[v - 1] if v <= len(boxes) else None for v in values]
+    out = []
+    for v in values:
+        found = ndimage.find_objects((labels.array == v).astype(np.uint8))
+        out.append(found[0] if found else None)
+    return out
 
 
 def _surface(labels: Image, value: int, box: tuple[slice, ...], smoothing: int, reduction: float) -> Mesh:
@@ -330,10 +349,11 @@ def save_mesh(mesh: Mesh, path, *, overwrite: bool = False) -> Path:
     PosixPath('tumour.ply')
     """
     from .io import atomic_path
+    from .io.paths import as_file_path
 
     if not isinstance(mesh, Mesh):
         raise ParameterError(f"save_mesh needs a medlab.mesh.Mesh; got {type(mesh).__name__}")
-    path = Path(path)
+    path = as_file_path(path, "the mesh file")
     file_type = MESH_FORMATS.get(path.suffix.lower())
     if file_type is None:
         raise WriteError(f"{path}: meshes are written as {', '.join(MESH_FORMATS)}; "

@@ -413,8 +413,8 @@ def _label_value(label, name: str = "label") -> int | None:
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Real):
         raise ParameterError(f"{name} must be an integer label value such as 1; got {label!r}")
     value = float(label)
-    if not np.isfinite(value) or value != round(value):
-        raise ParameterError(f"{name} must be an integer label value such as 1; got {label!r}")
+    if not np.isfinite(value) or value != round(value) or abs(value) >= 2.0 ** 63:
+        raise ParameterError(f"{name} must be an integer label value such as 1 (below 2**63); got {label!r}")
     return int(value)
 
 

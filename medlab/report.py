@@ -137,8 +137,9 @@ def _json_value(value: Any) -> Any:
 
 
 def _script_json(data: Any, element_id: str) -> str:
-    # "</" would end the <script> element early; "<\/" is the same string in JSON
-    text = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # "</" would end the <script> element early and "<!--" would make the next "</script>" not
+    # end it (HTML's script data escape states); "\u003c" is the same "<" in JSON
+    text = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

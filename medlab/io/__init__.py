@@ -203,13 +203,15 @@ def read_labels(path) -> dict[int, str]:
     >>> read_labels("labels_total.json")[5]        # doctest: +SKIP
     'liver'
     """
-    path = Path(path)
+    from .paths import read_small_file
+
+    path = _as_path(path, "labels")
+    raw = read_small_file(path, "label names file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ReadError(f"label names file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReadError(f"{path} is not a JSON file of label names ({exc}); it should hold {{\"1\": \"name\", ...}}") from exc
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ReadError(f"{path} is not a JSON file of label names ({type(exc).__name__}: {str(exc)[:120]}); "
+                        "it should hold {\"1\": \"name\", ...}") from None
     if not isinstance(data, dict):
         raise ReadError(f"{path} should hold a JSON object {{\"1\": \"name\", ...}}; it holds a {type(data).__name__}")
     out = {}
@@ -281,6 +283,8 @@ def save(image, path, *, overwrite: bool = False) -> Path:
     from . import formats
 
     image = as_image(image)
+    if not image.array.dtype.isnative:  # e.g. np.frombuffer(..., ">f4"): ITK takes native order only
+        image = image.with_array(image.array.astype(image.array.dtype.newbyteorder("=")))
     path = _as_path(path, "save")
     fmt = formats.write_format(path)
     if path.exists() and not overwrite:

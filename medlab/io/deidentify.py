@@ -454,10 +454,17 @@ def deidentify(src, dst, *, key=None, dates: str = "remove", remove_private: boo
     >>> report.flagged                                            # doctest: +SKIP
     []
     """
-    src, dst = Path(src), Path(dst)
+    from .paths import as_file_path
+
+    src, dst = as_file_path(src, "deidentify: src"), as_file_path(dst, "deidentify: dst")
     _check_options(dates=dates, on_burned_in=on_burned_in)
     if not src.exists():
         raise ReadError(f"deidentify: {src} does not exist")
+    if src.is_dir():
+        inside = dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents
+        if inside:  # the source would change, and a re-run would take the outputs for sources
+            raise WriteError(f"deidentify: the output {dst} is inside the source folder {src}; the source is never "
+                             "modified, so choose an output folder outside it")
     kb = _key_bytes(key)
     if src.is_file():
         root = src.parent

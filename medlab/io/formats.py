@@ -303,6 +303,10 @@ def write_image(image: Image, path: Path, fmt: str, *, overwrite: bool) -> Path:
                          "nothing to show or process; check the crop or the computation that produced it")
     if fmt == "PNG":
         check_png(image, path)
+    if fmt == "NIfTI" and image.is_label and image.labels:
+        named = ", ".join(f"{v} {lab.name}" for v, lab in list(image.labels.items())[:4])
+        warn(f"{path}: NIfTI has no place for label names ({named}{', ...' if len(image.labels) > 4 else ''}); "
+             "they will not load back. Save as .nrrd or .mha to keep them, or load with labels={...}")
     out = image.to_sitk()
     if fmt in ("NRRD", "MetaImage"):
         out.SetMetaData("medlab", _medlab_json(image))

@@ -33,4 +33,15 @@ def _text(value, what: str, *, optional: bool = False, limit: int = 200) -> str 
     value = value.strip()
     if len(value) > limit or any(ord(c) < 32 for c in value):
         raise ParameterError(f"{what} must be one line of at most {limit} characters; got {value[:60]!r}...")
+    check_encodable(value, what)
     return value
+
+
+def check_encodable(text: str, what: str) -> None:
+    """Refuse text that cannot be stored as UTF-8 (a lone surrogate, e.g. half of an emoji
+    cut by a program that counted UTF-16 units)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParameterError(f"{what} holds a character that is not valid Unicode text (position {exc.start}); "
+                             "retype it") from None

@@ -170,13 +170,23 @@ class ReviewSummary:
     def to_csv(self, folder, *, overwrite: bool = False) -> dict[str, Path]:
         """Write ``distribution.csv``, ``cohen_kappa.csv``, ``fleiss_kappa.csv`` and
         ``click_agreement.csv`` into ``folder`` (each atomically); returns their paths."""
+        from ..errors import WriteError
         from ..io.atomic import atomic_write
+        from ..io.paths import as_file_path
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = as_file_path(folder, "the summary folder")
+        tables = (("distribution", self.distribution), ("cohen_kappa", self.cohen),
+                  ("fleiss_kappa", self.fleiss), ("click_agreement", self.clicks))
+        existing = [f"{name}.csv" for name, _ in tables if (folder / f"{name}.csv").exists()]
+        if existing and not overwrite:  # refused before any is written: never half a summary
+            raise WriteError(f"a summary file exists already in {folder} ({', '.join(existing)}); pass "
+                             "overwrite=True (--overwrite) to replace them, or choose another folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot make the folder {folder}: {exc.strerror or exc}") from None
         out = {}
-        for name, table in (("distribution", self.distribution), ("cohen_kappa", self.cohen),
-                            ("fleiss_kappa", self.fleiss), ("click_agreement", self.clicks)):
+        for name, table in tables:
             out[name] = atomic_write(folder / f"{name}.csv", lambda p, t=table: t.to_csv(p, index=False),
                                      overwrite=overwrite)
         return out
@@ -200,7 +210,12 @@ def summarize(verdicts: Sequence[Verdict] | ReviewStore, *, within_mm: float = 1
     """
     if isinstance(verdicts, ReviewStore):
         verdicts = verdicts.current()
+    if isinstance(verdicts, (str, bytes)) or not hasattr(verdicts, "__iter__"):
+        raise ParameterError(f"summarize needs a ReviewStore or a list of verdicts; got {type(verdicts).__name__}")
     verdicts = list(verdicts)
+    odd = next((v for v in verdicts if not isinstance(v, Verdict)), None)
+    if odd is not None:
+        raise ParameterError(f"summarize needs verdicts (ReviewStore.current()); got a {type(odd).__name__}")
     cohen, fleiss = reviewer_agreement(verdicts)
     reviewers = list(dict.fromkeys(v.reviewer for v in verdicts))
     return ReviewSummary(verdict_distribution(verdicts), cohen, fleiss, click_agreement(verdicts, within_mm=within_mm),

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ParameterError
-from ._base import CONFIDENCE_LEVELS, VERDICTS, ReviewStoreError, VerdictConflict, _text
+from ._base import (
+    CONFIDENCE_LEVELS,
+    VERDICTS,
+    ReviewStoreError,
+    VerdictConflict,
+    _text,
+    check_encodable,
+)
 
 if TYPE_CHECKING:
     from .study import ReviewStudy
@@ -133,7 +140,12 @@ class ReviewStore:
     """
 
     def __init__(self, path, *, study_id: str | None = None, timeout: float = 15.0):
-        self.path = Path(path)
+        from ..io.paths import as_file_path
+
+        self.path = as_file_path(path, "the verdict database")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise ParameterError(f"timeout is the seconds to wait for another writer, more than 0 and at most 3600; "
+                                 f"got {timeout!r}")
         self.timeout = float(timeout)
         if self.path.is_dir():
             raise ReviewStoreError(f"{self.path} is a folder; give the verdict database's file name")
@@ -274,6 +286,7 @@ class ReviewStore:
             raise ParameterError(f"confidence must be an integer from 1 (a guess) to 5 (certain); got {confidence!r}")
         if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
             raise ParameterError(f"comment must be text of at most {MAX_COMMENT} characters")
+        check_encodable(comment, "comment")
         click, peak = _point(click, "click"), _point(peak, "peak")
         if supersedes is not None and (isinstance(supersedes, bool) or not isinstance(supersedes, (int, np.integer)) or supersedes < 1):
             raise ParameterError(f"supersedes must be the version number being edited (1, 2, ...); got {supersedes!r}")
@@ -289,6 +302,9 @@ class ReviewStore:
                     raise VerdictConflict(
                         f"{what} is already rated (version {current}, {latest[1]}); to change it pass "
                         f"supersedes={current}: the earlier version is kept")
+                if latest is None:
+                    raise VerdictConflict(f"{what} has no verdict yet, so there is no version {supersedes} to edit; "
+                                          "record it without supersedes=")
                 raise VerdictConflict(
                     f"{what} changed since version {supersedes} (now version {current}, {latest[1]}, perhaps in "
                     "another window): reload it before editing")
@@ -370,7 +386,9 @@ class ReviewStore:
         recorded_at (UTC).
         """
         from ..io.atomic import atomic_write
+        from ..io.paths import as_file_path
 
+        path = as_file_path(path, "the CSV file")
         rows = self.history() if history else self.current()
         header = ["record_id", "reviewer", "case_id", "method", "shown_as", "verdict", "confidence", "comment",
                   "click_x", "click_y", "click_z", "peak_x", "peak_y", "peak_z", "click_to_peak_mm",
