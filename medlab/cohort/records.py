@@ -1,0 +1,98 @@
+"""The record of one case (``cases/<case>/record.json``): reading it, deciding from it whether a
+case is done already (resume), committing a case folder atomically, and what it keeps of the
+live values a stage published."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .cases import _as_recipe
+
+RECORD = "record.json"
+RECORD_SCHEMA = "medlab.cohort.case"
+CASES_DIR = "cases"
+
+
+def recipe_hash(recipe) -> str:
+    """SHA-256 of what a recipe computes: its steps, their parameters and where their inputs come from.
+
+    The input descriptions recorded with the recipe (the example case's checksum) and the
+    medlab version are left out: they do not change what runs.
+    """
+    steps = [{"stage": s.stage, "inputs": s.inputs, "params": s.params} for s in _as_recipe(recipe).steps]
+    return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_record(case_dir) -> dict | None:
+    """A case's ``record.json``, or None when absent or unreadable."""
+    try:
+        data = json.loads((Path(case_dir) / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _same_work(old: dict | None, new: dict, folder: Path) -> bool:
+    """Done before with the same recipe, the same input bytes, and every output still there."""
+    if not old or old.get("status") != "done" or old.get("recipe_sha256") != new["recipe_sha256"]:
+        return False
+    if {k: v.get("sha256") for k, v in old.get("inputs", {}).items()} != {k: v["sha256"] for k, v in new["inputs"].items()}:
+        return False
+    if old.get("truth_sha256", {}) != new["truth_sha256"]:
+        return False
+    return all((folder / name).is_file() for name in old.get("outputs", {}).values())
+
+
+def _commit(staging: Path, final: Path, record: dict) -> None:
+    """Write the record, then swap the staging folder in: a case folder is only ever complete."""
+    from ..io import atomic_write_text
+
+    atomic_write_text(staging / RECORD, json.dumps(record, indent=1, default=str) + "\n", overwrite=True)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
+        os.rename(final, old)
+    os.rename(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def summarize_live(value) -> Any:
+    """What a case record keeps of a published live value: a Curve's length and last point, a
+    transform's parameters, a number; never every iteration or a whole image."""
+    from ..image import Image
+    from ..outputs import Curve, Transform, describe_value
+
+    if isinstance(value, Curve):
+        data = value.data()
+        return {"type": "curve", "name": value.name, "y": value.y_label, "points": len(value),
+                "series": {k: {"points": len(x), "last": [x[-1], y[-1]] if x else None} for k, (x, y) in data.items()},
+                "best": list(value.best()) if value.best() is not None else None}
+    if isinstance(value, Transform):
+        return {"type": "transform", "summary": json.loads(json.dumps(value.summary(), default=list))}
+    if isinstance(value, Image):
+        return {"type": "image", "description": value.describe()}
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic) and np.ndim(value) == 0:
+            return float(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return describe_value(value)
+
