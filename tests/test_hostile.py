@@ -498,6 +498,27 @@ def test_deidentify_none_paths_are_parameter_errors(tmp_path):
         deidentify(tmp_path, None, key="a secret key")
 
 
+def test_dicom_seg_export_refuses_odd_arguments_by_name(tmp_path):
+    import dicom_factory as df
+
+    from medlab.segment.dicom_seg import write_dicom_seg
+
+    df.write_series(tmp_path / "ct", df.phantom_volume((3, 8, 8)))
+    ct = medlab.load(tmp_path / "ct")
+    mask = np.zeros(ct.shape, np.uint8)
+    mask[1, 2:5, 2:5] = 1
+    seg = ct.with_array(mask, kind="label", labels={1: "lesion"})
+    common = {"algorithm_family": "HistogramAnalysis"}
+    for kwargs, match in (({"segment_codes": {1: ("a", "b")}}, "segment_codes"),   # before: TypeError
+                          ({"segment_codes": [1]}, "segment_codes"),
+                          ({"algorithm_name": " "}, "algorithm_name")):
+        with pytest.raises(ParameterError, match=match):
+            write_dicom_seg(seg, tmp_path / "ct", tmp_path / "seg.dcm", **common, **kwargs)
+    with pytest.raises(ParameterError, match="path"):
+        write_dicom_seg(seg, tmp_path / "ct", None, **common)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
 # ============================================================================ review store
 def test_editing_a_verdict_that_does_not_exist_is_a_conflict(tmp_path):
     from medlab.review import ReviewStore, VerdictConflict

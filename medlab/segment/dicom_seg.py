@@ -295,13 +295,21 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
         raise ParameterError(f"write_dicom_seg: algorithm_type must be one of {ALGORITHM_TYPES}; got {algorithm_type!r}")
     if not isinstance(series_number, (int, np.integer)) or not 0 <= int(series_number) < 2**31:
         raise ParameterError(f"write_dicom_seg: series_number must be a whole number ≥ 0; got {series_number!r}")
+    if algorithm_type != "manual" and not dicom_text(str(algorithm_name)).strip():
+        raise ParameterError("write_dicom_seg: algorithm_name must name the program that made the segmentation "
+                             "(DICOM requires it for automatic and semiautomatic segmentations)")
+    if segment_codes is not None and not isinstance(segment_codes, Mapping):
+        raise ParameterError("write_dicom_seg: segment_codes must map a label value to (category, type) codes, e.g. "
+                             "{5: (codes.SCT.AnatomicalStructure, codes.SCT.Liver)}")
     algorithm = None
     if algorithm_type != "manual":
         family = _family_of(labels, algorithm_family)
         algorithm = hd.AlgorithmIdentificationSequence(
             name=dicom_text(str(algorithm_name)), family=getattr(codes.cid7162, family),
             version=dicom_text(str(algorithm_version or __version__)))
-    path = Path(path)
+    from ..io.paths import as_file_path
+
+    path = as_file_path(path, "write_dicom_seg: path")
     if path.exists() and not overwrite:
         raise WriteError(f"{path} exists already; pass overwrite=True to replace it, or choose another name")
 
@@ -316,8 +324,12 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
     segment_map = np.zeros(frames.shape, np.uint16)  # segment k (1..n) = k-th label value present
     labelled = frames != 0
     segment_map[labelled] = np.searchsorted(np.asarray(values), frames[labelled]) + 1
-    descriptions = [_segment_description(n, v, labels, algorithm_type, algorithm, dict(segment_codes or {}))
-                    for n, v in enumerate(values, 1)]
+    try:
+        descriptions = [_segment_description(n, v, labels, algorithm_type, algorithm, dict(segment_codes or {}))
+                        for n, v in enumerate(values, 1)]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ParameterError(f"write_dicom_seg: segment_codes must give each label value a (category, type) pair of "
+                             f"pydicom codes such as codes.SCT.Liver ({type(exc).__name__}: {exc})") from None
     thickness = float(datasets[0].get("SliceThickness") or 0) or round(abs(grid.spacing[2]), 6)
     for ds in datasets:  # highdicom reads it from every source header; type 2, so often left out
         if not ds.get("SliceThickness"):
