@@ -142,6 +142,8 @@ class Image:
             raise ImageError(f"Image voxels must be numeric; got dtype {arr.dtype}")
         if arr.dtype == np.float16:  # no reader, writer or filter handles half floats
             arr = arr.astype(np.float32)
+        if not arr.dtype.isnative:  # big-endian data (old NIfTI, raw files): SimpleITK and torch need native
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         spatial = arr.ndim - (1 if rgb else 0)
         if rgb and (arr.ndim != 3 or arr.shape[-1] not in (3, 4)):
             raise ImageError(f"a colour image must be [y, x, 3 or 4]; got shape {arr.shape}")

@@ -231,3 +231,13 @@ def test_too_few_points_is_a_note_not_an_error(session):
     with pytest.raises(medlab.ParameterError, match="points of 2 or 3"):
         wb.set(seeds=[(1.0,)])            # but a malformed point is refused at once
     wb.close()
+
+
+def test_a_second_image_is_not_the_first_one_by_default(session):
+    wb = Workbench({"fixed": session["fixed"]}, group="toy", debounce=0.0)
+    wb.select("toy_register")
+    assert _box(wb, "moving").value == "" and wb.panel.inputs["moving"] is None
+    assert "no preview until input(s) moving" in wb.panel.preview_note.value or wb.panel.spec.preview is None
+    with pytest.raises(medlab.ParameterError, match="needs input 'moving'"):
+        wb.apply(wait=True)
+    wb.close()

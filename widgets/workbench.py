@@ -270,9 +270,13 @@ class Workbench(widgets.VBox):
             else:
                 value = choices[0][1] if choices else None
                 if isinstance(inp, ImageInput) and name != spec.primary:
-                    # a second image: prefer another image than the primary one
+                    # a second image: another image than the primary one, or the user chooses
                     other = [k for _, k in choices if k and k != self._current]
-                    value = other[0] if other else value
+                    if other:
+                        value = other[0]
+                    elif not inp.optional:
+                        choices = [("(choose an image: the session has only one)", ""), *choices]
+                        value = None
             box = widgets.Dropdown(options=choices or [("(nothing suitable in the session)", "")], value=value or "",
                                    description=name.replace("_", " "), style={"description_width": "initial"},
                                    layout=widgets.Layout(width="36em"))

@@ -400,9 +400,17 @@ class ReviewStore:
                 out.writerow(header)
                 for v in rows:
                     dist = v.click_to_peak_mm
-                    out.writerow([v.record_id, v.reviewer, v.case_id, v.method, v.shown_as, v.verdict, v.confidence,
-                                  v.comment, *(v.click or ("",) * 3), *(v.peak or ("",) * 3),
+                    out.writerow([v.record_id, _cell(v.reviewer), _cell(v.case_id), _cell(v.method), v.shown_as,
+                                  v.verdict, v.confidence, _cell(v.comment), *(v.click or ("",) * 3),
+                                  *(v.peak or ("",) * 3),
                                   "" if dist is None else f"{dist:.3f}", int(v.prediction_shown), v.version,
                                   v.recorded_at])
 
         return atomic_write(path, write, overwrite=overwrite)
+
+
+def _cell(text):
+    """Free text for a CSV cell that a spreadsheet will not run as a formula (OWASP's CSV-injection
+    advice: a leading =, +, -, @, tab or carriage return gets a quote in front)."""
+    text = "" if text is None else str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
