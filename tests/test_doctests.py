@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["medlab.image", "medlab.stage", "medlab.stage.params", "medlab.stage.ports",
            "medlab.stage.declaration", "medlab.stage.context", "medlab.outputs", "medlab.recipe", "medlab.render", "medlab.metrics",
-           "medlab.widgets.viewer", "medlab.widgets.outputs", "medlab.widgets.controls"]
+           "medlab.widgets.viewer", "medlab.widgets.viewer_stream", "medlab.widgets.viewer_layers",
+           "medlab.widgets.outputs", "medlab.widgets.controls"]
 
 
 @pytest.mark.parametrize("name", MODULES)

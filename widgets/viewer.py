@@ -117,7 +117,10 @@ import traitlets
 
 from medlab import render
 from medlab.errors import MedlabError, ParameterError
-from medlab.image import Image, as_image, label_color
+from medlab.image import Image, as_image
+
+from .viewer_layers import compose_plane, heat_layer, label_layer, second_layer
+from .viewer_stream import SlabPlan
 
 _HERE = pathlib.Path(__file__).parent
 _SENDABLE = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32")}
@@ -197,100 +200,6 @@ def _sendable(array: np.ndarray) -> np.ndarray:
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _label_dtype(array: np.ndarray) -> np.ndarray:
-    hi = int(array.max()) if array.size else 0
-    if int(array.min()) < 0:
-        raise ParameterError("a label map shown as a layer must hold non-negative values")
-    if hi > 2**32 - 1:
-        raise ParameterError(f"label values above {2**32 - 1} cannot be shown (got {hi}); renumber the labels, "
-                             "e.g. with skimage.segmentation.relabel_sequential")
-    return array.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32, copy=False)
-
-
-class SlabPlan:
-    """What the browser holds of a streamed volume, and which slab to send next.
-
-    The display volume ``[k, j, i]`` is cut into slabs of ``per_slab`` whole axial slices; the
-    browser keeps at most ``capacity`` of them, each in a numbered slot. Python decides every
-    move (which slab, which slot), so both sides agree on what is held without asking: messages
-    on one widget channel arrive in order, so a slab sent before a slice update is in the
-    browser when that update is handled.
-
-    Parameters
-    ----------
-    n_slices : int
-        Axial slices of the display volume.
-    per_slab : int
-        Slices per slab.
-    capacity : int
-        Slabs the browser may hold (the whole volume when ``capacity`` covers it).
-
-    Examples
-    --------
-    >>> plan = SlabPlan(n_slices=10, per_slab=2, capacity=3)
-    >>> plan.count, plan.capacity
-    (5, 3)
-    >>> [plan.next(cursor=5) for _ in range(4)]    # nearest the cursor's slab (2) first
-    [(2, 0), (1, 1), (3, 2), None]
-    >>> plan.holds(4), plan.holds(9), plan.complete
-    (True, False, False)
-    >>> plan.next(cursor=9)                        # the cursor moved: the farthest slab makes room
-    (4, 1)
-    """
-
-    def __init__(self, n_slices: int, per_slab: int, capacity: int):
-        if per_slab < 1 or capacity < 1:
-            raise ParameterError(f"a slab plan needs per_slab >= 1 and capacity >= 1; got {per_slab}, {capacity}")
-        self.n_slices, self.per_slab = int(n_slices), int(per_slab)
-        self.count = -(-self.n_slices // self.per_slab)
-        self.capacity = min(int(capacity), self.count)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything sent: the browser holds nothing."""
-        self.slot_of: dict[int, int] = {}
-        self.in_flight: set[int] = set()
-
-    def slab_of(self, k: int) -> int:
-        return int(k) // self.per_slab
-
-    def slices(self, slab: int) -> tuple[int, int]:
-        """First and one-past-last axial slice of ``slab``."""
-        return slab * self.per_slab, min(self.n_slices, (slab + 1) * self.per_slab)
-
-    def holds(self, k: int) -> bool:
-        """Whether the browser has (or is about to receive) axial slice ``k``."""
-        return self.slab_of(k) in self.slot_of
-
-    @property
-    def complete(self) -> bool:
-        """The browser has the whole volume (every plane can be cut there)."""
-        return len(self.slot_of) == self.count
-
-    def next(self, cursor: int) -> tuple[int, int] | None:
-        """The slab to send next for axial slice ``cursor`` and its slot, recorded as sent;
-        ``None`` when the browser already holds the ``capacity`` slabs nearest the cursor."""
-        centre = self.slab_of(cursor)
-        wanted = sorted(range(self.count), key=lambda s: (abs(s - centre), s))[: self.capacity]
-        missing = [s for s in wanted if s not in self.slot_of]
-        if not missing:
-            return None
-        slab = missing[0]
-        used = set(self.slot_of.values())
-        free = [n for n in range(self.capacity) if n not in used]
-        if free:
-            slot = free[0]
-        else:  # evict the held slab farthest from the cursor (it is not wanted)
-            far = max(self.slot_of, key=lambda s: (abs(s - centre), s))
-            slot = self.slot_of.pop(far)
-        self.slot_of[slab] = slot
-        self.in_flight.add(slab)
-        return slab, slot
-
-    def acknowledged(self, slab: int) -> None:
-        self.in_flight.discard(int(slab))
 
 
 class Viewer(anywidget.AnyWidget):
@@ -885,14 +794,6 @@ class Viewer(anywidget.AnyWidget):
             self._syncing_points = False
 
     # ------------------------------------------------------------------ layers
-    def _layer_volume(self, layer, name: str) -> tuple[Image, np.ndarray]:
-        if self._image is None:
-            raise ParameterError(f"show an image before adding a {name}")
-        layer = as_image(layer, name)
-        resampled = render.resample_like(layer, self._image)
-        volume, _ = render.display_array(resampled)
-        return resampled, volume
-
     def set_labels(self, labels, *, opacity: float = 0.5, outline: bool = False) -> None:
         """Show a label map over the image (``None`` removes it): per-label colours and names.
 
@@ -912,19 +813,8 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("labels", None)
                 self._labels_info = {}
             else:
-                layer = as_image(labels, "labels")
-                if not layer.is_label:
-                    layer = layer.with_array(layer.array, kind="label")
-                resampled, volume = self._layer_volume(layer, "labels")
-                volume = _label_dtype(volume)
-                values = [int(v) for v in np.unique(volume) if v != 0]
-                legend = []
-                for value in values:
-                    spec = resampled.labels.get(value)
-                    legend.append({"value": value, "name": spec.name if spec else f"label {value}",
-                                   "color": list(spec.color if spec else label_color(value))})
-                self._layers["labels"] = volume
-                self._labels_info = {"opacity": float(opacity), "outline": bool(outline), "legend": legend}
+                self._layers["labels"], self._labels_info = label_layer(labels, self._image, opacity=opacity,
+                                                                        outline=outline)
             self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
@@ -939,16 +829,8 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("heat", None)
                 self._heat_info = {}
             else:
-                lut = render.colormap_lut(cmap)  # everything is checked before anything changes
-                if not np.isfinite(float(threshold)):
-                    raise ParameterError(f"heat-map threshold must be a finite number; got {threshold}")
-                _, volume = self._layer_volume(image, "heat map")
-                volume = volume.astype(np.float32, copy=False)
-                finite = volume[np.isfinite(volume)]
-                vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-                self._layers["heat"] = volume
-                self._heat_info = {"lut": lut.ravel().tolist(), "cmap": cmap,
-                                   "range": [vmin, vmax], "threshold": float(threshold), "opacity": float(opacity)}
+                self._layers["heat"], self._heat_info = heat_layer(image, self._image, cmap=cmap, opacity=opacity,
+                                                                   threshold=threshold)
             self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
@@ -967,11 +849,8 @@ class Viewer(anywidget.AnyWidget):
                 self._layers.pop("second", None)
                 self._second_info = {}
             else:
-                _, volume = self._layer_volume(image, "second image")
-                window, level = render.auto_window(as_image(image))
-                self._layers["second"] = volume.astype(np.float32, copy=False)
-                self._second_info = {"mode": mode, "alpha": float(alpha), "window": float(window),
-                                     "level": float(level), "checker": int(checker)}
+                self._layers["second"], self._second_info = second_layer(image, self._image, mode=mode, alpha=alpha,
+                                                                         checker=checker)
             self._layers_changed()
         except Exception as exc:
             self.show_error(_describe(exc))
@@ -993,32 +872,15 @@ class Viewer(anywidget.AnyWidget):
         """The composed RGB picture of each visible plane, one pixel per voxel (as the canvases)."""
         if self._image is None:
             raise ParameterError("the viewer shows no image")
+        infos = {"labels": self._labels_info, "heat": self._heat_info, "second": self._second_info}
         out = {}
         for plane in self._visible_planes():
             index = self._cursor[render._NORMAL_AXIS[plane]]
-            raw = render.plane_array(self._volume, plane, index)
             if self._image.rgb:
-                out[plane] = np.ascontiguousarray(raw[..., :3])
+                out[plane] = np.ascontiguousarray(render.plane_array(self._volume, plane, index)[..., :3])
                 continue
-            grey = render.window_level(raw, self.window, self.level)
-            kwargs = {}
-            if "second" in self._layers:
-                info = self._second_info
-                kwargs.update(second=render.window_level(render.plane_array(self._layers["second"], plane, index),
-                                                         info["window"], info["level"]),
-                              second_mode=info["mode"], second_alpha=info["alpha"], checker=info["checker"])
-            if "heat" in self._layers:
-                info = self._heat_info
-                kwargs.update(heat=render.plane_array(self._layers["heat"], plane, index),
-                              heat_lut=np.asarray(info["lut"], np.uint8).reshape(256, 3),
-                              heat_range=tuple(info["range"]), heat_threshold=info["threshold"],
-                              heat_opacity=info["opacity"])
-            if "labels" in self._layers:
-                info = self._labels_info
-                kwargs.update(labels=render.plane_array(self._layers["labels"], plane, index),
-                              label_colors={d["value"]: tuple(d["color"]) for d in info["legend"]},
-                              label_opacity=info["opacity"], label_outline_only=info["outline"])
-            out[plane] = render.compose(grey, **kwargs)
+            out[plane] = compose_plane(self._volume, plane, index, self.window, self.level, layers=self._layers,
+                                       infos=infos)
         return out
 
     def snapshot(self) -> bytes:
