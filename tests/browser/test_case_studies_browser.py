@@ -1,0 +1,369 @@
+"""The clinical case studies in a real browser (JupyterLab in Debian Chromium, offline).
+
+Each test runs one notebook of ``notebooks/case_studies/`` top to bottom in JupyterLab, exactly as
+stored (its code cells, in order), with ``MEDLAB_FAST=1`` and ``MEDLAB_SHARED_DATA`` set in the
+kernel by a first cell, then drives at least one widget of every stage the notebook shows, the way a
+student would, and checks that each action reached Python and came back to the page:
+
+* **01 brain tumour MRI**: the preprocess widget's NLM strength slider (Python gets the value and
+  previews again); Start in the register widget (a second run finishes, its TRE under 1 mm); in the
+  segment widget, the region-growing stage picked from the menu and a **seed clicked** on the tumour
+  (Python gets it at the voxel clicked, the preview grows a region), then Apply (the scores table
+  counts one more step, Dice above 0.5); the 3D view's canvas is drawn; the explain widget's opacity
+  slider (Python composes the heat map at the new opacity).
+* **02 chest CT nodules**: the windowing viewer's preset menu (Python's window/level follow); the
+  lung segment widget's stage menu (closing) and Apply (one more step, Dice kept); the 3D view of the
+  findings is drawn; the explain widget's opacity slider when the shipped U-Net is installed.
+* **03 real scans** (skipped without ``../shared/data``, failing under ``MEDLAB_REQUIRE_SHARED=1``):
+  the CT viewer's preset menu; a seed clicked in the brain1 lesion (Python gets it, the preview shows a
+  region); Start in the register widget for the T1/PD pair (a second run finishes, MI above the start).
+
+What Python knows reaches the test through a kernel-written Label (``.cs-state``, JSON), refreshed by
+a ticker thread, so every check is a kernel round trip. The widgets get test classes (``cs-...``) so
+selectors find the right one among several viewers on the page.
+
+Screenshots (``MEDLAB_BROWSER_SCREENSHOTS=always``, into ``<basetemp>/browser-screenshots``): the
+whole page after the run, plus one per interaction (``cs01_*.png`` ...) in the test's temporary
+folder or ``MEDLAB_SCREENSHOT_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CASE_STUDIES = ROOT / "notebooks" / "case_studies"
+SHARED = Path(os.environ.get("MEDLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RUN_MS = 900_000   # the whole notebook runs in the page first (1-3 min on a loaded 2-core machine)
+
+TICKER = """
+import json as _json, threading as _threading, time as _time
+import ipywidgets as _W
+cs_state = _W.Label()
+cs_state.add_class("cs-state")
+
+def _cs_tick():
+    while True:
+        _time.sleep(0.25)
+        try:
+            cs_state.value = _json.dumps(cs_show(), default=float)
+        except Exception as exc:      # shown to the test, which fails with it
+            cs_state.value = _json.dumps({"error": repr(exc)})
+
+def cs_pixel(viewer, point):
+    # (row, col) of a point (mm) on the viewer's axial canvas, and the slice it is on
+    import numpy as _np
+    plane = viewer._geometry["planes"]["axial"]
+    col, row = (_np.asarray(plane["from_mm"]) @ [*point, 1])[:2]
+    return [int(round(row)), int(round(col))]
+
+def cs_stage_label(workbench, name):
+    return next(label for label, value in workbench.picker.options if value == name)
+"""
+
+START_TICKER = """
+_threading.Thread(target=_cs_tick, daemon=True).start()
+cs_state
+"""
+
+
+def case_cells(name: str, extra: list[str]) -> list[str]:
+    """The notebook's code cells as stored, after a cell that sets CI's environment in the kernel."""
+    path = CASE_STUDIES / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run python notebooks/_build.py", pytrace=False)
+    nb = nbformat.read(path, as_version=4)
+    setup = (f"import os\nos.environ['MEDLAB_FAST'] = '1'\nos.environ['MEDLAB_SHARED_DATA'] = {str(SHARED)!r}\n"
+             "os.environ.pop('MEDLAB_MY_SCAN', None)")
+    return [setup, *(c.source for c in nb.cells if c.cell_type == "code"), TICKER, *extra, START_TICKER]
+
+
+def read_state(page) -> dict | None:
+    text = page.locator(".cs-state").first.text_content()
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def wait_state(page, predicate, what: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = read_state(page)
+        if state and "error" in state:
+            pytest.fail(f"the state cell failed: {state['error']}", pytrace=False)
+        if state and predicate(state):
+            return state
+        page.wait_for_timeout(100)
+    pytest.fail(f"Python never saw {what}; last state: {state}", pytrace=False)
+
+
+def shot(page, selector: str, tmp_path: Path, name: str) -> None:
+    """The page as the user sees it, scrolled so that ``selector`` is at the top."""
+    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'start'})", selector)
+    page.wait_for_timeout(400)
+    folder = Path(os.environ.get("MEDLAB_SCREENSHOT_DIR") or tmp_path)
+    page.screenshot(path=str(folder / name))
+
+
+def click_canvas(page, overlay: str, canvas: str, row: int, col: int) -> None:
+    """Click the centre of canvas pixel (row, col) of ``canvas`` through its overlay."""
+    page.locator(overlay).scroll_into_view_if_needed()
+    box = page.locator(overlay).bounding_box()
+    rows, cols = page.evaluate("(s) => { const c = document.querySelector(s); return [c.height, c.width]; }", canvas)
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.5) * box["height"] / rows)
+
+
+def wait_canvas_drawn(page, selector: str, timeout_ms: int = 120_000) -> None:
+    page.wait_for_function(
+        f"""() => {{ const c = document.querySelector('{selector}'); const nv = c && c.medlabNiivue;
+                  return nv && nv.volumes.length >= 1 && nv.volumes[0].img; }}""", timeout=timeout_ms)
+
+
+def canvas_not_blank(page, selector: str) -> float:
+    """Standard deviation of the canvas' screenshot (a blank canvas is one colour)."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    page.locator(selector).scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    picture = np.asarray(PILImage.open(BytesIO(page.locator(selector).screenshot())).convert("RGB"))
+    return float(picture.std())
+
+
+def choose_stage(page, scope: str, label: str) -> None:
+    page.locator(f"{scope} .medlab-stage-picker select").first.select_option(label=label)
+
+
+def arm_seeds(page, scope: str, mode) -> None:
+    """Back on a stage that has seeds already, picking is not armed: press "pick in viewer".
+
+    The toggle can still show "pressed" from before the stage was left (the viewer's point mode was
+    turned off meanwhile), so the first press may only release it: press again if picking is still
+    off (``mode()`` reads the viewer's point mode from Python)."""
+    button = page.locator(f"{scope} .medlab-param-seeds .medlab-points-pick").first
+    for _ in range(2):
+        button.click()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and mode() != "edit":
+            page.wait_for_timeout(100)
+        if mode() == "edit":
+            return
+
+
+# ----------------------------------------------------------------------------- 01 brain tumour
+BRAIN_STATE = """
+prep.add_class("cs-prep"); reg.add_class("cs-reg"); seg.add_class("cs-seg"); view.add_class("cs-view3d")
+if classifier is not None:
+    explain.add_class("cs-explain")
+seg.before.position = seed.tolist()
+cs_runs = {"reg": 0, "prep_previews": 0}
+reg.panel.on_apply(lambda _: cs_runs.__setitem__("reg", cs_runs["reg"] + 1))
+prep.panel.on_preview(lambda _: cs_runs.__setitem__("prep_previews", cs_runs["prep_previews"] + 1))
+
+def cs_show():
+    p = seg.panel
+    prev = p.preview
+    out = {"prep_h": prep.panel.params.get("h"), "prep_stage": prep.panel.spec.name,
+           "prep_previews": cs_runs["prep_previews"],
+           "reg_runs": cs_runs["reg"], "reg_running": reg.panel.running,
+           "reg_tre": float(target_registration_error(reg.transform, moved["flair"].landmarks,
+                                                      truth=moved["flair"].transform).mean()),
+           "seg_stage": p.spec.name, "seg_seeds": [list(q) for q in p.params.get("seeds", ())],
+           "seg_mode": seg.before.point_mode, "seg_running": p.running,
+           "seg_preview": int(np.count_nonzero(prev.array)) if prev is not None else -1,
+           "seg_steps": len(seg.history), "seg_dice": seg.scores[0]["dice"] if seg.scores else None,
+           "seed_px": cs_pixel(seg.before, seed), "seg_slice": seg.before.slice_index,
+           "to_mm": seg.before._geometry["planes"]["axial"]["to_mm"],
+           "threshold_label": cs_stage_label(seg, "connected_threshold"),
+           "explain": classifier is not None}
+    if classifier is not None:
+        out.update(opacity=explain.opacity.value, heat_opacity=explain.before._heat_info["opacity"])
+    return out
+"""
+
+SEG_OVERLAY = ".cs-seg .medlab-before canvas.medlab-overlay[data-plane=axial]"
+SEG_CANVAS = ".cs-seg .medlab-before canvas.medlab-canvas[data-plane=axial]"
+
+
+def test_brain_tumour_case_study(notebook, tmp_path):
+    page = notebook.open(case_cells("01_brain_tumour_mri.ipynb", [BRAIN_STATE]), timeout_ms=RUN_MS)
+    state = wait_state(page, lambda s: s["seg_steps"] >= 2, "the notebook's results")
+    notebook.wait_text(page, ".cs-reg .medlab-register-summary", r"TRE after")
+    shot(page, ".cs-prep", tmp_path, "cs01_preprocess.png")
+
+    # preprocess: the NLM strength slider reaches Python, which previews the slice again
+    assert state["prep_stage"] == "nlm_denoise"
+    previews = state["prep_previews"]
+    notebook.set_slider(page, ".cs-prep .medlab-param-h", "2")
+    wait_state(page, lambda s: abs((s["prep_h"] or 0) - 2.0) < 0.05 and s["prep_previews"] > previews,
+               "the new NLM strength and its preview")
+
+    # register: Start again, the run finishes in the background, TRE stays under a millimetre
+    runs = state["reg_runs"]
+    page.locator(".cs-reg .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["reg_runs"] > runs and not s["reg_running"], "the second registration", 120)
+    assert state["reg_tre"] < 1.0, state
+    notebook.wait_text(page, ".cs-reg .medlab-register-summary", r"done")
+    shot(page, ".cs-reg", tmp_path, "cs01_register.png")
+
+    # segment: region growing from the menu, a click on the tumour is a seed, the preview grows, Apply
+    choose_stage(page, ".cs-seg", state["threshold_label"])
+    state = wait_state(page, lambda s: s["seg_stage"] == "connected_threshold", "region growing")
+    if state["seg_mode"] != "edit":
+        arm_seeds(page, ".cs-seg", lambda: read_state(page)["seg_mode"])
+    state = wait_state(page, lambda s: s["seg_mode"] == "edit", "seed picking armed")
+    before = len(state["seg_seeds"])
+    row, col = state["seed_px"]
+    click_canvas(page, SEG_OVERLAY, SEG_CANVAS, row, col)
+    state = wait_state(page, lambda s: len(s["seg_seeds"]) == before + 1 and s["seg_preview"] > 0,
+                       "the clicked seed and its preview")
+    m, v = state["to_mm"], [col, row, state["seg_slice"], 1]
+    expected = [sum(m[r][k] * v[k] for k in range(4)) for r in range(3)]
+    assert state["seg_seeds"][-1] == pytest.approx(expected, abs=1e-3)
+    shot(page, ".cs-seg", tmp_path, "cs01_segment_seed.png")
+    steps = state["seg_steps"]
+    page.locator(".cs-seg .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["seg_steps"] == steps + 1 and not s["seg_running"], "the applied region", 60)
+    assert state["seg_dice"] > 0.5, state
+    notebook.wait_text(page, ".cs-seg .medlab-segment-scores", r"Dice")
+
+    # the 3D view of the tumour is drawn
+    wait_canvas_drawn(page, ".cs-view3d canvas.medlab-view3d-canvas")
+    assert canvas_not_blank(page, ".cs-view3d canvas.medlab-view3d-canvas") > 10, "the 3D canvas is blank"
+    shot(page, ".cs-view3d", tmp_path, "cs01_view3d.png")
+
+    # explain: the opacity slider reaches Python, which composes the heat map again
+    if state["explain"]:
+        notebook.set_slider(page, ".cs-explain .medlab-explain-opacity", "0.9")
+        wait_state(page, lambda s: abs(s["opacity"] - 0.9) < 1e-6 and abs(s["heat_opacity"] - 0.9) < 1e-6,
+                   "the new heat-map opacity")
+        shot(page, ".cs-explain", tmp_path, "cs01_explain.png")
+    assert page.locator(".medlab-status-error").count() == 0
+
+
+# ----------------------------------------------------------------------------- 02 chest CT
+CHEST_STATE = """
+viewer.add_class("cs-window"); lungs.add_class("cs-lungs"); view.add_class("cs-view3d")
+if explain is not None:
+    explain.add_class("cs-explain")
+
+def cs_show():
+    p = lungs.panel
+    out = {"window": viewer.window, "level": viewer.level, "lung_stage": p.spec.name, "lung_running": p.running,
+           "lung_steps": len(lungs.history), "lung_dice": lungs.scores[0]["dice"] if lungs.scores else None,
+           "closing_label": cs_stage_label(lungs, "closing"), "explain": explain is not None}
+    if explain is not None:
+        out.update(opacity=explain.opacity.value, heat_opacity=explain.before._heat_info["opacity"])
+    return out
+"""
+
+
+def test_chest_ct_case_study(notebook, tmp_path):
+    page = notebook.open(case_cells("02_chest_ct_nodules.ipynb", [CHEST_STATE]), timeout_ms=RUN_MS)
+    state = wait_state(page, lambda s: s["lung_steps"] >= 3, "the notebook's results")
+    lung_preset = [1500.0, -600.0]
+    assert [state["window"], state["level"]] == lung_preset
+
+    # windowing: the preset menu reaches Python's window/level
+    page.locator(".cs-window .medlab-preset").first.select_option("mediastinum")
+    wait_state(page, lambda s: [s["window"], s["level"]] == [350.0, 50.0], "the mediastinal window")
+    shot(page, ".cs-window", tmp_path, "cs02_window.png")
+
+    # lung mask: closing chosen from the menu and applied: one more step, the mask stays right
+    steps, dice = state["lung_steps"], state["lung_dice"]
+    choose_stage(page, ".cs-lungs", state["closing_label"])
+    wait_state(page, lambda s: s["lung_stage"] == "closing", "the closing stage")
+    page.locator(".cs-lungs .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["lung_steps"] == steps + 1 and not s["lung_running"], "the closed mask", 60)
+    assert state["lung_dice"] > 0.9 and abs(state["lung_dice"] - dice) < 0.05, state
+    shot(page, ".cs-lungs", tmp_path, "cs02_lungs.png")
+
+    # the 3D view of the findings is drawn
+    wait_canvas_drawn(page, ".cs-view3d canvas.medlab-view3d-canvas")
+    assert canvas_not_blank(page, ".cs-view3d canvas.medlab-view3d-canvas") > 10, "the 3D canvas is blank"
+    shot(page, ".cs-view3d", tmp_path, "cs02_view3d.png")
+
+    if state["explain"]:
+        notebook.set_slider(page, ".cs-explain .medlab-explain-opacity", "0.9")
+        wait_state(page, lambda s: abs(s["opacity"] - 0.9) < 1e-6 and abs(s["heat_opacity"] - 0.9) < 1e-6,
+                   "the new heat-map opacity")
+        shot(page, ".cs-explain", tmp_path, "cs02_explain.png")
+    assert page.locator(".medlab-status-error").count() == 0
+
+
+# ----------------------------------------------------------------------------- 03 real scans
+REAL_STATE = """
+ct_viewer.add_class("cs-ct"); lesion_widget.add_class("cs-lesion"); mri_pair.add_class("cs-pair")
+lesion_widget.before.position = seeds[0]
+cs_runs = {"pair": 0}
+mri_pair.panel.on_apply(lambda _: cs_runs.__setitem__("pair", cs_runs["pair"] + 1))
+
+def cs_show():
+    p = lesion_widget.panel
+    prev = p.preview
+    return {"window": ct_viewer.window, "level": ct_viewer.level,
+            "lesion_stage": p.spec.name, "lesion_mode": lesion_widget.before.point_mode,
+            "lesion_seeds": [list(q) for q in p.params.get("seeds", ())],
+            "lesion_preview": int(np.count_nonzero(prev.array)) if prev is not None else -1,
+            "seed_px": cs_pixel(lesion_widget.before, seeds[0]), "lesion_slice": lesion_widget.before.slice_index,
+            "to_mm": lesion_widget.before._geometry["planes"]["axial"]["to_mm"],
+            "threshold_label": cs_stage_label(lesion_widget, "connected_threshold"),
+            "pair_runs": cs_runs["pair"], "pair_running": mri_pair.panel.running,
+            "mi_start": mi["by position (header geometry)"],
+            "mi_now": mutual_information(fixed, mri_pair.registered) if not mri_pair.panel.running else None}
+"""
+
+
+def test_real_scans_case_study(notebook, tmp_path):
+    needed = ["ct_abdomen/example_ct_dicom", "labels/brain1_image.nrrd", "noncommercial/chris_t1.nii.gz"]
+    if not all((SHARED / p).exists() for p in needed):
+        message = f"shared data ({SHARED}) absent: the real-scans notebook only prints that it skips"
+        if os.environ.get("MEDLAB_REQUIRE_SHARED") == "1":
+            pytest.fail(message + " (MEDLAB_REQUIRE_SHARED=1)", pytrace=False)
+        pytest.skip(message)
+    page = notebook.open(case_cells("03_real_scans.ipynb", [REAL_STATE]), timeout_ms=RUN_MS)
+    state = wait_state(page, lambda s: s["mi_now"] is not None, "the notebook's results")
+
+    # the CT viewer's preset menu reaches Python
+    page.locator(".cs-ct .medlab-preset").first.select_option("abdomen")
+    wait_state(page, lambda s: [s["window"], s["level"]] == [400.0, 50.0], "the abdomen window")
+    shot(page, ".cs-ct", tmp_path, "cs03_ct_window.png")
+
+    # brain1: region growing from the menu, a seed clicked in the lesion reaches Python, the preview shows it
+    choose_stage(page, ".cs-lesion", state["threshold_label"])
+    state = wait_state(page, lambda s: s["lesion_stage"] == "connected_threshold", "region growing")
+    if state["lesion_mode"] != "edit":
+        arm_seeds(page, ".cs-lesion", lambda: read_state(page)["lesion_mode"])
+    state = wait_state(page, lambda s: s["lesion_mode"] == "edit", "seed picking armed")
+    before = len(state["lesion_seeds"])
+    row, col = state["seed_px"]
+    click_canvas(page, ".cs-lesion .medlab-before canvas.medlab-overlay[data-plane=axial]",
+                 ".cs-lesion .medlab-before canvas.medlab-canvas[data-plane=axial]", row, col)
+    state = wait_state(page, lambda s: len(s["lesion_seeds"]) == before + 1 and s["lesion_preview"] > 0,
+                       "the clicked seed and its preview")
+    m, v = state["to_mm"], [col, row, state["lesion_slice"], 1]
+    assert state["lesion_seeds"][-1] == pytest.approx([sum(m[r][k] * v[k] for k in range(4)) for r in range(3)],
+                                                      abs=1e-3)
+    shot(page, ".cs-lesion", tmp_path, "cs03_lesion_seed.png")
+
+    # the T1/PD pair: Start again; the run finishes and MI ends above where it started
+    runs = state["pair_runs"]
+    page.locator(".cs-pair .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["pair_runs"] > runs and s["mi_now"] is not None, "the second registration",
+                       120)
+    assert state["mi_now"] > state["mi_start"] + 0.1, state
+    notebook.wait_text(page, ".cs-pair .medlab-register-summary", r"done")
+    shot(page, ".cs-pair", tmp_path, "cs03_register.png")
+    assert page.locator(".medlab-status-error").count() == 0
