@@ -419,11 +419,12 @@ def _rebuild_step(stage, params, inputs, id):
 
 
 # ---------------------------------------------------------------------------- groups
-_GROUPS: dict[str, str | None] = {
+_GROUPS: dict[str, str | tuple[str, ...] | None] = {
     "preprocess": "medlab.preprocess",
-    "segment": "medlab.segment",
+    "segment": ("medlab.segment", "medlab.deep"),
     "register": "medlab.register",
     "explain": "medlab.explain",
+    "detect": "medlab.detect",
     "measure": None,
 }
 GROUPS = tuple(_GROUPS)
@@ -517,11 +518,12 @@ def _load_builtin_stages(group: str | None = None) -> None:
     for name, mod in list(_GROUPS.items()):
         if mod is None or name in _loaded or (group is not None and name != group):
             continue
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a stage module not written (or installed) yet
-            if exc.name != mod:
-                raise
+        for module in (mod,) if isinstance(mod, str) else mod:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # an optional stage module that is not installed
+                if exc.name != module:
+                    raise
         _loaded.add(name)
 
 
