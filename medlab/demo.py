@@ -348,8 +348,9 @@ def _step_grad_cam(run: _Run) -> None:
     # the classifier was trained on noisy, not denoised, FLAIR: it sees the FLAIR as acquired, carried onto the
     # T1 grid by the registration's transform (the denoised FLAIR is scored too, to show the difference)
     flair = resample_image(run.values["flair"], run.values["flair_transform"], run.values["t1_clean"])
-    saliency, numbers = grad_cam(flair, model, truth, target_class=1)
-    _, denoised_numbers = grad_cam(run.values["flair_registered"], model, truth, target_class=1)
+    # one logit, the evidence for 'tumour' (index 0): its map is explained whatever the model predicts
+    saliency, numbers = grad_cam(flair, model, truth, target_class=0)
+    _, denoised_numbers = grad_cam(run.values["flair_registered"], model, truth, target_class=0)
     run.values.update(classifier=model, saliency=saliency, flair_for_model=flair)
     r = run.report
     r.add_section("5. Grad-CAM of the tumour classifier")
@@ -357,7 +358,8 @@ def _step_grad_cam(run: _Run) -> None:
     r.add_text(
         "The shipped 3D classifier (tumour / no tumour, trained on noisy FLAIR phantoms of 3 × 3 × 4 mm voxels"
         + (f", held-out accuracy {held_out:.2f}" if isinstance(held_out, float) else "")
-        + ") explained by Grad-CAM (captum) for the class 'tumour', whatever it predicts. It reads the FLAIR as "
+        + ") explained by Grad-CAM (captum). Its one output is the evidence for 'tumour' (positive: tumour), and "
+        "the map shows where that evidence comes from, whatever it predicts. It reads the FLAIR as "
         "acquired (not denoised), carried onto the T1 grid by the registration. The map is computed on the "
         "network's grid and resampled back onto the scan. 'Energy in mask' is the share of the map inside the "
         "true tumour; the pointing game asks whether the map's peak falls in it.")
@@ -389,7 +391,7 @@ def _step_sanity(run: _Run) -> None:
     from .explain import model_randomisation_test
 
     flair, truth, model = run.values["flair_for_model"], run.values["truth"], run.values["classifier"]
-    _original, randomised, similarity, table = model_randomisation_test(flair, model, truth, target_class=1,
+    _original, randomised, similarity, table = model_randomisation_test(flair, model, truth, target_class=0,
                                                                        steps=2 if run.fast else 3)
     r = run.report
     r.add_text(

@@ -398,6 +398,33 @@ def test_bad_input_gives_medlab_errors_naming_the_problem(net3d, img3d):
         grad_cam(img3d, unknown)
 
 
+def test_a_one_logit_classifier_explains_its_logit_and_refuses_class_one(img3d):
+    torch.manual_seed(3)
+    cfg = classifier_config("cnn_classifier", channels=[4, 6], convs_per_block=1, out_channels=1)
+    net = build_classifier(cfg).eval()
+    ck = Checkpoint(net.state_dict(), cfg, labels={0: "tumour"})
+    for flip in (1.0, -1.0):  # a positive logit ("tumour") and a negative one ("not tumour")
+        model = nn.Sequential(net, _Scale(flip)).eval()
+        predicted, _ = grad_cam(img3d, model, normalise="none", sign="signed")
+        zero, numbers = grad_cam(img3d, model, target_class=0, normalise="none", sign="signed")
+        assert np.array_equal(predicted.array, zero.array)   # -1 and 0 are the same logit, whatever its sign
+        assert zero.metadata["saliency"]["class_index"] == 0
+    _, numbers = grad_cam(img3d, ck, target_class=-1)
+    assert "logit of tumour (index 0, the model's only output)" in str(numbers.rows)
+    with pytest.raises(ParameterError, match=r"target_class 1 does not exist.*one output, the logit of 'tumour'.*"
+                                             r"target_class=0 or -1"):
+        grad_cam(img3d, ck, target_class=1)
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
 def test_shipped_classifier_finds_a_held_out_tumour():
     from medlab.data import classification_set
     from medlab.explain import tumour_classifier

@@ -107,6 +107,12 @@ _NEEDS_ATTENTION = ("attention_rollout",)
 _DESC = {"description_width": "initial"}
 
 
+def _column() -> widgets.Layout:
+    """A column sharing a row's width with its neighbour: side by side, never wrapped below it, each
+    viewer's toolbar wraps instead (a new Layout each: hiding one column hides only that one)."""
+    return widgets.Layout(flex="0 1 540px", min_width="280px")
+
+
 # ---------------------------------------------------------------------------- the model
 @dataclass
 class ModelInfo:
@@ -276,6 +282,11 @@ def legend_html(saliency: Image | None, *, cmap: str = "inferno", threshold: flo
                       for i in np.linspace(0, 255, 11).round().astype(int))
     thr = threshold_value(saliency, threshold)
     span = vmax - vmin
+    tiny = 1e-6 * max(abs(vmin), abs(vmax))    # 2.5e-10 beside 1 is a rounding zero: say 0
+
+    def num(v: float) -> str:
+        return "0" if abs(v) <= tiny else f"{v:.3g}"
+
     if vmax <= 0:
         drawn = "the map has no positive value: nothing is drawn"
         marker = ""
@@ -299,11 +310,11 @@ def legend_html(saliency: Image | None, *, cmap: str = "inferno", threshold: flo
     return (f"<div class='medlab-explain-legend-body' data-min='{vmin:.6g}' data-max='{vmax:.6g}' "
             f"data-threshold='{thr:.6g}' data-sign='{html.escape(str(info.get('sign', '')))}' "
             f"data-normalisation='{html.escape(str(info.get('normalisation', '')))}' "
-            f"style='font-size:12px;line-height:1.45;max-width:34em'>"
-            f"<div style='display:flex;align-items:center;gap:6px'><span>{vmin:.3g}</span>"
+            f"style='font-size:12px;line-height:1.45'>"
+            f"<div style='display:flex;align-items:center;gap:6px'><span>{num(vmin)}</span>"
             f"<div style='position:relative;flex:0 0 160px;height:12px;border:1px solid #888;"
             f"background:linear-gradient(to right, {stops})'>{marker}</div>"
-            f"<span>{vmax:.3g} {units}</span></div>"
+            f"<span>{num(vmax)} {units}</span></div>"
             f"<div>{title}{what}</div><div>{html.escape(drawn)}</div>"
             f"<div>sign: {sign} · normalised: {norm}</div></div>")
 
@@ -385,7 +396,7 @@ class _ExplainPanel(StagePanel):
         self.controls["target_class"].widget.observe(self._target_shown, "value")
         if where is not None:
             box, i = where
-            hint = self.controls["target_class"].hint
+            hint = widgets.HTML("<span>the class whose score the map explains</span>")
             box.children = (*box.children[:i], widgets.HBox([self._target_box, hint],
                                                             layout=widgets.Layout(align_items="center")),
                             *box.children[i + 1:])
@@ -398,6 +409,7 @@ class _ExplainPanel(StagePanel):
             current = w.value
             auto = f"auto (last convolutional block: {info.auto_layer})" if info.auto_layer else "auto"
             options = [(auto, "auto"), *[(n, n) for n in info.layers]]
+            w.layout.width = "34em"     # 'auto (last convolutional block: features.block3.1)' in full
             w.options = options
             w.value = current if current in [v for _, v in options] else "auto"
         if self._target_box is not None:
@@ -564,13 +576,13 @@ class ExplainWidget(Workbench):
         self.hint = widgets.HTML("")
         self.hint.add_class("medlab-explain-hint")
         self.left_picker = widgets.Dropdown(options=[("(no map yet)", "")], value="", description="A (left)",
-                                            style=_DESC, layout=widgets.Layout(width="26em"))
+                                            style=_DESC, layout=widgets.Layout(width="24em"))
         self.right_picker = widgets.Dropdown(options=[("(none)", "")], value="", description="B (right)",
-                                             style=_DESC, layout=widgets.Layout(width="26em"))
+                                             style=_DESC, layout=widgets.Layout(width="24em"))
         self.opacity = widgets.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05, description="opacity",
-                                           readout_format=".2f", style=_DESC, layout=widgets.Layout(width="18em"))
+                                           readout_format=".2f", style=_DESC, layout=widgets.Layout(width="16em"))
         self.threshold = widgets.FloatSlider(value=threshold, min=0.0, max=0.95, step=0.05, description="threshold",
-                                             readout_format=".2f", style=_DESC, layout=widgets.Layout(width="18em"),
+                                             readout_format=".2f", style=_DESC, layout=widgets.Layout(width="16em"),
                                              tooltip="share of each map's largest value below which it is not drawn")
         for w, cls in ((self.left_picker, "medlab-explain-left"), (self.right_picker, "medlab-explain-right"),
                        (self.opacity, "medlab-explain-opacity"), (self.threshold, "medlab-explain-threshold")):
@@ -582,10 +594,11 @@ class ExplainWidget(Workbench):
         self.legend_left, self.legend_right = widgets.HTML(""), widgets.HTML("")
         for w in (self.legend_left, self.legend_right):
             w.add_class("medlab-explain-legend")
-        self._left_column = widgets.VBox([self.before_caption, self.before, self.legend_left])
-        self._right_column = widgets.VBox([self.after_caption, self.after, self.legend_right])
+        # two columns share the width (the viewers' toolbars wrap rather than push B below A)
+        self._left_column = widgets.VBox([self.before_caption, self.before, self.legend_left], layout=_column())
+        self._right_column = widgets.VBox([self.after_caption, self.after, self.legend_right], layout=_column())
         viewers = widgets.HBox([self._left_column, self._right_column],
-                               layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"))
+                               layout=widgets.Layout(flex_flow="row nowrap", align_items="flex-start"))
         display_bar = widgets.HBox([self.left_picker, self.right_picker, self.opacity, self.threshold],
                                    layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         trust = self._build_trust()
@@ -1043,11 +1056,11 @@ class ExplainWidget(Workbench):
         t = self.threshold.value
         cells = [("the trained model", result.original)] + list(zip(result.steps, result.randomised))
         strip = "".join(
-            f"<figure style='margin:0 6px 0 0;text-align:center;font-size:11px;max-width:150px'>"
-            f"{_thumbnail(scan, m, mask, at, t)}<figcaption>{'original' if i == 0 else f'step {i}'}: "
+            f"<div style='margin:0 6px 6px 0;text-align:center;font-size:11px;line-height:1.25;max-width:150px'>"
+            f"{_thumbnail(scan, m, mask, at, t)}<div>{'original' if i == 0 else f'step {i}'}: "
             f"{html.escape(what if i == 0 else 'randomised ' + what)}"
-            + (f"<br>Spearman {result.scores[i - 1]['spearman']:.2f}" if i and math.isfinite(
-                result.scores[i - 1]["spearman"]) else "") + "</figcaption></figure>"
+            + (f"<br><b>Spearman {result.scores[i - 1]['spearman']:.2f}</b>" if i and math.isfinite(
+                result.scores[i - 1]["spearman"]) else "") + "</div></div>"
             for i, (what, m) in enumerate(cells))
         strip_html = widgets.HTML(f"<div style='display:flex;flex-wrap:wrap'>{strip}</div>")
         strip_html.add_class("medlab-explain-sanity-strip")
@@ -1056,10 +1069,10 @@ class ExplainWidget(Workbench):
         table.add_class("medlab-explain-sanity-table")
         plot = CurvePlot(result.curve())
         heads = widgets.HBox([
-            widgets.VBox([widgets.HTML("<b>original</b> (the trained model)"), original]),
+            widgets.VBox([widgets.HTML("<b>original</b> (the trained model)"), original], layout=_column()),
             widgets.VBox([widgets.HTML(f"<b>randomised</b> (after step {len(result.steps)}: every layer "
-                                       "re-initialised)"), randomised])],
-            layout=widgets.Layout(flex_flow="row wrap"))
+                                       "re-initialised)"), randomised], layout=_column())],
+            layout=widgets.Layout(flex_flow="row nowrap", align_items="flex-start"))
         self.sanity_verdict, self.sanity_strip, self.sanity_table = banner, strip_html, table
         self.sanity_box.children = [banner, heads, strip_html, widgets.HBox([table, plot],
                                                                             layout=widgets.Layout(flex_flow="row wrap"))]

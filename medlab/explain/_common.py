@@ -57,7 +57,8 @@ def inputs() -> dict:
 
 
 def target_params() -> dict:
-    return {"target_class": Int(-1, 999, -1, help="class to explain; -1: the predicted class"),
+    return {"target_class": Int(-1, 999, -1, help="class to explain (output index); -1: the predicted class; "
+                                                   "a one-logit classifier has only 0, its logit"),
             "region": Points(role="target", image="image",
                              help="segmentation networks: explain the class score summed over balls around these points"),
             "region_radius": Float(0.0, 200.0, 10.0, unit="mm", help="radius of the balls around the region points")}

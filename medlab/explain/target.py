@@ -154,15 +154,20 @@ def make_target(network: Network, net_in: NetworkInput, *, target_class: int = -
         raise ImageError(f"{stage}: {network.source} returned {list(out.shape)}, neither class scores [1, K] nor "
                          f"a map with the input's {net_in.tensor.ndim - 2} spatial axes")
     if target_class >= n_classes:
-        raise ParameterError(f"{stage}: target_class {target_class} does not exist; {network.source} has "
-                             f"{n_classes} output class{'es' if n_classes != 1 else ''} (0 to {n_classes - 1})")
+        raise ParameterError(_no_such_class(stage, network, target_class, n_classes, dense))
     if not dense:
         if region:
             raise ParameterError(f"{stage}: region points select voxels of a segmentation network's output; "
                                  f"{network.source} is a classifier (output {list(out.shape)}): leave region empty")
-        c = int(out[0].argmax()) if target_class < 0 else int(target_class)
         if n_classes == 1:
-            c = 0
+            # One logit (sigmoid): it is the evidence for the one named class, and "the predicted class"
+            # is that logit too. A negative logit ("not tumour") is explained by the same map: where the
+            # evidence for the class is, however weak. Explaining "not tumour" would be the negated map
+            # (sign="signed"), never a silent flip.
+            module = _make_module(network.module, 0, None)
+            return Target(module, 0, False, None, f"logit of {network.class_name(0)} (index 0, the model's only "
+                          "output)", n_classes, out, auto_layer)
+        c = int(out[0].argmax()) if target_class < 0 else int(target_class)
         module = _make_module(network.module, c, None)
         return Target(module, c, False, None, f"logit of {network.class_name(c)} (index {c})", n_classes, out,
                       auto_layer)
@@ -194,6 +199,19 @@ def make_target(network: Network, net_in: NetworkInput, *, target_class: int = -
     n = int(chosen.sum())
     return Target(module, c, True, reg, f"sum of {network.class_name(c)} logits over {how} ({n} voxels)", n_classes,
                   out, auto_layer)
+
+
+def _no_such_class(stage: str, network: Network, target_class: int, n_classes: int, dense: bool) -> str:
+    """Why ``target_class`` is out of range, and what to give instead."""
+    if n_classes == 1 and not dense:
+        name = network.class_name(0)
+        return (f"{stage}: target_class {target_class} does not exist; {network.source} has one output, the logit "
+                f"of {name!r} (a sigmoid classifier: positive means {name}). Give target_class=0 or -1: both "
+                f"explain that logit, the evidence for {name}, whatever the model predicts")
+    names = ", ".join(f"{k}: {network.class_name(k)}" for k in range(min(n_classes, 8)))
+    return (f"{stage}: target_class {target_class} does not exist; {network.source} has {n_classes} output "
+            f"class{'es' if n_classes != 1 else ''} ({names}{', ...' if n_classes > 8 else ''}). Give one of "
+            f"0 to {n_classes - 1}, or -1 for the predicted class")
 
 
 def _region(net_in: NetworkInput, points: Sequence, radius: float, mask: Image | None) -> np.ndarray | None:

@@ -3,20 +3,23 @@
 The data are the brain phantoms of :func:`medlab.data.classification_set` (FLAIR, 64×64×32
 voxels of 3×3×4 mm, half with a glioma-like tumour), so the tumour's position is known and an
 explanation's localisation is measured, not guessed. Training and held-out sets come from
-different seeds (different heads). The network is ``cnn_classifier`` with the ``max_evidence``
-head: three blocks of two 3×3×3 convolutions (batch norm, ReLU), max pooling between blocks, a
-1×1 convolution to a tumour-evidence map, and its maximum over the image as the one logit
-(binary cross-entropy; no bias after pooling, so a tumour is where the evidence is positive).
-A first version with global average pooling and two softmax logits was 100 % accurate too, but
-its Grad-CAM covered the whole brain: two softmax logits are free to share any evidence, and an
-average lets every voxel add some. The images reach the network through
+different seeds (different heads). The network is ``cnn_classifier`` with the ``lse_evidence``
+head: a block of two 3×3×3 convolutions (batch norm, ReLU) at full resolution, 2× max pooling,
+two more blocks at half resolution, a 1×1 convolution to a tumour-evidence map, and its smooth
+maximum over the image (log-mean-exp) as the one logit (binary cross-entropy; no bias after
+pooling, so a tumour is where the evidence is positive). Its Grad-CAM at the evidence layer is
+the evidence map itself. What did not work, on the same data: global average pooling with two
+softmax logits (100 % accurate, but its Grad-CAM covered the whole brain: two softmax logits are
+free to share any evidence, and an average lets every voxel add some); a hard maximum at half
+resolution (it did not train: the gradient reaches one voxel per image).
+The images reach the network through
 :func:`medlab.explain.geometry.network_input` with the checkpoint's own preprocessing record,
 exactly as the explanation stages feed it.
 
 The shipped checkpoints were made with::
 
     python -m medlab.explain.train_classifier --out medlab/explain/tumour_classifier.pt
-    python -m medlab.explain.train_classifier --permute-labels --n-train 32 --epochs 60 \\
+    python -m medlab.explain.train_classifier --permute-labels --no-augment --n-train 32 --epochs 60 \\
         --out medlab/explain/tumour_classifier_random_labels.pt
 
 The second is the same network trained on shuffled labels (Adebayo et al.'s data
@@ -98,8 +101,8 @@ def _accuracy(net, x, y, batch: int = 8) -> float:
 
 
 def train(*, seed: int = 0, n_train: int = 64, n_test: int = 32, epochs: int = 25, batch: int = 8,
-          lr: float = 2e-3, permute_labels: bool = False, size=(64, 64, 32), spacing=(3.0, 3.0, 4.0),
-          contrast: str = "flair", log=print):
+          lr: float = 2e-3, permute_labels: bool = False, augment: bool = True, size=(64, 64, 32),
+          spacing=(3.0, 3.0, 4.0), contrast: str = "flair", log=print):
     """Train the classifier; returns a :class:`medlab.outputs.Checkpoint` with its metrics.
 
     Parameters
@@ -112,6 +115,9 @@ def train(*, seed: int = 0, n_train: int = 64, n_test: int = 32, epochs: int = 2
     epochs, batch, lr : training schedule (Adam).
     permute_labels : bool
         Train on shuffled labels (the data-randomisation twin).
+    augment : bool
+        Fresh noise and random flips at every epoch; off, each image keeps one noisy copy (so that
+        a network can memorise shuffled labels, as in Adebayo et al.).
     size, spacing, contrast : the phantoms' grid and MR contrast.
 
     Examples
@@ -134,6 +140,7 @@ def train(*, seed: int = 0, n_train: int = 64, n_test: int = 32, epochs: int = 2
     x, y = _tensors(train_set, record)
     xt, yt = _tensors(test_set, record)
     labels_used = y[torch.from_numpy(rng.permutation(len(y)))] if permute_labels else y
+    fixed = None if augment else _rician(x, np.random.default_rng([seed, 1]))
     log(f"phantoms made in {time.time() - t0:.0f} s: train {tuple(x.shape)}, test {tuple(xt.shape)}")
     config = classifier_config("cnn_classifier", spatial_dims=3, in_channels=1, out_channels=1, channels=[8, 16, 16],
                                downsample=1, head="lse_evidence")
@@ -146,10 +153,13 @@ def train(*, seed: int = 0, n_train: int = 64, n_test: int = 32, epochs: int = 2
         losses = []
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
-            xb = _rician(x[idx], rng)
-            flips = [d + 2 for d in range(3) if rng.random() < 0.5]  # left-right, front-back, up-down
-            if flips:
-                xb = xb.flip(flips)
+            if fixed is not None:
+                xb = fixed[idx]
+            else:
+                xb = _rician(x[idx], rng)
+                flips = [d + 2 for d in range(3) if rng.random() < 0.5]  # left-right, front-back, up-down
+                if flips:
+                    xb = xb.flip(flips)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb)[:, 0], labels_used[idx].float())
             opt.zero_grad()
             loss.backward()
@@ -163,6 +173,7 @@ def train(*, seed: int = 0, n_train: int = 64, n_test: int = 32, epochs: int = 2
     log(f"accuracy: training {train_acc:.3f}, held-out {test_acc:.3f}")
     metrics = {"held_out_accuracy": test_acc, "training_accuracy": train_acc,
                "training_labels": "shuffled (data randomisation)" if permute_labels else "true",
+               "augmentation": "fresh noise and flips per epoch" if augment else "none (one noisy copy per image)",
                "seed": seed, "n_train": n_train, "n_held_out": n_test, "held_out_seed": seed + 1, "epochs": epochs,
                "batch": batch, "learning_rate": lr, "data": f"medlab.data.classification_set(size={list(size)}, "
                f"spacing={list(spacing)}, contrast={contrast!r}); training: noise=0 plus Rician noise of sigma "
@@ -183,6 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--permute-labels", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="one fixed noisy copy per image, no flips")
     p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it only in rounding)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
@@ -190,7 +202,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     ck = train(seed=args.seed, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, batch=args.batch,
-               lr=args.lr, permute_labels=args.permute_labels)
+               lr=args.lr, permute_labels=args.permute_labels, augment=not args.no_augment)
     ck.save(Path(args.out), overwrite=args.overwrite)
     print(f"saved {args.out}: {ck.describe()}")
     return 0
