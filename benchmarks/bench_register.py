@@ -12,10 +12,13 @@
    ``linear_register`` vs the same SimpleITK calls without medlab, elastix's default rigid
    map (``itk-elastix``) and ANTsPy ``Rigid`` / ``QuickRigid`` (``antspyx``). Peers that are not
    installed are skipped, and the table says so.
+   ``overhead`` runs only medlab against the plain SimpleITK calls, more times, for the
+   overhead figure.
 5. ICP: this module's KD-tree ICP vs pycpd (coherent point drift) and open3d, when installed.
 
 Run: ``python benchmarks/bench_register.py [section ...]`` (sections: phantom real deformable
-speed icp; default all). Times are wall-clock on a shared machine: compare the ratios within
+speed overhead icp; default all but overhead, which ``speed`` contains). The real-pair section
+writes ``benchmarks/register_t1_pd_checkerboard.png``. Times are wall-clock on a shared machine: compare the ratios within
 one run. ``--threads N`` sets ITK's threads (default 2).
 """
 
@@ -140,22 +143,24 @@ def bench_real() -> None:
     table("Real T1 ↔ PD (multimodal, oblique PD): mutual information in the head",
           [{"MI before (scanner alignment)": mi0, "MI after": mi1, "gain %": 100 * (mi1 - mi0) / mi0,
             "time s": dt, "rotation deg": s.get("rotation_deg"), "translation mm": s.get("translation_mm")}])
-    _checkerboard(t1, r.registered, Path(tempfile.gettempdir()) / "medlab_t1_pd_checkerboard.png")
+    _checkerboard(t1, before_img, r.registered, SNAPSHOT)
 
 
-def _checkerboard(a: medlab.Image, b: medlab.Image, path: Path, tile: int = 16) -> None:
-    """An axial checkerboard of the fixed and registered images (written for a visual check)."""
-    try:
-        from PIL import Image as PILImage
-    except ImportError:  # pragma: no cover
-        return
-    z = a.array.shape[0] // 2
-    x, y = a.array[z].astype(float), b.array[z].astype(float)
-    x, y = (x - x.min()) / (np.ptp(x) or 1), (y - y.min()) / (np.ptp(y) or 1)
-    yy, xx = np.indices(x.shape)
-    board = np.where(((yy // tile) + (xx // tile)) % 2 == 0, x, y)
-    PILImage.fromarray((255 * board).astype(np.uint8)).save(path)
-    print(f"\ncheckerboard snapshot: {path}")
+SNAPSHOT = Path(__file__).with_name("register_t1_pd_checkerboard.png")
+
+
+def _checkerboard(fixed: medlab.Image, before: medlab.Image, after: medlab.Image, path: Path) -> None:
+    """Axial and coronal checkerboards of the T1 and the PD resampled on its grid, before
+    (scanner coordinates) and after registration, as the viewer composes them (grey PNG)."""
+    from PIL import Image as PILImage
+
+    from medlab.render import montage
+    from medlab.report import slice_figure
+
+    pics = [slice_figure(fixed, second=img, planes=("axial", "coronal"), size=200) for img in (before, after)]
+    grey = montage(pics, gap=12).mean(axis=2).astype(np.uint8)
+    PILImage.fromarray(grey).save(path, optimize=True)
+    print(f"\ncheckerboard snapshot (left pair: before, right pair: after): {path} ({path.stat().st_size // 1024} kB)")
 
 
 # ---------------------------------------------------------------------------- 3. deformable
@@ -191,10 +196,12 @@ def bench_deformable() -> None:
     pts = sample_points(brain, 1000, seed=0)
     before = target_registration_error(sitk.Euler3DTransform(), pts, truth=truth).mean()
     rows = [{"method": "(no registration)", "mean error mm": before}]
-    runs = (("B-spline, 20 mm grid (medlab defaults)", lambda: bspline_register(fixed, moving)),
-            ("B-spline, 12 mm grid, mean squares", lambda: bspline_register(fixed, moving, grid_spacing_mm=12.0,
-                                                                            metric="mean_squares")),
-            ("diffeomorphic demons (medlab defaults)", lambda: demons_register(fixed, moving)))
+    runs = (("diffeomorphic demons (medlab defaults)", lambda: demons_register(fixed, moving)),
+            ("B-spline, Mattes MI, grids 80 → 40 → 20 mm (medlab defaults)", lambda: bspline_register(fixed, moving)),
+            ("B-spline, mean squares, grids 80 → 40 → 20 mm", lambda: bspline_register(fixed, moving,
+                                                                                  metric="mean_squares")),
+            ("B-spline, Mattes MI, grids 120 → 60 → 30 mm", lambda: bspline_register(fixed, moving,
+                                                                                grid_spacing_mm=30.0)))
     for name, run in runs:
         r, dt, _ = timed(run)
         err = target_registration_error(r.transform, pts, truth=truth).mean()
@@ -202,6 +209,8 @@ def bench_deformable() -> None:
         rows.append({"method": name, "time s": dt, "mean error mm": err, "reduction %": 100 * (1 - err / before),
                      "folded voxels": summary["folded voxels"], "Jacobian min": summary["jacobian min"],
                      "pass (≥ 70 %, no folds)": "yes" if err <= 0.3 * before and summary["folded voxels"] == 0 else "no"})
+        print(f"  done: {name}: {dt:.1f} s, error {before:.3f} -> {err:.3f} mm, {summary['folded voxels']} folded "
+              f"voxels (load {os.getloadavg()[0]:.1f})", flush=True)
     table("Deformable: brain phantom with a known smooth deformation (≤ 4 mm bumps, 1,000 brain points)", rows)
 
 
@@ -217,7 +226,7 @@ def _inverse_field(t, image: medlab.Image):
 # ---------------------------------------------------------------------------- 4. speed
 def plain_sitk_rigid(fixed: sitk.Image, moving: sitk.Image):
     """What ``linear_register``'s defaults do, as plain SimpleITK calls (no medlab, no callbacks)."""
-    from medlab.register._common import SEED
+    from medlab.register._common import MIN_LEVEL_VOXELS, SEED
 
     f, m = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
     t = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
@@ -226,7 +235,7 @@ def plain_sitk_rigid(fixed: sitk.Image, moving: sitk.Image):
     for s in (8, 4, 2, 1):
         levels = []
         for img in (f, m):
-            factors = [int(max(1, min(max(1, round(s * ref / sp)), size // 4)))
+            factors = [int(max(1, min(max(1, round(s * ref / sp)), size // MIN_LEVEL_VOXELS)))
                        for size, sp in zip(img.GetSize(), img.GetSpacing())]
             levels.append(sitk.BinShrink(img, factors) if max(factors) > 1 else img)
         R = sitk.ImageRegistrationMethod()
@@ -329,6 +338,50 @@ def bench_speed(threads: int, repeats: int, with_ants: bool) -> None:
             with_ants = False  # ANTs takes long: once (same contrast) is enough
 
 
+def bench_overhead(threads: int, repeats: int) -> None:
+    """medlab's ``linear_register`` (defaults) against the same SimpleITK calls without medlab,
+    both with the same thread count, alternating so that both see the same load."""
+    if not MNI.exists():
+        print(f"\n(overhead skipped: {MNI} not found)")
+        return
+    t1 = medlab.load(MNI)
+    truth = rigid_truth(np.mean(t1.bounds(), axis=0))
+    moving = moved_copy(t1, truth)
+    f_s, m_s = t1.to_sitk(), moving.to_sitk()
+
+    def plain_numpy(fixed: medlab.Image, mov: medlab.Image):
+        """The same calls for a numpy user: arrays into SimpleITK, the registered image back out."""
+        def to_sitk(img):
+            out = sitk.GetImageFromArray(img.array)
+            out.SetSpacing(img.spacing), out.SetOrigin(img.origin), out.SetDirection(tuple(img.direction.ravel()))
+            return out
+        t, registered = plain_sitk_rigid(to_sitk(fixed), to_sitk(mov))
+        return t, sitk.GetArrayFromImage(registered)
+
+    med, plain, plain_np = [], [], []
+    for _ in range(repeats):
+        r, dt, cpu = timed(linear_register, t1, moving)
+        med.append((dt, cpu))
+        (tp, _), dt, cpu = timed(plain_sitk_rigid, f_s, m_s)
+        plain.append((dt, cpu))
+        _, dt, cpu = timed(plain_numpy, t1, moving)
+        plain_np.append((dt, cpu))
+    same = np.allclose(r.transform.sitk.GetParameters(), tp.GetParameters(), atol=1e-9)
+    rows = []
+    for name, runs in (("medlab linear_register (defaults)", med),
+                       ("SimpleITK, same calls, SimpleITK images in and out", plain),
+                       ("SimpleITK, same calls, numpy arrays in and out", plain_np)):
+        rows.append({"method": name, "wall s (median)": statistics.median(d for d, _ in runs),
+                     "wall s (min)": min(d for d, _ in runs), "CPU s (median)": statistics.median(c for _, c in runs),
+                     "CPU s (min)": min(c for _, c in runs)})
+    table(f"Overhead, rigid Mattes MI, MNI T1 {t1.size[0]}×{t1.size[1]}×{t1.size[2]} ({threads} ITK threads for "
+          f"both; metric on 1 thread in both; {repeats} alternating runs each; same result: {same})", rows)
+    for key in ("wall s (median)", "wall s (min)", "CPU s (median)", "CPU s (min)"):
+        print(f"overhead ({key}): {100 * (rows[0][key] / rows[1][key] - 1):+.1f} % against SimpleITK images, "
+              f"{100 * (rows[0][key] / rows[2][key] - 1):+.1f} % against numpy arrays")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -405,6 +458,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     for s in args.sections:
         {"phantom": bench_phantom, "real": bench_real, "deformable": bench_deformable,
+         "overhead": lambda: bench_overhead(args.threads, args.repeats),
          "speed": lambda: bench_speed(args.threads, args.repeats, not args.no_ants), "icp": bench_icp}[s]()
 
 

@@ -666,8 +666,6 @@ def test_report_text_cannot_break_its_embedded_json():
 
 
 # ============================================================================ left for others
-@pytest.mark.xfail(reason="medlab/register (registration owner): a Ctrl-C during a SimpleITK registration "
-                          "becomes ImageError 'SimpleITK registration failed'", strict=True)
 def test_ctrl_c_during_a_registration_stays_a_keyboard_interrupt():
     from medlab.register import linear_register
     from medlab.stage import progress_to

@@ -39,7 +39,7 @@ from medlab.register import (
 )
 from medlab.stage import progress_to, stages
 
-FAST = {"levels": 2, "iterations": 40, "samples": 4000}
+FAST = {"shrink_factors": (2, 1), "iterations": 40, "samples": 4000}
 
 
 def _oblique(image: medlab.Image, angle_deg: float = 20.0, spacing=None, origin=(-30.0, 12.0, 7.5)) -> medlab.Image:
@@ -114,21 +114,48 @@ def test_each_linear_transform_recovers_a_translation(pair, kind):
     assert err < 0.8, (kind, err)
 
 
+def test_joint_histogram_mi_converges_where_it_diverged():
+    # this pair sent joint-histogram MI 116 mm away when the first level was 6×6×4 voxels and
+    # the joint histogram barely smoothed (ITK's variance 1.5)
+    pair = registration_pair(size=(48, 48, 24), spacing=(4.0, 4.0, 5.0), seed=3, max_rotation_deg=10,
+                             max_translation_mm=10)
+    r = linear_register(pair.fixed, pair.moving, metric="joint_histogram_mi", samples=4000, iterations=40)
+    assert target_registration_error(r.transform, _brain_points(pair), truth=pair.transform).mean() < 1.5
+    first = r.report.rows[0]["voxel size"]
+    assert all(float(v) <= 4.0 * 3 for v in first.split(" × "))  # no axis shrunk below 16 voxels
+
+
+def test_schedule_shrink_factors_and_smoothing(pair):
+    r = linear_register(pair.fixed, pair.moving, shrink_factors=(3, 1), smoothing_mm=(4.0, 0.0), iterations=5)
+    rows = r.report.rows
+    assert [row["level"] for row in rows] == [1, 2, "all"] and r.history.series_names == ["level 1", "level 2"]
+    assert rows[0]["voxel size"] == "12 × 12 × 5" and rows[1]["voxel size"] == "4 × 4 × 5"  # z: 24 slices stay
+    assert [row["smoothing"] for row in rows[:2]] == [4.0, 0.0]
+    one = linear_register(pair.fixed, pair.moving, shrink_factors=(2, 1), smoothing_mm=(1.5,), iterations=5)
+    assert [row["smoothing"] for row in one.report.rows[:2]] == [3.0, 1.5]  # one value: scaled per level
+    merged = linear_register(pair.fixed, pair.moving, shrink_factors=(8, 4, 2, 1), iterations=3).report.rows
+    assert [row["shrink"] for row in merged[:-1]] == ["8, 4", "2", "1"]  # 48 voxels: 8 and 4 give one grid
+    with pytest.raises(ParameterError, match="smoothing_mm.*3 values for 2 levels"):
+        linear_register(pair.fixed, pair.moving, shrink_factors=(2, 1), smoothing_mm=(1.0, 2.0, 3.0))
+    with pytest.raises(ParameterError, match="shrink_factors"):
+        linear_register(pair.fixed, pair.moving, shrink_factors=(2.5, 1))
+
+
 def test_every_setting_runs(pair):
     for kw in ({"metric": "joint_histogram_mi", "sampling": "random"}, {"optimiser": "gradient_descent"},
-               {"optimiser": "lbfgsb", "sampling": "all", "levels": 1}, {"smoothing_mm": 2.0, "sampling_percentage": 5.0},
+               {"optimiser": "lbfgsb", "sampling": "all", "shrink_factors": (1,)}, {"smoothing_mm": (2.0,), "sampling_percentage": 5.0}, {"smoothing_mm": (4.0, 0.0)},
                {"initialisation": "moments"}, {"initialisation": "none"}):
-        r = linear_register(pair.fixed, pair.moving, iterations=5, **{"levels": 2, **kw})
+        r = linear_register(pair.fixed, pair.moving, iterations=5, **{"shrink_factors": (2, 1), **kw})
         assert r.registered.same_grid(pair.fixed) and len(r.history) > 0, kw
 
 
 def test_geometry_kept_on_anisotropic_oblique_images(pair):
     fixed = _oblique(pair.fixed, 20.0, spacing=(3.5, 4.5, 6.0))
     moving = _oblique(pair.moving, 15.0, spacing=(4.0, 3.0, 5.0), origin=(-28.0, 10.0, 9.0))
-    r = linear_register(fixed, moving, levels=1, iterations=5)
+    r = linear_register(fixed, moving, shrink_factors=(1,), iterations=5)
     assert r.registered.same_grid(fixed) and np.allclose(r.registered.direction, fixed.direction)
-    b = bspline_register(fixed, moving, levels=1, iterations=3, grid_spacing_mm=60.0)
-    d = demons_register(fixed, moving, levels=1, iterations=3)
+    b = bspline_register(fixed, moving, shrink_factors=(1,), iterations=3, grid_spacing_mm=60.0)
+    d = demons_register(fixed, moving, shrink_factors=(1,), iterations=3)
     for img in (b.registered, b.jacobian, d.registered, d.jacobian):
         assert img.same_grid(fixed) and img.spacing == fixed.spacing and img.origin == fixed.origin
     labels = resample_labels(_oblique(pair.moving_labels, 15.0, spacing=(4.0, 3.0, 5.0), origin=(-28.0, 10.0, 9.0)),
@@ -139,14 +166,14 @@ def test_geometry_kept_on_anisotropic_oblique_images(pair):
 
 def test_initial_transform_is_refined_or_composed(pair, rigid):
     # a rigid start for a rigid registration is refined in place: the result is one Euler transform
-    again = linear_register(pair.fixed, pair.moving, rigid.transform, levels=1, iterations=20)
+    again = linear_register(pair.fixed, pair.moving, rigid.transform, shrink_factors=(1,), iterations=20)
     assert again.transform.summary()["kind"] == "Euler3DTransform"
     pts = _brain_points(pair)
     assert target_registration_error(again.transform, pts, truth=pair.transform).mean() < 1.0
     # an affine start cannot be a translation: the result composes initial and optimised
     aff = sitk.AffineTransform(3)
     aff.SetMatrix((1.02, 0, 0, 0, 1, 0, 0, 0, 1))
-    t = linear_register(pair.fixed, pair.moving, aff, transform="translation", levels=1, iterations=3).transform
+    t = linear_register(pair.fixed, pair.moving, aff, transform="translation", shrink_factors=(1,), iterations=3).transform
     assert t.summary()["kind"] == "composite" or "Composite" in t.sitk.GetName()
 
 
@@ -185,24 +212,53 @@ def test_jacobian_of_an_affine_map_on_an_oblique_grid():
 def test_bspline_reduces_a_known_deformation_without_folding():
     fixed, moving, truth, pts = _deformed_phantom()
     before = target_registration_error(sitk.Euler3DTransform(), pts, truth=truth).mean()
-    r = bspline_register(fixed, moving, grid_spacing_mm=40.0, levels=2, iterations=40)
+    r = bspline_register(fixed, moving, grid_spacing_mm=40.0, shrink_factors=(2, 1), iterations=20, samples=5000)
     after = target_registration_error(r.transform, pts, truth=truth).mean()
     assert before > 2.0 and after < 0.5 * before
     assert r.report.rows[-1]["folded voxels"] == folded_voxels(r.jacobian) == 0
     assert r.jacobian.same_grid(fixed) and "B-spline" in r.transform.name
 
 
+def test_a_finer_bspline_grid_starts_from_the_coarser_deformation(pair):
+    from medlab.register._common import to_float
+    from medlab.register.intensity import bspline_mesh, refine_bspline
+
+    f = to_float(pair.fixed)
+    coarse = sitk.BSplineTransformInitializer(f, bspline_mesh(pair.fixed, 80.0), 3)
+    rng = np.random.default_rng(0)
+    coarse.SetParameters(tuple(rng.normal(0.0, 3.0, len(coarse.GetParameters()))))
+    fine = refine_bspline(coarse, f, bspline_mesh(pair.fixed, 20.0))
+    assert len(fine.GetParameters()) > 4 * len(coarse.GetParameters())
+    pts = _brain_points(pair, 200)
+    moved = np.array([coarse.TransformPoint(tuple(q)) for q in pts])
+    assert np.abs(moved - pts).max() > 2.0  # a real deformation
+    error = target_registration_error(fine, pts, moving_points=moved)
+    assert error.mean() < 0.05 and error.max() < 0.05 * np.abs(moved - pts).max()
+
+
+def test_lbfgsb_bspline_with_mean_squares_keeps_iterating():
+    # intensities in [0, 1]: mean squares starts near 1e-3 and a fixed gradient tolerance of
+    # 1e-5 stopped L-BFGS-B after one iteration per level
+    fixed, moving, truth, pts = _deformed_phantom()
+    before = target_registration_error(sitk.Euler3DTransform(), pts, truth=truth).mean()
+    r = bspline_register(fixed, moving, metric="mean_squares", grid_spacing_mm=40.0, shrink_factors=(2, 1),
+                         iterations=20, samples=5000)
+    assert all(row["iterations"] > 5 for row in r.report.rows[:-1]), r.report.rows
+    after = target_registration_error(r.transform, pts, truth=truth).mean()
+    assert after < 0.5 * before and r.report.rows[-1]["folded voxels"] == 0
+
+
 def test_demons_reduces_a_known_deformation_without_folding():
     fixed, moving, truth, pts = _deformed_phantom()
     before = target_registration_error(sitk.Euler3DTransform(), pts, truth=truth).mean()
-    r = demons_register(fixed, moving, iterations=30, levels=2)
+    r = demons_register(fixed, moving, iterations=30, shrink_factors=(2, 1))
     after = target_registration_error(r.transform, pts, truth=truth).mean()
     assert before > 2.0 and after < 0.5 * before
     assert r.report.rows[-1]["folded voxels"] == 0 and r.history.series_names == ["level 1", "level 2"]
 
 
 def test_deformable_transform_saves_and_loads(tmp_path, rigid, pair):
-    r = bspline_register(pair.fixed, pair.moving, rigid.transform, levels=1, iterations=3, grid_spacing_mm=60.0)
+    r = bspline_register(pair.fixed, pair.moving, rigid.transform, shrink_factors=(1,), iterations=3, grid_spacing_mm=60.0)
     path = r.transform.save(tmp_path / "t.h5")
     back = Transform.load(path)
     pts = _brain_points(pair, 20)
@@ -214,7 +270,7 @@ def test_curve_and_best_transform_are_published_every_iteration(pair):
     seen = []
     with progress_to(None, publish=lambda stage, values: seen.append(
             (len(values["history"]) if "history" in values else None, values.get("transform")))):
-        r = linear_register(pair.fixed, pair.moving, levels=1, iterations=10)
+        r = linear_register(pair.fixed, pair.moving, shrink_factors=(1,), iterations=10)
     growing = [n for n, _ in seen if n is not None]
     assert growing[:3] == [1, 2, 3] and growing[-1] == len(r.history)  # the curve grew while it ran
     assert any(isinstance(t, Transform) for _, t in seen[:3])
@@ -230,7 +286,7 @@ def test_cancel_keeps_the_best_transform(pair):
             cancel.set()
 
     with progress_to(None, cancel, publish=on_publish), pytest.raises(Cancelled) as info:
-        linear_register(pair.fixed, pair.moving, levels=2, iterations=200)
+        linear_register(pair.fixed, pair.moving, shrink_factors=(2, 1), iterations=200)
     kept = info.value.result
     assert kept.cancelled and isinstance(kept.transform, Transform) and kept.registered is None
     history = kept.history
@@ -251,9 +307,23 @@ def test_cancel_keeps_the_best_field_of_demons(pair):
             cancel.set()
 
     with progress_to(None, cancel, publish=on_publish), pytest.raises(Cancelled) as info:
-        demons_register(pair.fixed, pair.moving, levels=2, iterations=100)
+        demons_register(pair.fixed, pair.moving, shrink_factors=(2, 1), iterations=100)
     kept = info.value.result
     assert kept.cancelled and isinstance(kept.transform, Transform) and kept.jacobian is None
+
+
+@pytest.mark.parametrize("run", [
+    lambda p: linear_register(p.fixed, p.moving, **FAST),
+    lambda p: bspline_register(p.fixed, p.moving, shrink_factors=(1,), iterations=5, samples=2000),
+    lambda p: demons_register(p.fixed, p.moving, shrink_factors=(1,), iterations=5),
+], ids=["linear", "bspline", "demons"])
+def test_ctrl_c_stays_a_keyboard_interrupt(pair, run):
+    # SimpleITK turns what an iteration command raises into a RuntimeError: not "registration failed"
+    def interrupt(fraction, message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), progress_to(interrupt):
+        run(pair)
 
 
 # ------------------------------------------------------------------ recipes
@@ -293,7 +363,7 @@ def test_landmarks_initialise_an_intensity_refinement_in_one_recipe(pair):
     fl = fl.tolist()
     with Recipe.record(fixed=pair.fixed, moving=pair.moving) as recipe:
         start = landmark_register(pair.fixed, pair.moving, fixed_landmarks=fl, moving_landmarks=noisy).transform
-        refined = linear_register(pair.fixed, pair.moving, start, levels=1, iterations=30).transform
+        refined = linear_register(pair.fixed, pair.moving, start, shrink_factors=(1,), iterations=30).transform
     assert recipe.steps[1].inputs["initial"] == "step1.transform"
     pts = _brain_points(pair)
     assert (target_registration_error(refined, pts, truth=pair.transform).mean()
@@ -325,6 +395,16 @@ def test_landmark_fit_recovers_known_transforms(kind):
     t = fit_landmark_transform(fixed, moving, kind)
     probe = rng.uniform(-80, 80, (20, 3))
     assert target_registration_error(t, probe, truth=truth).max() < 1e-6
+
+
+def test_2d_similarity_landmarks_recover_the_scale():
+    truth = sitk.Similarity2DTransform(1.3, 0.4, (3.0, -2.0), (5.0, 5.0))
+    fixed = np.random.default_rng(2).uniform(-40, 40, (6, 2))
+    moving = np.array([truth.TransformPoint(tuple(p)) for p in fixed])
+    t = fit_landmark_transform(fixed, moving, "similarity")
+    assert abs(t.GetScale() - 1.3) < 1e-9
+    probe = np.random.default_rng(3).uniform(-80, 80, (20, 2))
+    assert target_registration_error(t, probe, truth=truth).max() < 1e-9
 
 
 def test_landmark_register_reports_fre_and_tre(pair):
@@ -423,7 +503,7 @@ def test_bad_images_give_medlab_errors(pair):
         surface_register(pair.fixed_labels, pair.moving_labels, moving_label=99)
 
 
-@pytest.mark.parametrize("kw", [{"levels": 50}, {"learning_rate": -1.0}, {"iterations": 0},
+@pytest.mark.parametrize("kw", [{"shrink_factors": (100,)}, {"smoothing_mm": (1.0, 2.0, 3.0)}, {"learning_rate": -1.0}, {"iterations": 0},
                                 {"metric": "ncc"}, {"samples": 10}, {"sampling_percentage": 150.0},
                                 {"transform": "perspective"}, {"bins": float("nan")}])
 def test_absurd_parameters_are_refused_before_work(pair, kw):

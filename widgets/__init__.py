@@ -12,6 +12,7 @@ from .explain import ExplainWidget
 from .outputs import CurvePlot
 from .panel import StagePanel, link_window
 from .preprocess import PreprocessWidget, preprocess_widget
+from .register import RegisterWidget
 from .segment import SegmentWidget
 from .view3d import View3D
 from .viewer import Viewer, link
@@ -22,6 +23,7 @@ __all__ = [
            "CurvePlot",
            "ExplainWidget",
            "PreprocessWidget",
+           "RegisterWidget",
            "SegmentWidget",
            "StagePanel",
            "View3D",

@@ -10,7 +10,7 @@ Examples
 >>> from medlab.data import brain_mri
 >>> from medlab.register import demons_register
 >>> p = brain_mri(size=(48, 48, 24), spacing=(4, 4, 5))
->>> r = demons_register(p.t1, p.t1, iterations=5, levels=1)
+>>> r = demons_register(p.t1, p.t1, iterations=5, shrink_factors=(1,))
 >>> r.report.rows[-1]["folded voxels"]
 0
 """
@@ -31,16 +31,18 @@ from ..stage import (
     ImageInput,
     ImageOut,
     Int,
+    Numbers,
     TableOut,
     TransformInput,
     TransformOut,
     stage,
 )
 from ._common import (
+    SHRINK_HELP,
     Tracker,
     check_pair,
     grids,
-    level_shrinks,
+    merge_levels,
     pyramid_level,
     registered_image,
     report_table,
@@ -85,7 +87,7 @@ def _field_transform(field):
        variant=Choice(DEMONS_VARIANTS, "diffeomorphic", help="diffeomorphic demons (smooth and invertible), "
                       "fast symmetric forces, symmetric forces or Thirion's classic demons"),
        iterations=Int(1, 2000, 50, help="iterations per level"),
-       levels=Int(1, 5, 3, help="resolution levels (block-averaged pyramid)"),
+       shrink_factors=Numbers(1, 64, (4, 2, 1), integer=True, max_len=6, help=SHRINK_HELP),
        field_sigma=Float(0.5, 5.0, 1.5, unit="voxel", help="Gaussian smoothing of the displacement field at "
                          "each iteration, in voxels of the level (larger: smoother, less detail)"),
        match_histograms=Bool(False, help="map the moving intensities onto the fixed histogram first, for "
@@ -95,8 +97,8 @@ def _field_transform(field):
                 "history": CurveOut(help="mean squared difference per iteration, one series per level"),
                 "report": TableOut(help="per level and overall; folded voxels and Jacobian range"),
                 "jacobian": ImageOut(grid="fixed", help="Jacobian determinant on the fixed grid (≤ 0: folding)")})
-def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", iterations=50, levels=3,
-                    field_sigma=1.5, match_histograms=False):
+def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", iterations=50,
+                    shrink_factors=(4, 2, 1), field_sigma=1.5, match_histograms=False):
     """Deformable registration of two images of the same contrast with a demons algorithm.
 
     Parameters
@@ -109,8 +111,9 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
     variant : {'diffeomorphic', 'fast_symmetric', 'symmetric', 'classic'}
     iterations : int
         Iterations per level.
-    levels : int
-        Pyramid levels.
+    shrink_factors : sequence of int
+        One pyramid level per factor, coarse to fine (as for
+        :func:`~medlab.register.linear_register`).
     field_sigma : float
         Field smoothing σ in voxels of each level.
     match_histograms : bool
@@ -135,7 +138,7 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
     --------
     >>> from medlab.data import brain_mri
     >>> p = brain_mri(size=(48, 48, 24), spacing=(4, 4, 5))
-    >>> r = demons_register(p.t1, p.t1, iterations=3, levels=1)
+    >>> r = demons_register(p.t1, p.t1, iterations=3, shrink_factors=(1,))
     >>> r.jacobian.same_grid(p.t1)
     True
     """
@@ -160,8 +163,8 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
     reference = min(fixed.spacing)
     field = None
     rows = []
-    shrinks = level_shrinks(levels)
-    for level, s in enumerate(shrinks):
+    plan = merge_levels(f, shrink_factors, [0.0] * len(shrink_factors), reference)
+    for level, (requested, s, _) in enumerate(plan):
         t0 = time.perf_counter()
         f_l = pyramid_level(f, s, reference, 0.0)
         m_l = pyramid_level(m, s, reference, 0.0)
@@ -184,16 +187,15 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
                 value = filt.GetMetric()
                 tracker.curve.append(f"level {level + 1}", done + filt.GetElapsedIterations(), value)
                 tracker.iterations += 1
-                tracker.publish((level + min(done + filt.GetElapsedIterations(), iterations) / iterations) / len(shrinks))
+                tracker.publish((level + min(done + filt.GetElapsedIterations(), iterations) / iterations) / len(plan))
 
-            filt.AddCommand(sitk.sitkIterationEvent, on_iteration)
+            filt.AddCommand(sitk.sitkIterationEvent, tracker.command(on_iteration))
             try:
                 new = filt.Execute(f_l, m_l, field)
             except RuntimeError as exc:
-                from ..errors import Cancelled, ImageError
+                from ..errors import ImageError
 
-                if tracker.cancelled:
-                    raise Cancelled("registration cancelled by the user; the best field so far is kept") from None
+                tracker.raise_kept()
                 raise ImageError(f"demons_register: SimpleITK demons failed: {str(exc).strip().splitlines()[-1]}") from None
             value = filt.GetMetric()
             done += n
@@ -202,7 +204,7 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
             field = new
             last = value
         field = tracker.best_params
-        rows.append({"level": level + 1, "voxel size": " × ".join(f"{v:.3g}" for v in f_l.GetSpacing()),
+        rows.append({"level": level + 1, "shrink": requested, "voxel size": " × ".join(f"{v:.3g}" for v in f_l.GetSpacing()),
                      "iterations": done, "final metric": last, "stop reason": "iterations done",
                      "time": round(time.perf_counter() - t0, 3)})
     if tuple(field.GetSize()) != tuple(fixed.size):

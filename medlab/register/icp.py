@@ -266,8 +266,11 @@ def surface_register(fixed, moving, initial=None, *, fixed_label=0, moving_label
     >>> from medlab.data import registration_pair
     >>> pair = registration_pair(size=(48, 48, 24), spacing=(4, 4, 5))
     >>> r = surface_register(pair.fixed_labels, pair.moving_labels)
-    >>> r.history.last("inliers")[1] < 2.0
+    >>> from medlab.register import target_registration_error
+    >>> float(target_registration_error(r.transform, pair.landmarks, truth=pair.transform).mean()) < 1.5
     True
+
+    (The RMS surface distance itself stays near 2.7 mm here: label surfaces of 4–5 mm voxels.)
     """
     from ._common import check_pair
 

@@ -121,12 +121,33 @@ def fit_landmark_transform(fixed_points, moving_points, kind: str = "rigid"):
     else:
         t = sitk.Euler2DTransform() if kind == "rigid" else sitk.Similarity2DTransform()
     t.SetCenter(tuple(map(float, f.mean(0))))
+    if kind == "similarity" and d == 2:
+        # ITK's initializer fits a 2D similarity as a rigid transform (scale stays 1): Umeyama here
+        return _similarity_2d(f, m)
     try:
         out = sitk.LandmarkBasedTransformInitializer(t, f.ravel().tolist(), m.ravel().tolist())
     except RuntimeError as exc:
         raise ParameterError(f"the landmarks do not determine a {kind} transform "
                              f"({str(exc).strip().splitlines()[-1]})") from None
     return out.Downcast()
+
+
+def _similarity_2d(fixed: np.ndarray, moving: np.ndarray):
+    """Least-squares 2D similarity (Umeyama 1991), centred at the fixed landmarks' centroid."""
+    import SimpleITK as sitk
+
+    fc, mc = fixed.mean(0), moving.mean(0)
+    x, y = fixed - fc, moving - mc
+    u, sv, vt = np.linalg.svd(y.T @ x)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(sv) @ sign) / np.sum(x ** 2))
+    t = sitk.Similarity2DTransform()
+    t.SetCenter(tuple(map(float, fc)))
+    t.SetScale(scale)
+    t.SetAngle(float(np.arctan2(rotation[1, 0], rotation[0, 0])))
+    t.SetTranslation(tuple(map(float, mc - fc)))
+    return t
 
 
 def predicted_tre(fiducials, targets, fle_rms: float) -> np.ndarray:

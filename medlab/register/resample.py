@@ -41,7 +41,8 @@ def _check_dims(image: Image, transform, reference: Image, stage_name: str, name
                             help="nearest neighbour, or label-Gaussian (smoother borders, never mixes labels)"),
        outputs={"labels": LabelOut(grid="reference", help="the label map on the reference grid")})
 def resample_labels(labels, transform, reference, *, interpolation="nearest"):
-    """Carry a label map (segmentation) through ``transform`` onto the grid of ``reference``.
+    """Carry a label map (segmentation) through a registration transform onto the grid of a
+    reference image.
 
     Labels are never blended: nearest neighbour keeps each voxel's label, label-Gaussian
     picks the label with the largest Gaussian-weighted share (smoother borders). Names and
@@ -87,8 +88,8 @@ def resample_labels(labels, transform, reference, *, interpolation="nearest"):
                             help="linear, cubic B-spline (sharper, may overshoot) or nearest neighbour"),
        outputs={"image": ImageOut(grid="reference", help="the image on the reference grid")})
 def resample_image(image, transform, reference, *, interpolation="linear"):
-    """Carry an intensity image through ``transform`` onto the grid of ``reference`` (e.g. a
-    second moving sequence, once the first has been registered).
+    """Carry an intensity image through a registration transform onto the grid of a reference
+    image (e.g. a second moving sequence, once the first has been registered).
 
     Voxels that fall outside the source take its smallest value (background).
 
