@@ -19,6 +19,10 @@ from ..stage import publish, report
 METRICS = ("mattes_mi", "joint_histogram_mi", "correlation", "mean_squares")
 METRIC_NAMES = {"mattes_mi": "Mattes MI", "joint_histogram_mi": "joint-histogram MI",
                 "correlation": "normalised correlation", "mean_squares": "mean squares"}
+CURVE_LABELS = {"mattes_mi": "−Mattes MI (lower is better)", "joint_histogram_mi": "−joint-histogram MI (lower is better)",
+                "correlation": "−correlation² (lower is better)", "mean_squares": "mean squares (lower is better)"}
+"""Y axis of the metric curve: ITK minimises, so MI and correlation are reported negated (a
+student seeing MI fall below zero is told why at once)."""
 OPTIMISERS = ("regular_step", "gradient_descent", "lbfgsb")
 LBFGSB_GRADIENT_TOLERANCE = 1e-5
 """L-BFGS-B stops when its projected gradient falls below this × the metric's magnitude at the

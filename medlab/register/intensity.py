@@ -52,6 +52,7 @@ from ..stage import (
     stage,
 )
 from ._common import (
+    CURVE_LABELS,
     INITIALISATION,
     METRIC_NAMES,
     METRICS,
@@ -221,7 +222,7 @@ def _register(stage_name: str, fixed: Image, moving: Image, f, m, start, before,
     import SimpleITK as sitk
 
     f_grid, m_grid = grids(fixed, moving)
-    curve = Curve("metric", x_label="iteration", y_label=METRIC_NAMES[metric], lower_is_better=True)
+    curve = Curve("metric", x_label="iteration", y_label=CURVE_LABELS[metric], lower_is_better=True)
     cur = {"start": start, "before": before}
     tracker = Tracker(curve, lambda p: _compose(cur["before"], _with_params(cur["start"], p)), f_grid, m_grid, name,
                       large=large)
