@@ -86,7 +86,7 @@ def held_out_cases(model, n_cases: int | None):
         if label != 1:
             continue
         with torch.no_grad():
-            out = net.module.eval()(network_input(image, net.preprocessing).tensor)
+            out = net.module.eval()(network_input(image, net.input_record).tensor)
         if not _says_tumour(out):
             wrong += 1
             continue
@@ -245,7 +245,7 @@ def occlusion_speed(model) -> None:
             x = torch.from_numpy(img.array.copy())[None, None]
             model_in, mm = tiny, float(box[0])
         else:
-            x = network_input(img, net.preprocessing).tensor
+            x = network_input(img, net.input_record).tensor
             model_in, mm = model, 48.0
         with torch.no_grad():
             logits = module(x)

@@ -391,11 +391,45 @@ def test_bad_input_gives_medlab_errors_naming_the_problem(net3d, img3d):
     with pytest.raises(GeometryError, match="'mask' and 'image' do not overlap"):
         grad_cam(img3d, net3d, far)
     bad = Checkpoint({"w": torch.zeros(1)}, classifier_config("cnn_classifier", channels=[2]))
-    with pytest.raises(ParameterError, match="weights do not fit"):
+    with pytest.raises(ParameterError, match="weights do not match the network config.*1 unexpected: w"):
         grad_cam(img3d, bad)
+    cfg = classifier_config("cnn_classifier", channels=[2])
+    nan = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+           for k, v in build_classifier(cfg).state_dict().items()}
+    with pytest.raises(ParameterError, match="weights hold NaN"):
+        grad_cam(img3d, Checkpoint(nan, cfg))
+    odd = Checkpoint(build_classifier(cfg).state_dict(), cfg, preprocessing={"intensity": {"transform": "eval"}})
+    with pytest.raises(ParameterError, match="preprocessing record: 'intensity': intensity transform must be one of"):
+        grad_cam(img3d, odd)
     unknown = Checkpoint({"w": torch.zeros(1)}, {"network": "resnet50"})
     with pytest.raises(ParameterError, match="cannot build this network"):
         grad_cam(img3d, unknown)
+
+
+def test_a_medlab_deep_checkpoint_is_explained_on_its_own_grid():
+    """A U-Net checkpoint of medlab.deep, with its own preprocessing record (an intensity preset and
+    a spacing): built, sized, normalised and resampled by medlab.deep, the map back on the scan."""
+    from medlab.deep.networks import build_network, network_config, size_divisor
+    from medlab.deep.preprocessing import normalise_intensity
+
+    torch.manual_seed(0)
+    cfg = network_config("unet", spatial_dims=2, out_channels=2, channels=[4, 8], strides=[2])
+    ck = Checkpoint(build_network(cfg).state_dict(), cfg, labels={0: "background", 1: "lesion"},
+                    preprocessing={"intensity": "percentile", "direction": np.eye(2).tolist(), "spacing": [2.0, 2.0]})
+    rng = np.random.default_rng(0)
+    img = medlab.Image(rng.random((15, 21)).astype(np.float32), spacing=(1.0, 1.0), origin=(3.0, -2.0))
+    s, numbers = grad_cam(img, ck, target_class=1, region=[tuple(img.index_to_physical((10, 7)))], region_radius=4.0)
+    assert s.same_grid(img) and np.isfinite(s.array).all() and "sum of lesion logits over the region" in str(numbers.rows)
+    from medlab.explain.geometry import network_input
+    from medlab.explain.network import resolve_model
+
+    net = resolve_model(ck)
+    net_in = network_input(img, net.input_record)
+    assert net.size_multiple == size_divisor(cfg) == 2
+    # 15 x 21 voxels of 1 mm are 8 x 11 of 2 mm: padded to 8 x 12 for the U-Net's one 2x pooling
+    assert tuple(net_in.tensor.shape[2:]) == (8, 12) and net_in.grid.spacing == (2.0, 2.0)
+    assert net_in.intensity == "ScaleIntensityRangePercentiles"
+    assert np.allclose(normalise_intensity(img.array, "percentile").max(), 1.0) and float(net_in.tensor.max()) <= 1.0
 
 
 def test_a_one_logit_classifier_explains_its_logit_and_refuses_class_one(img3d):

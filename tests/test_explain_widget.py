@@ -119,7 +119,7 @@ def test_pickers_are_built_for_the_model(widget, model):
     box, i = w.panel._row("region")
     assert box.children[i].layout.display == "none"
     assert [s["name"] for s in w.before.point_sets] == ["points"]
-    assert "predicts blob" in w.hint.value
+    assert "predicts <b>blob" in w.hint.value
 
 
 def test_methods_follow_the_model():

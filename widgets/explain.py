@@ -189,7 +189,7 @@ def model_info(model, image: Image) -> ModelInfo:
                      attention=_has_attention(network.module))
     try:
         check_model_fits(network, image, "explain")   # the stages' own check: the clearest message
-        x = network_input(image, network.preprocessing, source=network.source).tensor
+        x = network_input(image, network.input_record, source=network.source).tensor
         out, info.auto_layer = run_model(network, x, "the scan")
     except MedlabError as exc:
         info.error = str(exc)
@@ -429,8 +429,10 @@ class _ExplainPanel(StagePanel):
 
     @staticmethod
     def _target_options(info: ModelInfo) -> list[tuple[str, int]]:
-        if info.n_classes == 1:
-            return [(f"{info.class_name(0)} (the model's only output)", -1)]
+        if info.n_classes == 1:   # its logit is the evidence for the class, whatever it predicts
+            said = info.prediction()
+            return [(f"evidence for {info.class_name(0)}, the model's only output"
+                     + (f" (it predicts {said})" if said else ""), -1)]
         if info.dense:
             first = "the class the network predicts most in the region"
         else:
@@ -702,7 +704,7 @@ class ExplainWidget(Workbench):
 
     def _hint_refresh(self) -> None:
         said = self.info.prediction()
-        model = html.escape(f"the model predicts {said} on this scan. " if said else "")
+        model = f"The model predicts <b>{html.escape(said)}</b> on this scan. " if said else ""
         if self.info.error:
             model = f"<span style='color:#b00020'>{html.escape(self.info.error)}</span> "
         if self.info.error and not self.maps:

@@ -155,7 +155,7 @@ def prepare(stage: str, image: Image, model, mask: Image | None, *, target_class
             region_radius: float, sign: str) -> Context:
     network = resolve_model(model)
     check_model_fits(network, image, stage)
-    net_in = network_input(image, network.preprocessing, source=network.source)
+    net_in = network_input(image, network.input_record, source=network.source)
     target = make_target(network, net_in, target_class=target_class, region=region, region_radius=region_radius,
                          mask=mask, stage=stage)
     return Context(network, net_in, target, sign, stage)

@@ -12,8 +12,10 @@ A checkpoint may record how its training images were prepared (``Checkpoint.prep
 
 The keys ``intensity``, ``direction`` and ``spacing`` mean what they mean in
 :mod:`medlab.deep`'s records, so a segmentation checkpoint trained there is explained on the
-same grid it was trained on. (``medlab.deep`` was not yet part of the repository when this
-was written, so the mapping is defined here.)
+same grid it was trained on: the intensity step (its allow-list, presets and MONAI call) and
+the physical resampling are :mod:`medlab.deep.preprocessing`'s own. What is added here is the
+fixed input ``size``, the ``size_multiple`` padding, the tensor ``array_order`` and the way
+back to the scan.
 
 Order: (1) intensity normalisation on the scan's own voxels (a MONAI transform from an
 allow-list: a checkpoint is data and must not name arbitrary code); (2) the **network grid**:
@@ -36,13 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from ..deep.preprocessing import _resample, intensity_record, normalise_intensity
 from ..errors import ImageError, ParameterError
 from ..image import Image
 
 __all__ = ["NetworkInput", "network_input", "preprocessing_record"]
 
-# MONAI intensity transforms a record may name (the allow-list medlab.deep uses too).
-INTENSITY_TRANSFORMS = ("ScaleIntensityRangePercentiles", "ScaleIntensityRange", "NormalizeIntensity", "ScaleIntensity")
 _KEYS = ("intensity", "direction", "spacing", "size", "size_multiple", "array_order", "channels", "patch_size",
          "overlap")
 
@@ -74,11 +75,11 @@ def check_record(record: Mapping[str, Any], source: str = "preprocessing record"
     unknown = sorted(set(rec) - set(_KEYS))
     if unknown:
         raise ParameterError(f"{source}: unknown key(s) {unknown}; known: {list(_KEYS)}")
-    step = rec.get("intensity")
-    if step is not None and (not isinstance(step, Mapping) or step.get("transform") not in INTENSITY_TRANSFORMS
-                             or not isinstance(step.get("args", {}), Mapping)):
-        raise ParameterError(f"{source}: 'intensity' must be {{'transform': one of {list(INTENSITY_TRANSFORMS)}, "
-                             f"'args': {{...}}}}; got {step!r}")
+    if rec.get("intensity") is not None:
+        try:   # medlab.deep's allow-list of MONAI transforms (a checkpoint is data, never code), or a preset name
+            rec["intensity"] = intensity_record(rec["intensity"])
+        except ParameterError as exc:
+            raise ParameterError(f"{source}: 'intensity': {exc}") from None
     if rec.get("array_order", "zyx") not in ("zyx", "xyz"):
         raise ParameterError(f"{source}: 'array_order' must be 'zyx' or 'xyz'; got {rec.get('array_order')!r}")
     m = rec.get("size_multiple", 1)
@@ -167,38 +168,18 @@ class NetworkInput:
 
 
 def resample_array(array: np.ndarray, source: Image, target: Image, *, nearest: bool, fill: float) -> np.ndarray:
-    """``array`` (on ``source``'s grid) resampled through physical space onto ``target``'s grid."""
-    import SimpleITK as sitk
-
-    src = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    src.SetSpacing(source.spacing)
-    src.SetOrigin(source.origin)
-    src.SetDirection(tuple(np.asarray(source.direction).ravel()))
-    f = sitk.ResampleImageFilter()
-    f.SetSize([int(s) for s in target.size])
-    f.SetOutputSpacing([float(s) for s in target.spacing])
-    f.SetOutputOrigin([float(o) for o in target.origin])
-    f.SetOutputDirection([float(v) for v in np.asarray(target.direction).ravel()])
-    f.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
-    f.SetDefaultPixelValue(float(fill))
-    f.SetOutputPixelType(src.GetPixelID())
-    return sitk.GetArrayFromImage(f.Execute(src))
+    """``array`` (on ``source``'s grid) resampled through physical space onto ``target``'s grid
+    (SimpleITK, linear or nearest; ``fill`` outside ``source``): :mod:`medlab.deep`'s resampling."""
+    return _resample(array, source, target, nearest=nearest, fill=fill)
 
 
 def _normalise(array: np.ndarray, step: Mapping[str, Any] | None, source: str) -> np.ndarray:
     if step is None:
         return np.asarray(array, np.float32)
-    import monai.transforms as mt
-
     try:
-        transform = getattr(mt, step["transform"])(**dict(step.get("args", {})))
-        out = transform(np.array(array, np.float32)[None])  # a writable copy: MONAI makes a tensor of it
-    except TypeError as exc:
-        raise ParameterError(f"{source}: intensity transform {step['transform']} cannot take {step.get('args')} ({exc})") from None
-    out = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, np.float32)[0]
-    if not np.all(np.isfinite(out)):
-        raise ImageError(f"{source}: intensity normalisation gave NaN or infinite values: is the image constant?")
-    return out
+        return normalise_intensity(array, step)
+    except (ParameterError, ImageError) as exc:
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 def _grid(image: Image, rec: Mapping[str, Any], source: str) -> tuple[Image, bool]:

@@ -3,8 +3,9 @@
 A :class:`medlab.outputs.Checkpoint` rebuilds its own network from its config. The networks
 known here are MONAI's (``DenseNet``, ``ViT``), the small 3D classifier shipped with medlab
 (``"cnn_classifier"``, a VGG-like stack of MONAI ``Convolution`` blocks with global average
-pooling), and the segmentation networks of :mod:`medlab.deep` (``"unet"``, ``"segresnet"``)
-when that package is installed. A plain ``torch.nn.Module`` is used as it is.
+pooling), and the segmentation networks of :mod:`medlab.deep` (``"unet"``, ``"segresnet"``),
+built, sized and weight-checked by :mod:`medlab.deep.networks` itself. A plain
+``torch.nn.Module`` is used as it is.
 
 **Target layer.** The widget lists :func:`candidate_layers` (the names of the modules that are,
 or contain, a convolution, in registration order) and passes the chosen name as the stages'
@@ -21,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..deep.networks import NETWORKS as SEGMENTATION_NETWORKS
+from ..deep.networks import build_network, load_weights, size_divisor
 from ..errors import ParameterError
 
 __all__ = ["CLASSIFIERS", "Network", "build_classifier", "candidate_layers", "classifier_config",
@@ -215,13 +218,8 @@ def _size_multiple(config: Mapping[str, Any]) -> int:
         return 2 ** (len(config.get("channels", [1])) - 1 if n is None else n)
     if net == "densenet":
         return 4 * 2 ** (len(config.get("block_config", [1])) - 1)
-    if net == "unet":
-        out = 1
-        for s in config.get("strides", []):
-            out *= int(s)
-        return out
-    if net == "segresnet":
-        return 2 ** (len(config.get("blocks_down", [1])) - 1)
+    if net in SEGMENTATION_NETWORKS:
+        return size_divisor(config)
     return 1
 
 
@@ -256,6 +254,18 @@ class Network:
 
     def class_name(self, index: int) -> str:
         return self.labels.get(int(index), f"class {int(index)}")
+
+    @property
+    def input_record(self) -> dict:
+        """The preprocessing record images go through, padded to what the network's pooling needs
+        (a record from :mod:`medlab.deep` says nothing of it: its sliding windows are sized)."""
+        import math
+
+        rec = dict(self.preprocessing)
+        multiple = math.lcm(int(rec.get("size_multiple", 1) or 1), int(self.size_multiple))
+        if multiple > 1:
+            rec["size_multiple"] = multiple
+        return rec
 
 
 _built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -296,32 +306,16 @@ def _from_checkpoint(ck, name: str) -> Network:
     source = f"{name} (checkpoint, network {net!r})"
     if net in CLASSIFIERS:
         module = build_classifier(cfg)
-        _load(module, ck.state_dict, source)
         dims = check_classifier_config(cfg)["spatial_dims"]
-    elif net in ("unet", "segresnet"):
-        try:
-            from ..deep.networks import build_network, load_weights
-        except ImportError:
-            raise ParameterError(f"{source}: building a {net} needs medlab.deep, which is not installed") from None
+    elif net in SEGMENTATION_NETWORKS:
         module = build_network(cfg)
-        load_weights(module, ck.state_dict, source=source)
         dims = int(cfg.get("spatial_dims", 3))
     else:
         raise ParameterError(f"{source}: medlab.explain cannot build this network; known networks are "
-                             f"{[*CLASSIFIERS, 'unet', 'segresnet']}. Pass the torch module itself instead.")
+                             f"{[*CLASSIFIERS, *SEGMENTATION_NETWORKS]}. Pass the torch module itself instead.")
+    load_weights(module, ck.state_dict, source=source)   # names, shapes and NaN checked, for either kind
     module.eval()
     return Network(module, dict(ck.preprocessing), dict(ck.labels), dims, _size_multiple(cfg), source)
-
-
-def _load(module, state_dict: Mapping[str, Any], source: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    extra = sorted(set(state_dict) - set(own))
-    shaped = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shaped:
-        raise ParameterError(f"{source}: the weights do not fit the network config (missing {missing[:4]}, "
-                             f"unexpected {extra[:4]}, wrong shape {shaped[:4]}); was the config edited?")
-    module.load_state_dict(state_dict, strict=True)
 
 
 def _conv_dims(module) -> int | None:

@@ -275,7 +275,7 @@ def model_randomisation(image: Image, model, explain: Explainer, *, steps: int =
 
     network = resolve_model(model)
     original = explain(image, network)
-    x = network_input(image, network.preprocessing, source=network.source).tensor
+    x = network_input(image, network.input_record, source=network.source).tensor
     groups = cascade_groups(network.module, x, steps)
     result = SanityResult(original, threshold=threshold)
     module = copy_module(network.module)
