@@ -24,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -207,3 +208,88 @@ def test_watch_a_registration_cancel_it_and_keep_the_best(notebook, tmp_path):
     notebook.wait_text(page, ".medlab-register-summary", r"TRE after")
     assert state["tre_kept"] < 1.0, state            # from the start, with a coarse-to-fine schedule
     _widget_shot(page, tmp_path, "register_done.png", top=".medlab-register-overlay-note")
+
+
+# ------------------------------------------------------------------ landmark mode
+FIXED_CLICKS = ".medlab-register-fixed canvas.medlab-overlay[data-plane=axial]"
+MOVING_CLICKS = ".medlab-register-moving canvas.medlab-overlay[data-plane=axial]"
+
+LANDMARK_CELLS = [
+    """
+import json
+import numpy as np
+import SimpleITK as sitk
+import ipywidgets as W
+import medlab
+from medlab.outputs import Transform
+from medlab.register import resample_image
+from medlab.widgets import RegisterWidget
+
+p = medlab.data.brain_mri(size=(64, 64, 32), spacing=(3.0, 3.0, 3.75), seed=0)
+shift = (9.0, -6.0, 0.0)             # mm, whole voxels in plane: tissue at q (fixed) is at q - shift (moving)
+moving = resample_image(p.t2, Transform(sitk.TranslationTransform(3, shift)), p.t2)
+w = RegisterWidget(p.t1, moving, stage="landmark_register", height=260)
+fixed_px = [(18, 20), (20, 44), (44, 30), (40, 16)]      # (row, col) on the shown axial slice
+geo_f, geo_m = w.before._geometry["planes"]["axial"], w.after._geometry["planes"]["axial"]
+fixed_mm = [(np.asarray(geo_f["to_mm"]) @ [c, r, w.before.slice_index, 1])[:3] for r, c in fixed_px]
+moving_px = [tuple(int(round(v)) for v in (np.asarray(geo_m["from_mm"]) @ [*(q - shift), 1])[1::-1]) for q in fixed_mm]
+state = W.Label()
+state.add_class("reg-state")
+""",
+    """
+def show(_=None):
+    t = w.transform
+    state.value = json.dumps({
+        "fixed": w._points(w.before, "fixed_landmarks"), "moving": w._points(w.after, "moving_landmarks"),
+        "fixed_edit": w.before.point_mode == "edit" and w.before.active_set == "fixed_landmarks",
+        "moving_edit": w.after.point_mode == "edit" and w.after.active_set == "moving_landmarks",
+        "rows": len(w.landmark_rows), "errors": [r.get("error") for r in w.landmark_rows],
+        "translation": None if t is None else [float(v) for v in t.sitk.TransformPoint((0.0, 0.0, 0.0))],
+        "running": w.panel.running, "title": w._summary_title,
+        "fixed_px": fixed_px, "moving_px": moving_px,
+        "slices": [w.before.slice_index, w.after.slice_index]})
+
+for v in (w.before, w.after):
+    v.observe(show, names=["point_sets", "active_set", "point_mode"])
+w.panel.observe(show, "running")
+show()
+W.VBox([w, state])
+""",
+]
+
+
+def click_pixel(page, selector: str, row: int, col: int) -> None:
+    canvas = page.locator(selector)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    rows, cols = page.evaluate("(s) => { const c = document.querySelector(s); return [c.height, c.width]; }",
+                               selector.replace("medlab-overlay", "medlab-canvas"))
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.5) * box["height"] / rows)
+
+
+def test_click_landmark_pairs_in_the_two_viewers_and_see_their_errors(notebook, tmp_path):
+    page = notebook.open(LANDMARK_CELLS)
+    page.locator(FIXED_CLICKS).wait_for(state="visible")
+    state = wait_state(page, lambda s: s["fixed_edit"], "the fixed landmarks armed")
+    assert state["slices"][0] == state["slices"][1]      # linked in mm: a pure in-plane shift keeps the slice
+    notebook.wait_text(page, ".medlab-register-hint", r"landmark 1.*fixed")
+    for i, ((fr, fc), (mr, mc)) in enumerate(zip(state["fixed_px"], state["moving_px"])):
+        click_pixel(page, FIXED_CLICKS, fr, fc)
+        # the widget hands the next click to the moving viewer, and says so
+        wait_state(page, lambda s, n=i + 1: len(s["fixed"]) == n and s["moving_edit"], f"fixed landmark {i + 1}")
+        notebook.wait_text(page, ".medlab-register-hint", rf"landmark {i + 1}.*moving")
+        click_pixel(page, MOVING_CLICKS, mr, mc)
+        state = wait_state(page, lambda s, n=i + 1: len(s["moving"]) == n and s["fixed_edit"],
+                           f"moving landmark {i + 1}")
+    # four pairs clicked at the same anatomy: the rigid fit is the true shift, every FRE near 0
+    assert state["rows"] == 4 and all(e is not None and e < 0.5 for e in state["errors"]), state
+    assert np.allclose(state["translation"], [-9.0, 6.0, 0.0], atol=0.5), state
+    notebook.wait_text(page, ".medlab-register-landmarks", r"FRE \(RMS over 4 landmarks\)")
+    notebook.wait_text(page, ".medlab-register-landmarks", r"landmark 4")
+    notebook.wait_text(page, ".medlab-register-overlay-note", r"landmark fit \(4 pairs\)")
+    _widget_shot(page, tmp_path, "register_landmarks.png")
+
+    page.locator(".medlab-apply").first.click()
+    wait_state(page, lambda s: not s["running"] and "done" in s["title"], "the landmark registration", 60)
+    notebook.wait_text(page, ".medlab-register-summary", r"RMS FRE")
+    _widget_shot(page, tmp_path, "register_landmarks_done.png", top=".medlab-register-overlay-note")
