@@ -4281,6 +4281,10 @@ voxels in the map's order (most salient first) and follows the tumour probabilit
 it fall fast (a small area under the curve). The **insertion curve** starts from a blank image and adds
 voxels back: it should rise fast. Both are compared with removing voxels in random order.
 
+What "removed" means matters. The default baseline is a blurred copy of the scan, good for textures; but a
+blurred tumour is still a bright blob on FLAIR, so this classifier still sees it and every curve stays
+at 1. Here voxels are replaced by the **mean** intensity (`baseline="mean"`), which does erase a bright lesion.
+
 **Localisation** asks whether the map lands on the finding, here possible because the phantom's tumour
 is known: the share of the map's energy inside the tumour (energy-based pointing game) and whether the
 map's peak is in it (pointing game).
@@ -4289,7 +4293,7 @@ map's peak is in it (pointing game).
 ig, ig_numbers = integrated_gradients(image, model, tumour, steps=IG_STEPS)
 rows = []
 for name, m, n in (("Grad-CAM", saliency, numbers), ("Integrated Gradients", ig, ig_numbers)):
-    curves, faith = deletion_insertion(image, model, m, steps=CURVE_STEPS)
+    curves, faith = deletion_insertion(image, model, m, steps=CURVE_STEPS, baseline="mean")
     rows.append({"method": name, "energy in tumour": table_value(n, "energy in mask"),
                  "peak in tumour": table_value(n, "pointing game hit"),
                  "deletion AUC": table_value(faith, "deletion AUC (lower is better)"),

@@ -151,7 +151,7 @@ def test_grad_cam_on_the_canvas_opacity_and_sanity_check(notebook, tmp_path):
     page = notebook.open(CELLS, timeout_ms=180_000)
     page.locator(CANVAS).wait_for(state="visible")
     notebook.wait_text(page, ".medlab-explain-hint", r"predicts tumour \(p = ")
-    notebook.wait_text(page, ".medlab-explain-target", r"evidence for tumour, the model's only output")
+    notebook.wait_text(page, ".medlab-explain-target", r"evidence\sfor\stumour,\sthe\smodel's\sonly\soutput")   # a select shows no-break spaces
     before = wait_state(page, lambda s: "slice" in s, "the first state")
     assert before["maps"] == []
 
