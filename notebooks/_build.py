@@ -2677,8 +2677,8 @@ else:
         try:                                   # the stage as a function first: can it read this network?
             grad_cam(ct, unet, region)
         except medlab.errors.MedlabError as exc:
-            print(f"✗ Grad-CAM cannot explain this checkpoint in this version of medlab, so this section stops "
-                  f"here:\n  {exc}")
+            print(f"Grad-CAM cannot explain this checkpoint in this version of medlab, so this section stops here. "
+                  f"The error, as medlab gives it: {exc}")
         else:
             explain = ExplainWidget(ct, unet, region, height=260)
             explain.before.window, explain.before.level = medlab.render.CT_PRESETS["lung"]

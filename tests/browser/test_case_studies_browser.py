@@ -20,7 +20,9 @@ student would, and checks that each action reached Python and came back to the p
 
 What Python knows reaches the test through a kernel-written Label (``.cs-state``, JSON), refreshed by
 a ticker thread, so every check is a kernel round trip. The widgets get test classes (``cs-...``) so
-selectors find the right one among several viewers on the page.
+selectors find the right one among several viewers on the page: the workbenches (ipywidgets boxes)
+by ``add_class`` from Python; the anywidget ``Viewer``, which does not take a class added after it is
+displayed, by a class the test puts on the output of the cell that shows it.
 
 Screenshots (``MEDLAB_BROWSER_SCREENSHOTS=always``, into ``<basetemp>/browser-screenshots``): the
 whole page after the run, plus one per interaction (``cs01_*.png`` ...) in the test's temporary
@@ -65,6 +67,17 @@ def cs_pixel(viewer, point):
     col, row = (_np.asarray(plane["from_mm"]) @ [*point, 1])[:2]
     return [int(round(row)), int(round(col))]
 
+def cs_near(image, point, mask, step=3):
+    # a voxel centre `step` voxels from `point` in its axial slice and inside `mask`: a click there adds a
+    # seed (a click on the notebook's own seed would pick that seed up instead)
+    import numpy as _np
+    k = _np.rint(image.physical_to_index(point)).astype(int)
+    for d in ([step, 0, 0], [-step, 0, 0], [0, step, 0], [0, -step, 0]):
+        q = k + d
+        if all(0 <= q[i] < image.array.shape[::-1][i] for i in range(3)) and mask[tuple(q[::-1])]:
+            return [float(v) for v in image.index_to_physical(q)]
+    raise AssertionError(f"no voxel {step} voxels from the seed lies inside the mask")
+
 def cs_stage_label(workbench, name):
     return next(label for label, value in workbench.picker.options if value == name)
 """
@@ -84,6 +97,17 @@ def case_cells(name: str, extra: list[str]) -> list[str]:
     setup = (f"import os\nos.environ['MEDLAB_FAST'] = '1'\nos.environ['MEDLAB_SHARED_DATA'] = {str(SHARED)!r}\n"
              "os.environ.pop('MEDLAB_MY_SCAN', None)")
     return [setup, *(c.source for c in nb.cells if c.cell_type == "code"), TICKER, *extra, START_TICKER]
+
+
+def mark_output(page, name: str, snippet: str, css_class: str) -> None:
+    """Give ``css_class`` to the output of the code cell of notebook ``name`` that contains ``snippet``.
+
+    The page's code cells are the notebook's own after one setup cell (see :func:`case_cells`)."""
+    sources = [c.source for c in nbformat.read(CASE_STUDIES / name, as_version=4).cells if c.cell_type == "code"]
+    index = next((i for i, src in enumerate(sources) if snippet in src), None)
+    assert index is not None, f"no code cell of {name} contains {snippet!r}"
+    page.locator(".jp-CodeCell").nth(1 + index).locator(".jp-OutputArea").first.evaluate(
+        "(e, c) => e.classList.add(c)", css_class)
 
 
 def read_state(page) -> dict | None:
@@ -167,7 +191,8 @@ BRAIN_STATE = """
 prep.add_class("cs-prep"); reg.add_class("cs-reg"); seg.add_class("cs-seg"); view.add_class("cs-view3d")
 if classifier is not None:
     explain.add_class("cs-explain")
-seg.before.position = seed.tolist()
+cs_click = cs_near(flair_on_t1, seed, truth.array > 0)
+seg.before.position = cs_click
 cs_runs = {"reg": 0, "prep_previews": 0}
 reg.panel.on_apply(lambda _: cs_runs.__setitem__("reg", cs_runs["reg"] + 1))
 prep.panel.on_preview(lambda _: cs_runs.__setitem__("prep_previews", cs_runs["prep_previews"] + 1))
@@ -184,7 +209,7 @@ def cs_show():
            "seg_mode": seg.before.point_mode, "seg_running": p.running,
            "seg_preview": int(np.count_nonzero(prev.array)) if prev is not None else -1,
            "seg_steps": len(seg.history), "seg_dice": seg.scores[0]["dice"] if seg.scores else None,
-           "seed_px": cs_pixel(seg.before, seed), "seg_slice": seg.before.slice_index,
+           "seed_px": cs_pixel(seg.before, cs_click), "seg_slice": seg.before.slice_index,
            "to_mm": seg.before._geometry["planes"]["axial"]["to_mm"],
            "threshold_label": cs_stage_label(seg, "connected_threshold"),
            "explain": classifier is not None}
@@ -255,7 +280,7 @@ def test_brain_tumour_case_study(notebook, tmp_path):
 
 # ----------------------------------------------------------------------------- 02 chest CT
 CHEST_STATE = """
-viewer.add_class("cs-window"); lungs.add_class("cs-lungs"); view.add_class("cs-view3d")
+lungs.add_class("cs-lungs"); view.add_class("cs-view3d")
 if explain is not None:
     explain.add_class("cs-explain")
 
@@ -272,6 +297,7 @@ def cs_show():
 
 def test_chest_ct_case_study(notebook, tmp_path):
     page = notebook.open(case_cells("02_chest_ct_nodules.ipynb", [CHEST_STATE]), timeout_ms=RUN_MS)
+    mark_output(page, "02_chest_ct_nodules.ipynb", "viewer = Viewer(ct", "cs-window")
     state = wait_state(page, lambda s: s["lung_steps"] >= 3, "the notebook's results")
     lung_preset = [1500.0, -600.0]
     assert [state["window"], state["level"]] == lung_preset
@@ -305,8 +331,9 @@ def test_chest_ct_case_study(notebook, tmp_path):
 
 # ----------------------------------------------------------------------------- 03 real scans
 REAL_STATE = """
-ct_viewer.add_class("cs-ct"); lesion_widget.add_class("cs-lesion"); mri_pair.add_class("cs-pair")
-lesion_widget.before.position = seeds[0]
+lesion_widget.add_class("cs-lesion"); mri_pair.add_class("cs-pair")
+cs_click = cs_near(mri, seeds[0], lesion.array > 0)
+lesion_widget.before.position = cs_click
 cs_runs = {"pair": 0}
 mri_pair.panel.on_apply(lambda _: cs_runs.__setitem__("pair", cs_runs["pair"] + 1))
 
@@ -317,7 +344,7 @@ def cs_show():
             "lesion_stage": p.spec.name, "lesion_mode": lesion_widget.before.point_mode,
             "lesion_seeds": [list(q) for q in p.params.get("seeds", ())],
             "lesion_preview": int(np.count_nonzero(prev.array)) if prev is not None else -1,
-            "seed_px": cs_pixel(lesion_widget.before, seeds[0]), "lesion_slice": lesion_widget.before.slice_index,
+            "seed_px": cs_pixel(lesion_widget.before, cs_click), "lesion_slice": lesion_widget.before.slice_index,
             "to_mm": lesion_widget.before._geometry["planes"]["axial"]["to_mm"],
             "threshold_label": cs_stage_label(lesion_widget, "connected_threshold"),
             "pair_runs": cs_runs["pair"], "pair_running": mri_pair.panel.running,
@@ -334,6 +361,7 @@ def test_real_scans_case_study(notebook, tmp_path):
             pytest.fail(message + " (MEDLAB_REQUIRE_SHARED=1)", pytrace=False)
         pytest.skip(message)
     page = notebook.open(case_cells("03_real_scans.ipynb", [REAL_STATE]), timeout_ms=RUN_MS)
+    mark_output(page, "03_real_scans.ipynb", "ct_viewer = Viewer(", "cs-ct")
     state = wait_state(page, lambda s: s["mi_now"] is not None, "the notebook's results")
 
     # the CT viewer's preset menu reaches Python
