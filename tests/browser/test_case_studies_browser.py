@@ -67,16 +67,18 @@ def cs_pixel(viewer, point):
     col, row = (_np.asarray(plane["from_mm"]) @ [*point, 1])[:2]
     return [int(round(row)), int(round(col))]
 
-def cs_near(image, point, mask, step=3):
-    # a voxel centre `step` voxels from `point` in its axial slice and inside `mask`: a click there adds a
-    # seed (a click on the notebook's own seed would pick that seed up instead)
+def cs_near(image, point, mask):
+    # a voxel centre inside `mask`, in the axial slice of `point` and about 1/25 of the slice's width away
+    # from it (at least 3 voxels), so that a click there adds a seed: a click on the notebook's own seed
+    # (or within its marker) would pick that seed up instead
     import numpy as _np
     k = _np.rint(image.physical_to_index(point)).astype(int)
-    for d in ([step, 0, 0], [-step, 0, 0], [0, step, 0], [0, -step, 0]):
-        q = k + d
-        if all(0 <= q[i] < image.array.shape[::-1][i] for i in range(3)) and mask[tuple(q[::-1])]:
-            return [float(v) for v in image.index_to_physical(q)]
-    raise AssertionError(f"no voxel {step} voxels from the seed lies inside the mask")
+    for step in range(max(3, max(image.array.shape[1:]) // 25), 2, -1):
+        for d in ([step, 0, 0], [-step, 0, 0], [0, step, 0], [0, -step, 0]):
+            q = k + d
+            if all(0 <= q[i] < image.array.shape[::-1][i] for i in range(3)) and mask[tuple(q[::-1])]:
+                return [float(v) for v in image.index_to_physical(q)]
+    raise AssertionError("no voxel near the seed, in its slice, lies inside the mask")
 
 def cs_stage_label(workbench, name):
     return next(label for label, value in workbench.picker.options if value == name)
@@ -381,9 +383,12 @@ def test_real_scans_case_study(notebook, tmp_path):
                  ".cs-lesion .medlab-before canvas.medlab-canvas[data-plane=axial]", row, col)
     state = wait_state(page, lambda s: len(s["lesion_seeds"]) == before + 1 and s["lesion_preview"] > 0,
                        "the clicked seed and its preview")
+    # brain1's 0.78 mm voxels are under 2 screen pixels here: the click lands on the voxel aimed at or its
+    # neighbour, so the seed is checked to within one voxel (a wrong mapping is off by many)
     m, v = state["to_mm"], [col, row, state["lesion_slice"], 1]
+    voxel = max(abs(m[0][0]) + abs(m[0][1]), abs(m[1][0]) + abs(m[1][1]))
     assert state["lesion_seeds"][-1] == pytest.approx([sum(m[r][k] * v[k] for k in range(4)) for r in range(3)],
-                                                      abs=1e-3)
+                                                      abs=voxel + 1e-3)
     shot(page, ".cs-lesion", tmp_path, "cs03_lesion_seed.png")
 
     # the T1/PD pair: Start again; the run finishes and MI ends above where it started
