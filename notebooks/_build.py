@@ -2737,10 +2737,10 @@ for s in COHORT_SEEDS:                     # other patients, written as a scanne
     other = medlab.data.chest_ct(seed=s, size=SIZE, spacing=SPACING)
     field = np.stack([ndimage.binary_fill_holes(sl) for sl in np.isin(other.labels.array, lung_values)])
     medlab.save(other.ct, cohort_in / f"patient{s}_ct.nii.gz", overwrite=True)
-    medlab.save(other.ct.with_array(field.astype(np.uint8), kind="label", labels={1: "lung field"}),
-                cohort_in / f"patient{s}_lungs.nii.gz", overwrite=True)
+    medlab.save(other.ct.with_array(field.astype(np.uint8), kind="label"), cohort_in / f"patient{s}_lungs.nii.gz",
+                overwrite=True)
     manifest_rows.append(f"patient{s},patient{s}_ct.nii.gz,patient{s}_lungs.nii.gz")
-(cohort_in / "manifest.csv").write_text("case,image,truth\n" + "\n".join(manifest_rows) + "\n")
+(cohort_in / "manifest.csv").write_text("case,image,truth\\n" + "\\n".join(manifest_rows) + "\\n")
 
 print(lungs.recipe.to_python())
 cohort = run_cohort(lungs.recipe, cohort_in / "manifest.csv", out / "cohort_run", workers=COHORT_WORKERS,
