@@ -248,6 +248,12 @@ def test_lbfgsb_bspline_with_mean_squares_keeps_iterating():
     assert after < 0.5 * before and r.report.rows[-1]["folded voxels"] == 0
 
 
+def test_lbfgsb_stop_at_the_iteration_limit_is_said_in_words(pair):
+    # ITK's L-BFGS-B reports "User requested" when it reaches its iteration limit
+    r = bspline_register(pair.fixed, pair.moving, shrink_factors=(1,), iterations=2, samples=2000)
+    assert r.report.rows[0]["stop reason"].startswith("largest number of iterations reached")
+
+
 def test_demons_reduces_a_known_deformation_without_folding():
     fixed, moving, truth, pts = _deformed_phantom()
     before = target_registration_error(sitk.Euler3DTransform(), pts, truth=truth).mean()

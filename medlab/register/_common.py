@@ -343,8 +343,14 @@ def run_level(R, fixed, moving, tracker: Tracker, stage: str):
 
 
 def stop_reason(R) -> str:
+    """The optimiser's stop condition in words. ITK's L-BFGS-B says "User requested" when it
+    reaches its largest number of iterations (a Cancel never gets here: it raises Cancelled),
+    which misleads: say what happened."""
     text = R.GetOptimizerStopConditionDescription()
-    return text.split(": ", 1)[-1].strip() if text else ""
+    text = text.split(": ", 1)[-1].strip() if text else ""
+    if text.startswith("User requested"):
+        return "largest number of iterations reached: not converged, raise 'iterations' if the curve still fell"
+    return text
 
 
 def report_table(rows: list[dict], title: str):
