@@ -93,6 +93,11 @@ def interpolated(image, n):
                         direction=image.direction, metadata=dict(image.metadata))
 
 vols['c600'] = interpolated(vols['c512'], 600)
+JS_DIR = __JS_DIR__  # --js-dir: the viewer's JavaScript units from another folder (an older version)
+if JS_DIR:
+    import pathlib
+    from medlab.widgets.viewer import JS_UNITS
+    Viewer._esm = "\n".join((pathlib.Path(JS_DIR) / f"{u}.js").read_text() for u in JS_UNITS)
 cell_start = {}  # wall-clock ms at the start of each display cell
 assert vols['c600'].array.nbytes == 300 * 2**20
 
@@ -226,7 +231,7 @@ window.__bench = {
         clientX: r.left + r.width / 2, clientY: r.top + r.height / 2 }));
     }
     const d = await w.promise;
-    return { ms: d.time - t0, draws: w.seen.length, index: d.index, local: d.local };
+    return { ms: d.time - t0, draws: w.seen.length, index: d.index, local: d.local, phases: d.phases };
   },
   async medlabWL(prefix, how, value) {
     const root = document.querySelector(`.${prefix}-viewer .medlab-viewer`);
@@ -336,7 +341,7 @@ def versions(chromium: Path) -> dict:
 
 def measure(page, fn: str, calls: list[list], warmup: int) -> dict:
     """Call ``__bench.<fn>(*args)`` for each args in ``calls``; time all but the first ``warmup``."""
-    times, draws, extra, local = [], [], [], []
+    times, draws, extra, local, phases = [], [], [], [], []
     for n, call_args in enumerate(calls):
         res = page.evaluate(f"(a) => window.__bench.{fn}(...a)", call_args)
         if n >= warmup:
@@ -346,8 +351,10 @@ def measure(page, fn: str, calls: list[list], warmup: int) -> dict:
                 extra.append(res["first_ms"])
             if "local" in res:
                 local.append(bool(res["local"]))
+            if res.get("phases"):
+                phases.append(res["phases"])
     return {"times": np.array(times), "draws": draws, "first": np.array(extra) if extra else None,
-            "local": local or None}
+            "local": local or None, "phases": phases or None}
 
 
 def pct(a: np.ndarray, q: float) -> float:
@@ -396,8 +403,10 @@ def page_memory(cdp) -> dict:
 
 
 def cache_mib(page, prefix: str) -> float:
-    got = page.evaluate("(p) => document.querySelector(`.${p}-viewer .medlab-viewer`).dataset.cacheBytes", prefix)
-    return int(got or 0) / 2**20
+    """What the viewer holds, MiB: slabs and their transposed copies (for sagittal slices)."""
+    got = page.evaluate("""(p) => { const d = document.querySelector(`.${p}-viewer .medlab-viewer`).dataset;
+        return +(d.cacheBytes || 0) + +(d.copyBytes || 0); }""", prefix)
+    return got / 2**20
 
 
 def streamed_state(page, prefix: str) -> str:
@@ -450,6 +459,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=30, help="timed actions per row (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed actions first (default 3)")
+    ap.add_argument("--js-dir", default="", help="run the viewer with the JavaScript units of this folder "
+                    "(e.g. an older version from `git show`), to compare versions under the same load")
     args = ap.parse_args()
 
     chromium = check_requirements()
@@ -469,7 +480,8 @@ def main() -> int:
         try:
             server.start()
             name = f"bench_{uuid.uuid4().hex[:6]}"
-            cells = [SETUP_CELL, *DISPLAY_CELLS]
+            js_dir = str(Path(args.js_dir).resolve()) if args.js_dir else ""
+            cells = [SETUP_CELL.replace("__JS_DIR__", repr(js_dir)), *DISPLAY_CELLS]
             conftest.write_notebook(server.root / f"{name}.ipynb", cells)
             with sync_playwright() as pw:
                 context = pw.chromium.launch_persistent_context(
@@ -550,8 +562,18 @@ def main() -> int:
                 rows += window_rows(page, "c600", label, args)
                 for plane in ("coronal", "sagittal"):
                     switch_plane(page, "c600", plane)
+                    t_switch = time.monotonic()
                     rows += [(r[0], r[1] + ", streamed", r[2], r[3])
                              for r in slice_rows(page, "c600", label, args, plane=plane, baseline=False)]
+                # a sagittal view makes transposed copies of the slabs in the background
+                # (widgets/js/stream.js): the rows above ran while they were made; again once done
+                if page.evaluate("() => +(document.querySelector('.c600-viewer .medlab-viewer').dataset.copyBytes"
+                                 " || -1) >= 0"):
+                    page.wait_for_function("""() => { const d = document.querySelector('.c600-viewer .medlab-viewer').dataset;
+                        return +d.copyBytes > 0 && +d.copyBytes === +d.cacheBytes; }""", timeout=600_000)
+                    facts["sagittal copy complete after the switch to sagittal"] = (time.monotonic() - t_switch) * 1000
+                    rows += [(r[0], r[1] + ", streamed, transposed copy", r[2], r[3])
+                             for r in slice_rows(page, "c600", label, args, plane="sagittal", baseline=False)]
                 memory.append(("after all steps (three planes)", page_memory(cdp), cache_mib(page, "c600")))
 
                 starts = kernel_json(page, "print(json.dumps(cell_start))")
@@ -609,16 +631,25 @@ def main() -> int:
         met = "" if case == "kernel round trip" else ("yes" if pct(t, 95) < GOAL_MS else "NO")
         print(f"{case:<30} | {action:<44} | {widget:<10} | {pct(t, 50):7.1f} | {pct(t, 95):7.1f} | "
               f"{t.max():7.1f} | {draws_s:>5} | {local_s:>5} | {met}")
+        if r.get("phases"):
+            ph = r["phases"]
+            split = ", ".join(f"{k} {pct([p[k] for p in ph], 50):.1f}/{pct([p[k] for p in ph], 95):.1f}"
+                              for k in ("cut", "colour", "put"))
+            hows = {h: sum(p["how"] == h for p in ph) for h in sorted({p["how"] for p in ph})}
+            print(f"{'':<30} |   (p50/p95 ms: {split}; slices {', '.join(f'{h} {n}' for h, n in hows.items())})")
         if r["first"] is not None and max(r["draws"]) > 1:
             f = r["first"]
             print(f"{'':<30} |   (first of the draws: p50 {pct(f, 50):.1f}, p95 {pct(f, 95):.1f} ms)")
     print("\ndraws = medlab-drawn events one action caused (a preset sets window, then level);")
     print("local = steps whose picture was cut from voxels the browser held (no kernel round trip).")
+    print("cut/colour/put = where a step's time went: cutting the slice from the held voxels (0 when cut ahead),")
+    print("window/level to RGBA, putImageData; slices: how they were cut (view: no copy; rows: contiguous rows;")
+    print("strided: a sagittal cut voxel by voxel; transposed: rows of the sagittal copy; cached: cut ahead).")
     print("\nFirst picture (cell start -> first drawn), stream, memory:")
     for key, value in facts.items():
         print(f"  {key}: " + (f"{value:.0f} ms" if isinstance(value, float) else str(value)))
     for when, mem, cache in memory:
-        extra = f"; viewer holds {cache:.1f} MiB of slabs" if cache is not None else ""
+        extra = f"; viewer holds {cache:.1f} MiB (slabs and sagittal copies)" if cache is not None else ""
         print(f"  memory {when}: JS heap {mem['heap']:.1f} MiB, ArrayBuffers {mem['buffers']:.1f} MiB{extra}")
     print(f"notebook setup (data + widgets) {setup_s:.1f} s; whole run {total_s:.1f} s")
     if errors:

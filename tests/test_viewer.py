@@ -554,37 +554,57 @@ def test_no_streaming_when_the_browser_cache_is_off(monkeypatch):
 NODE_CUTS = r"""
 const fs = require("fs");
 const [src, input] = [fs.readFileSync(process.argv[2], "utf8"), JSON.parse(fs.readFileSync(process.argv[3], "utf8"))];
-const js = new Function(src.replace(/export default[^;]*;/, "") + "; return { cutSlice, cutBlock, streamCut, TYPED };")();
+const js = new Function(src.replace(/export default[^;]*;/, "") +
+  "; return { cutSlice, cutBlock, streamCut, copyCut, wantTransposed, TYPED };")();
 const vol = Int16Array.from(input.volume);
 const record = (slabs) => {   // slabs in their slots, as stream.js stores them
-  const rec = { info: input.info, slabSlot: new Map(), slots: [] };
+  const rec = { info: input.info, slabSlot: new Map(), slots: [], bytes: 0, copyBytes: 0, gen: 1,
+    listeners: new Set(), model: { send: (m) => { throw new Error(m.message); } } };
   for (const s of slabs) {
-    rec.slots[s.slot] = { slab: s.slab, k0: s.k0, k1: s.k1, arrays: { base: Int16Array.from(s.base) } };
+    const base = Int16Array.from(s.base);
+    rec.slots[s.slot] = { slab: s.slab, k0: s.k0, k1: s.k1, arrays: { base }, bytes: base.byteLength, copy: null, copyBytes: 0 };
     rec.slabSlot.set(s.slab, s.slot);
+    rec.bytes += base.byteLength;
   }
   return rec;
 };
 const partial = record(input.partial), full = record(input.full);
-const out = {};
-for (const [plane, pg] of Object.entries(input.planes)) {
-  const all = [...Array(pg.count).keys()];
-  const cut = (rec, i) => { const c = js.streamCut(rec, pg, [i]); return c && Array.from(c[0].base); };
-  out[plane] = {
-    whole: all.map((i) => Array.from(js.cutSlice(vol, pg, i))),
-    block: js.cutBlock(vol, pg, all).map((a) => Array.from(a)),
-    partial: all.map((i) => cut(partial, i)),
-    full: all.map((i) => cut(full, i)),
-  };
-  if (Math.abs(pg.strides[1]) === 1) out[plane].fullBlock = js.streamCut(full, pg, all).map((c) => Array.from(c.base));
-}
-console.log(JSON.stringify(out));
+// the sagittal copies are made in background tasks: wait until every held slab has one
+const transposed = (rec) => new Promise((done) => {
+  js.wantTransposed(rec);
+  const look = () => (rec.slots.every((h) => !h || h.copyBytes) && !rec.transposeJob ? done() : setTimeout(look, 1));
+  look();
+});
+Promise.all([transposed(partial), transposed(full)]).then(() => {
+  const out = {};
+  for (const [plane, pg] of Object.entries(input.planes)) {
+    const all = [...Array(pg.count).keys()];
+    const cut = (rec, i) => { const c = js.streamCut(rec, pg, [i]); return c && Array.from(c[0].base); };
+    out[plane] = {
+      whole: all.map((i) => Array.from(js.cutSlice(vol, pg, i))),
+      block: js.cutBlock(vol, pg, all).map((a) => Array.from(a)),
+      partial: all.map((i) => cut(partial, i)),
+      full: all.map((i) => cut(full, i)),
+    };
+    if (Math.abs(pg.strides[1]) === 1) {
+      out[plane].fullBlock = js.streamCut(full, pg, all).map((c) => Array.from(c.base));
+      const copy = (rec, i) => { const c = js.copyCut(rec, pg, i); return c && Array.from(c.base); };
+      out[plane].fullCopy = all.map((i) => copy(full, i));
+      out[plane].partialCopy = all.map((i) => copy(partial, i));
+    }
+  }
+  out.copyBytes = [partial.copyBytes, partial.bytes, full.copyBytes, full.bytes];
+  console.log(JSON.stringify(out));
+  process.exit(0);  // the viewer's task channel (a MessagePort) would keep Node running
+});
 """
 
 
 @pytest.mark.skipif(not __import__("shutil").which("node"), reason="Node.js not installed")
 def test_javascript_cuts_equal_python_slices(tmp_path):
     """The browser's slice cutting (whole volume, blocks of sagittal slices, streamed slabs in
-    any slots, some missing) gives exactly medlab.render.plane_array, run in Node.js."""
+    any slots, some missing, and sagittal slices from the slabs' transposed copies) gives
+    exactly medlab.render.plane_array, run in Node.js."""
     from medlab.widgets.viewer import JS_UNITS
 
     rng = np.random.default_rng(3)
@@ -596,7 +616,8 @@ def test_javascript_cuts_equal_python_slices(tmp_path):
         return [{"slab": s, "slot": n, "k0": s * per_slab, "k1": min(7, (s + 1) * per_slab),
                  "base": display[s * per_slab:(s + 1) * per_slab].ravel().tolist()} for n, s in enumerate(order)]
 
-    info = {"shape": list(display.shape), "per_slab": per_slab, "names": ["base"], "dtypes": {"base": "int16"}}
+    info = {"shape": list(display.shape), "per_slab": per_slab, "names": ["base"], "dtypes": {"base": "int16"},
+            "slabs": 4, "slots": 4}
     (tmp_path / "in.json").write_text(json.dumps({"volume": display.ravel().tolist(), "planes": planes, "info": info,
                                                   "partial": slabs([3, 0, 2]), "full": slabs([2, 3, 1, 0])}))
     src = "\n".join((WIDGETS / "js" / f"{u}.js").read_text() for u in JS_UNITS if u in ("core", "stream", "slices"))
@@ -604,11 +625,13 @@ def test_javascript_cuts_equal_python_slices(tmp_path):
     (tmp_path / "cuts.cjs").write_text(NODE_CUTS)
     out = json.loads(subprocess.run(["node", str(tmp_path / "cuts.cjs"), str(tmp_path / "viewer.js"),
                                      str(tmp_path / "in.json")], capture_output=True, text=True, check=True).stdout)
-    assert "fullBlock" in out["sagittal"]
+    assert "fullBlock" in out["sagittal"] and "fullCopy" in out["sagittal"]
+    assert out["copyBytes"] == [5 * 5 * 6 * 2, 5 * 5 * 6 * 2, 7 * 5 * 6 * 2, 7 * 5 * 6 * 2]  # every held slab copied
+    assert out["sagittal"]["partialCopy"] == [None] * 6                        # slab 1 is missing
     for plane, pg in planes.items():
         for i in range(pg["count"]):
             want = render.plane_array(display, plane, i)
-            for kind in ("whole", "block", "full", "fullBlock"):
+            for kind in ("whole", "block", "full", "fullBlock", "fullCopy"):
                 if kind in out[plane]:
                     np.testing.assert_array_equal(np.reshape(out[plane][kind][i], want.shape), want,
                                                   err_msg=f"{plane} {kind} {i}")

@@ -139,7 +139,8 @@ def record_draws(page) -> None:
     """From now on, keep every picture drawn: plane, slice and where its voxels came from."""
     page.evaluate("""() => { window.__draws = [];
         document.addEventListener('medlab-drawn', (e) => window.__draws.push(
-            { plane: e.target.dataset.plane, index: e.detail.index, local: e.detail.local }), true); }""")
+            { plane: e.target.dataset.plane, index: e.detail.index, local: e.detail.local,
+              how: e.detail.phases ? e.detail.phases.how : null }), true); }""")
 
 
 def wait_drawn(page, plane: str, index: int, source: str, timeout_ms: int) -> None:
@@ -194,6 +195,20 @@ def test_streamed_volume_steps_without_the_kernel(notebook):
     wait_streamed(page)
     expect_canvases_match_python(page)
     assert int(page.locator(".medlab-viewer").get_attribute("data-cache-bytes")) == 40 * SLICE_BYTES * 3 // 2
+
+    # a sagittal pane gets every slab transposed (base and labels) in the background; then a
+    # sagittal jump is cut from those copies, and still equals Python's picture
+    page.wait_for_function("""() => { const d = document.querySelector('.medlab-viewer').dataset;
+        return +d.copyBytes === +d.cacheBytes; }""", timeout=15_000)
+    sag.hover()
+    i_now = drawn(page, "sagittal")[0]
+    page.keyboard.press("PageDown")  # 10 slices: beyond any slice cut ahead
+    wait_drawn(page, "sagittal", i_now - 10, "browser", 5000)
+    hows = page.evaluate("(i) => window.__draws.filter((d) => d.plane === 'sagittal' && d.index === i).map((d) => d.how)",
+                         i_now - 10)
+    assert hows[0] == "transposed", hows
+    st = expect_canvases_match_python(page)
+    assert st["index"]["sagittal"] == i_now - 10
 
 
 def test_ring_of_slabs_stays_bounded_and_follows_the_cursor(notebook):

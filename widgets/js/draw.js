@@ -3,7 +3,9 @@
 
 function drawPlane(ctx, plane) {
   const entry = ctx.state.panes[plane];
+  const t0 = performance.now();
   const p = payload(ctx, plane);
+  ctx.state.phases = { t0, cut: performance.now() - t0 };
   const g = geometry(ctx);
   const model = ctx.model;
   if (!entry || !p || !p.data) return;
@@ -30,7 +32,7 @@ function drawPlane(ctx, plane) {
       out[4 * i + 2] = raw[channels * i + 2];
       out[4 * i + 3] = 255;
     }
-    c2d.putImageData(image, 0, 0);
+    putPixels(ctx, c2d, image);
     drawn(ctx, canvas, p);
     return;
   }
@@ -41,7 +43,7 @@ function drawPlane(ctx, plane) {
   if (!withSecond && !withHeat && !withLabels) {
     // grey only (the common case, and every slice step): one 32-bit write per pixel
     greyPixels(new Uint32Array(out.buffer, out.byteOffset, n), raw, p.dtype, model.get("window"), model.get("level"));
-    c2d.putImageData(image, 0, 0);
+    putPixels(ctx, c2d, image);
     drawn(ctx, canvas, p);
     return;
   }
@@ -57,8 +59,15 @@ function drawPlane(ctx, plane) {
     out[4 * i + 2] = rgb[3 * i + 2];
     out[4 * i + 3] = 255;
   }
-  c2d.putImageData(image, 0, 0);
+  putPixels(ctx, c2d, image);
   drawn(ctx, canvas, p);
+}
+
+// the picture onto the canvas; the time since the cut (colours) and of the put are recorded
+function putPixels(ctx, c2d, image) {
+  const ph = ctx.state.phases, t1 = performance.now();
+  c2d.putImageData(image, 0, 0);
+  if (ph) { ph.colour = t1 - ph.t0 - ph.cut; ph.put = performance.now() - t1; }
 }
 
 // opaque grey RGBA as one little-endian 32-bit word per grey level (every browser's byte order)
@@ -68,16 +77,29 @@ const GREY_RGBA = (() => {
   return pal;
 })();
 
+const INT_RANGE = { int8: [-128, 127], uint8: [0, 255], int16: [-32768, 32767], uint16: [0, 65535] };
+
+// RGBA words for every value of a small integer type at this window/level (256 KiB for 16 bits),
+// made once per window/level and shared by every pane: a slice step only looks values up
+let RGBA_TABLE = null;
+function rgbaTable(dtype, window, level) {
+  const t = RGBA_TABLE;
+  if (t && t.dtype === dtype && t.window === window && t.level === level) return t.lut;
+  const [lo, hi] = INT_RANGE[dtype];
+  const f = wlFunction(window, level);
+  const lut = new Uint32Array(hi - lo + 1);
+  for (let v = lo; v <= hi; v++) lut[v - lo] = GREY_RGBA[f(v)];
+  RGBA_TABLE = { dtype, window, level, lut };
+  return lut;
+}
+
 // window/level straight into RGBA words: a lookup table over the slice's value range for
 // integer voxels, the window/level function per pixel for floats (same values as greyLevels)
 function greyPixels(out32, raw, dtype, window, level) {
   const n = raw.length;
-  if (dtype === "int16" || dtype === "uint16" || dtype === "int8" || dtype === "uint8") {
-    let lo = Infinity, hi = -Infinity;
-    for (let i = 0; i < n; i++) { const v = raw[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
-    const f = wlFunction(window, level);
-    const lut = new Uint32Array(hi - lo + 1);
-    for (let v = lo; v <= hi; v++) lut[v - lo] = GREY_RGBA[f(v)];
+  const lut = INT_RANGE[dtype] ? rgbaTable(dtype, window, level) : null;
+  if (lut) {
+    const lo = INT_RANGE[dtype][0];
     for (let i = 0; i < n; i++) out32[i] = lut[raw[i] - lo];
   } else {
     const f = wlFunction(window, level);
@@ -143,7 +165,16 @@ function drawn(ctx, canvas, p) {
   ctx.state.drawn[canvas.dataset.plane] = { index, src: p };
   canvas.dataset.drawnIndex = String(index);
   canvas.dataset.drawnFrom = local ? "browser" : "kernel";
-  canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, local, time: performance.now() } }));
+  const time = performance.now();
+  const ph = ctx.state.phases;
+  let cut = ctx.state.lastCut;
+  if (cut && (cut.plane !== canvas.dataset.plane || cut.index !== index)) cut = null;
+  // where the step's time went (ms): cutting the slice (0 when it was cut before), colours, putImageData
+  const phases = ph && ph.put !== undefined
+    ? { cut: cut ? cut.ms : ph.cut, colour: ph.colour, put: ph.put, how: cut ? cut.how : "cached" } : null;
+  ctx.state.phases = null;
+  ctx.state.lastCut = null;
+  canvas.dispatchEvent(new CustomEvent("medlab-drawn", { bubbles: true, detail: { index, local, time, phases } }));
 }
 
 // whether the plane already shows exactly what payload() gives now

@@ -54,6 +54,10 @@ function layout(ctx) {
     const entry = state.panes[plane];
     const w = Math.max(1, Math.round(s.width * scale));
     const h = Math.max(1, Math.round(s.height * scale));
+    const dpr = window.devicePixelRatio || 1;
+    const size = `${w}x${h}@${dpr}`;
+    if (entry.size === size) continue;  // unchanged: setting a canvas's size clears and reallocates it
+    entry.size = size;
     for (const c of [entry.canvas, entry.overlay]) {
       c.style.width = w + "px";
       c.style.height = h + "px";
@@ -61,7 +65,6 @@ function layout(ctx) {
     entry.stack.style.width = w + "px";
     entry.stack.style.height = h + "px";
     entry.slider.style.width = w + "px";
-    const dpr = window.devicePixelRatio || 1;
     entry.overlay.width = Math.round(w * dpr);
     entry.overlay.height = Math.round(h * dpr);
     drawOverlay(ctx, plane);
@@ -134,7 +137,7 @@ function render({ model, el: host }) {
       overlays();
     })],
     ["change:point_sets change:active_set", guard(() => { overlays(); syncPointSets(ctx); syncControls(ctx); })],
-    ["change:point_mode change:_presets change:_geometry change:interpolation", guard(() => { syncControls(ctx); layout(ctx); })],
+    ["change:point_mode change:_presets change:_geometry change:interpolation", guard(() => { syncControls(ctx); layout(ctx); overlays(); })],
     ["change:_labels_info", guard(() => { syncLegend(ctx); redrawAll(ctx); })],
     ["change:_heat_info change:_second_info", guard(() => redrawAll(ctx))],
     ["change:status change:status_kind", () => syncStatus(ctx)],
@@ -158,16 +161,19 @@ function render({ model, el: host }) {
 
 // A shown view starts the stream of a large volume; as slabs arrive, a slice step still waiting
 // for the kernel is drawn as soon as its slab is here. The root's data-streamed ("held/total"
-// slabs) and data-cache-bytes tell tests and benchmarks what the browser holds.
+// slabs), data-cache-bytes (slabs) and data-copy-bytes (their transposed copies, for sagittal
+// slices) tell tests and benchmarks what the browser holds.
 function watchStream(ctx) {
   const { model, dom } = ctx;
   let rec = null;
   const show = (r) => {
     dom.root.dataset.streamed = r ? `${streamHeld(r)}/${r.info.slabs}` : "";
     dom.root.dataset.cacheBytes = String(r ? r.bytes : 0);
+    dom.root.dataset.copyBytes = String(r ? r.copyBytes : 0);  // the slabs' transposed copies (stream.js)
   };
-  const onSlab = ctx.guard((r) => {
+  const onSlab = ctx.guard((r, what) => {
     show(r);
+    if (what === "copy") return;  // a slab's transposed copy is ready (nothing new to draw)
     if (streamComplete(r)) dom.root.dispatchEvent(new CustomEvent("medlab-streamed", { bubbles: true, detail: { time: performance.now() } }));
     redrawLocal(ctx);
   });

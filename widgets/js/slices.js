@@ -111,7 +111,7 @@ function voxelSource(ctx) {
   const rec = streamRecord(ctx.model);
   if (!streamHeld(rec)) return null;
   return { key: rec.gen + ":" + rec.stream.id, names: rec.info.names, dtypes: rec.info.dtypes,
-    read: slabReader(rec), copy: true };
+    read: slabReader(rec), copy: true, rec };
 }
 
 function asPayload(pg, index, cut, src) {
@@ -159,19 +159,33 @@ function localSlice(ctx, plane, index) {
   if (out) {
     remember(cache, key, out);
   } else {
+    const t0 = performance.now();
     const [offset, s, r, c] = pg.strides;
+    let how = "rows";
     if (!src.copy && c === 1 && r === pg.cols) {  // a contiguous slice of the whole volume: a view
       const base = offset + index * s;
       const cut = Object.fromEntries(src.names.map((n) => [n, volumeArray(ctx, n).subarray(base, base + pg.rows * pg.cols)]));
       out = asPayload(pg, index, cut, src);
+      how = "view";
     } else {
-      const [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
-      if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
+      let cut = src.rec && strided(pg) ? copyCut(src.rec, pg, index) : null;
+      if (cut) how = "transposed";
+      else {
+        [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
+        if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
+        if (strided(pg)) how = "strided";
+      }
       out = asPayload(pg, index, cut, src);
     }
+    // what the last cut cost: medlab-drawn reports it (benchmarks split a step's time)
+    ctx.state.lastCut = { plane, index, how, ms: performance.now() - t0 };
     remember(cache, key, out);
   }
-  if (strided(pg)) prefetch(ctx, plane, index, dir, src, cache);
+  if (strided(pg)) {
+    if (src.rec) wantTransposed(src.rec);
+    // cut the next sagittal slices ahead of the user until the transposed copy is complete
+    if (!src.rec || src.rec.copyBytes < src.rec.bytes) prefetch(ctx, plane, index, dir, src, cache);
+  }
   return out;
 }
 
