@@ -97,7 +97,7 @@ JS_DIR = __JS_DIR__  # --js-dir: the viewer's JavaScript units from another fold
 if JS_DIR:
     import pathlib
     from medlab.widgets.viewer import JS_UNITS
-    Viewer._esm = "\n".join((pathlib.Path(JS_DIR) / f"{u}.js").read_text() for u in JS_UNITS)
+    Viewer._esm = chr(10).join((pathlib.Path(JS_DIR) / f"{u}.js").read_text() for u in JS_UNITS)
 cell_start = {}  # wall-clock ms at the start of each display cell
 assert vols['c600'].array.nbytes == 300 * 2**20
 
