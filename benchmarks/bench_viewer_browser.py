@@ -28,7 +28,12 @@ index (``detail.time``; for W/L the last draw the action caused), or the baselin
 for its picture), after a few warm-ups. Goal: p95 < 30 ms. For the streamed volume the slice
 rows are measured twice: right after its cell ran, while the stream is still arriving (a step
 whose slab is not there yet waits for the kernel; "local" counts the steps drawn from the
-browser's copy), and once every slab is in; then coronal and sagittal steps.
+browser's copy), and once every slab is in; then coronal and sagittal steps, and sagittal steps
+again once the slabs' transposed copies (widgets/js/stream.js) are complete. Each medlab step
+row is followed by where its time went (``medlab-drawn``'s ``detail.phases``: cutting the
+slice, window/level to RGBA, ``putImageData``). ``--js-dir`` runs the viewer with the
+JavaScript units of another folder (e.g. the previous commit's, from ``git show``), so two
+versions can be compared back to back under the same load.
 
 Also measured: the first picture (wall clock from the start of the cell that makes the viewer,
 ``time.time()`` in the kernel, to its first ``medlab-drawn``, ``Date.now()`` in the page: one

@@ -568,14 +568,15 @@ const record = (slabs) => {   // slabs in their slots, as stream.js stores them
   }
   return rec;
 };
-const partial = record(input.partial), full = record(input.full);
+const partial = record(input.partial), full = record(input.full), mixed = record(input.full);
 // the sagittal copies are made in background tasks: wait until every held slab has one
 const transposed = (rec) => new Promise((done) => {
   js.wantTransposed(rec);
   const look = () => (rec.slots.every((h) => !h || h.copyBytes) && !rec.transposeJob ? done() : setTimeout(look, 1));
   look();
 });
-Promise.all([transposed(partial), transposed(full)]).then(() => {
+Promise.all([transposed(partial), transposed(full), transposed(mixed)]).then(() => {
+  for (const n of [0, 2]) mixed.slots[n] = { ...mixed.slots[n], copy: null, copyBytes: 0 };  // copies not made yet
   const out = {};
   for (const [plane, pg] of Object.entries(input.planes)) {
     const all = [...Array(pg.count).keys()];
@@ -588,9 +589,10 @@ Promise.all([transposed(partial), transposed(full)]).then(() => {
     };
     if (Math.abs(pg.strides[1]) === 1) {
       out[plane].fullBlock = js.streamCut(full, pg, all).map((c) => Array.from(c.base));
-      const copy = (rec, i) => { const c = js.copyCut(rec, pg, i); return c && Array.from(c.base); };
+      const copy = (rec, i) => { const c = js.copyCut(rec, pg, i); return c && c[1] === 0 && Array.from(c[0].base); };
       out[plane].fullCopy = all.map((i) => copy(full, i));
       out[plane].partialCopy = all.map((i) => copy(partial, i));
+      out[plane].mixedCopy = all.map((i) => { const c = js.copyCut(mixed, pg, i); return [Array.from(c[0].base), c[1]]; });
     }
   }
   out.copyBytes = [partial.copyBytes, partial.bytes, full.copyBytes, full.bytes];
@@ -628,10 +630,13 @@ def test_javascript_cuts_equal_python_slices(tmp_path):
     assert "fullBlock" in out["sagittal"] and "fullCopy" in out["sagittal"]
     assert out["copyBytes"] == [5 * 5 * 6 * 2, 5 * 5 * 6 * 2, 7 * 5 * 6 * 2, 7 * 5 * 6 * 2]  # every held slab copied
     assert out["sagittal"]["partialCopy"] == [None] * 6                        # slab 1 is missing
+    # slots 0 and 2 (slabs 2 and 1: slices 4, 5, 2, 3) without copies: those rows voxel by voxel
+    assert [slow for _, slow in out["sagittal"]["mixedCopy"]] == [4] * 6
+    out["sagittal"]["mixedCopy"] = [pixels for pixels, _ in out["sagittal"]["mixedCopy"]]
     for plane, pg in planes.items():
         for i in range(pg["count"]):
             want = render.plane_array(display, plane, i)
-            for kind in ("whole", "block", "full", "fullBlock", "fullCopy"):
+            for kind in ("whole", "block", "full", "fullBlock", "fullCopy", "mixedCopy"):
                 if kind in out[plane]:
                     np.testing.assert_array_equal(np.reshape(out[plane][kind][i], want.shape), want,
                                                   err_msg=f"{plane} {kind} {i}")

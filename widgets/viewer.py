@@ -36,11 +36,17 @@ the browser already holds whenever it can:
 * **Memory bound.** The browser holds at most :data:`BROWSER_CACHE_BYTES` (512 MiB) of slabs
   per viewer: the whole volume with its layers when it fits (a 512×512×600 int16 CT: 300 MiB),
   else a ring of the slabs nearest the cursor, refilled as the cursor moves; plus at most
-  24 cut slices per view (sagittal ones are cut 8 at a time, ahead of the user, since each
-  sagittal pixel is its own cache line) and the last slice the kernel sent per plane.
-  Measured with ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools
-  protocol): streaming the 300 MiB CT grew the page's ArrayBuffers by 327 MiB (the slabs, the
-  cut slices, the last kernel slices) and its JS heap by 2 MiB.
+  24 cut slices per view and the last slice the kernel sent per plane. When the whole volume
+  fits, each slab also gets a **transposed copy** (every axial slice stored ``[i][j]``), made
+  in the background as slabs arrive: a sagittal slice read voxel by voxel from ``[k][j][i]``
+  touches one cache line per pixel and one memory page every four (24–60 ms a slice on this
+  machine), while rows of the copy are contiguous (0.5 ms). Made only when a sagittal plane is
+  first shown, the copy took 29 s on the loaded machine, with slower steps meanwhile. So the
+  bound is twice :data:`BROWSER_CACHE_BYTES` (slabs and copies) per viewer. Measured with
+  ``benchmarks/bench_viewer_browser.py`` (page memory through the DevTools protocol):
+  streaming the 300 MiB CT grew the page's ArrayBuffers by 327 MiB (the slabs, the cut slices,
+  the last kernel slices) and its JS heap by 2 MiB before the sagittal copy; the copy adds
+  300 MiB.
 * **Coronal and sagittal planes** need a row from every axial slice, so they are cut in the
   browser only once the whole volume is held; until then, and always when the volume is over
   :data:`BROWSER_CACHE_BYTES` (a ring), their slices come from the kernel. Per-plane slab
@@ -216,7 +222,10 @@ class Viewer(anywidget.AnyWidget):
         the ``layout_mode`` trait (``layout`` is ipywidgets' own CSS layout attribute).
     plane : {'axial', 'coronal', 'sagittal'}
     height : int
-        Height of the picture area in screen pixels.
+        Height of the picture area in screen pixels (less when the notebook is too narrow for
+        it). In ``'three'``, every pane has this height and the width of its slice's physical
+        aspect (each pane its own zoom, as a workstation fits each view), so the row has no
+        black band below a shorter plane; the viewer is as wide as its panes or toolbar.
 
     Examples
     --------

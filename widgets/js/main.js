@@ -37,26 +37,29 @@ function planeSize(ctx, plane) {
   return { width: pg.cols * pg.pixel_mm[0], height: pg.rows * pg.pixel_mm[1] };
 }
 
+// Room around the panes inside the widget's host: the root's padding (4 px a side) and the
+// image area's (2 px a side), from viewer.css.
+const CHROME_PX = 12;
+const PANE_GAP_PX = 4;
+
+// Every pane gets the same height, and the width of its slice's physical aspect: a row of three
+// planes leaves no black band below a shorter one, and together they are as wide as the notebook
+// allows (each pane its own zoom, as workstations fit each view to its window). The root is only
+// as wide as its panes (or its toolbar), so no black area is left beside them.
 function layout(ctx) {
   const { state, dom, model } = ctx;
   const planes = Object.keys(state.panes);
   if (!planes.length) return;
-  const total = Math.max(dom.root.clientWidth || dom.host.clientWidth || 640, 200);
-  const maxW = (total - 8 * planes.length) / planes.length;
-  const maxH = model.get("height");
-  let scale = Infinity;
-  for (const plane of planes) {
-    const s = planeSize(ctx, plane);
-    scale = Math.min(scale, maxW / s.width, maxH / s.height);
-  }
-  for (const plane of planes) {
-    const s = planeSize(ctx, plane);
+  const room = Math.max((dom.host.clientWidth || 640) - CHROME_PX - PANE_GAP_PX * (planes.length - 1), 120);
+  const aspects = planes.map((plane) => { const s = planeSize(ctx, plane); return s.width / s.height; });
+  const height = Math.min(model.get("height"), room / aspects.reduce((a, b) => a + b, 0));
+  const dpr = window.devicePixelRatio || 1;
+  planes.forEach((plane, n) => {
     const entry = state.panes[plane];
-    const w = Math.max(1, Math.round(s.width * scale));
-    const h = Math.max(1, Math.round(s.height * scale));
-    const dpr = window.devicePixelRatio || 1;
+    const w = Math.max(1, Math.floor(aspects[n] * height));
+    const h = Math.max(1, Math.floor(height));
     const size = `${w}x${h}@${dpr}`;
-    if (entry.size === size) continue;  // unchanged: setting a canvas's size clears and reallocates it
+    if (entry.size === size) return;  // unchanged: setting a canvas's size clears and reallocates it
     entry.size = size;
     for (const c of [entry.canvas, entry.overlay]) {
       c.style.width = w + "px";
@@ -68,7 +71,7 @@ function layout(ctx) {
     entry.overlay.width = Math.round(w * dpr);
     entry.overlay.height = Math.round(h * dpr);
     drawOverlay(ctx, plane);
-  }
+  });
 }
 
 function redrawAll(ctx) {
@@ -79,6 +82,8 @@ function render({ model, el: host }) {
   // the data-* attributes keep JupyterLab's keyboard shortcuts and context menu off the viewer
   const root = el("div", "medlab-viewer", { tabindex: "0", "data-lm-suppress-shortcuts": "true",
     "data-jp-suppress-context-menu": "true" });
+  // as wide as the panes or the toolbar (up to the host's width): no empty black area beside them
+  root.style.width = "fit-content";
   host.appendChild(root);
   const ctx = { model, state: { active: model.get("plane"), panes: {}, raw: {}, drag: null, drawn: {},
     volCache: {}, sliceCache: {}, pending: null, wlFrame: 0, lastIndex: {}, prefetch: null }, dom: { root, host } };
@@ -101,6 +106,9 @@ function render({ model, el: host }) {
   const pointsets = el("div", "medlab-pointsets");
   const status = el("div", "medlab-status");
   root.append(bar, image, pointsets, legend, status);
+  // text and chips below the panes wrap at the panes' width instead of widening the root
+  for (const e of [readout, legend, pointsets, status]) Object.assign(e.style, { width: "0", minWidth: "100%", boxSizing: "border-box" });
+  panes.style.justifyContent = "center";
   Object.assign(ctx.dom, { panes, readout, legend, pointsets, status });
   const unwire = wireWindow(ctx);
 
@@ -145,8 +153,9 @@ function render({ model, el: host }) {
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
 
+  // the host follows the notebook's width (the root follows its panes)
   const resize = new ResizeObserver(guard(() => layout(ctx)));
-  resize.observe(root);
+  resize.observe(host);
 
   guard(() => { buildPanes(ctx); syncControls(ctx); syncLegend(ctx); syncPointSets(ctx); syncStatus(ctx); redrawAll(ctx); })();
   const unstream = watchStream(ctx);

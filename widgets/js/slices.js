@@ -168,8 +168,9 @@ function localSlice(ctx, plane, index) {
       out = asPayload(pg, index, cut, src);
       how = "view";
     } else {
-      let cut = src.rec && strided(pg) ? copyCut(src.rec, pg, index) : null;
-      if (cut) how = "transposed";
+      const got = src.rec && strided(pg) ? copyCut(src.rec, pg, index) : null;
+      let cut = got && got[0];
+      if (cut) how = got[1] === 0 ? "transposed" : got[1] === pg.rows ? "strided" : "mixed";
       else {
         [cut] = newCuts(src.names, src.dtypes, pg.rows * pg.cols, 1);
         if (!cutRows(src.read, src.names, pg, [index], [cut], 0, pg.rows)) return null;
@@ -181,11 +182,8 @@ function localSlice(ctx, plane, index) {
     ctx.state.lastCut = { plane, index, how, ms: performance.now() - t0 };
     remember(cache, key, out);
   }
-  if (strided(pg)) {
-    if (src.rec) wantTransposed(src.rec);
-    // cut the next sagittal slices ahead of the user until the transposed copy is complete
-    if (!src.rec || src.rec.copyBytes < src.rec.bytes) prefetch(ctx, plane, index, dir, src, cache);
-  }
+  // cut the next sagittal slices ahead of the user until the transposed copy is complete
+  if (strided(pg) && (!src.rec || src.rec.copyBytes < src.rec.bytes)) prefetch(ctx, plane, index, dir, src, cache);
   return out;
 }
 

@@ -8,12 +8,15 @@
 // Sagittal slices read one voxel per column from every axial slice, `ni` voxels apart: each
 // pixel is its own cache line and, every 4 pixels, its own memory page (measured in Node.js on
 // the 300 MiB CT under load: 24 ms a slice, 50-60 ms in the browser; a coronal slice, whose
-// rows are contiguous, 2 ms). So once a view shows a sagittal plane and the whole volume fits
-// in the browser, each held slab also gets a copy with every axial slice transposed
+// rows are contiguous, 2 ms). So when the whole volume fits in the browser, each held slab
+// also gets a copy with every axial slice transposed
 // ([k][i][j]: a sagittal row is contiguous, cut in 0.5 ms), made in the background one slice
-// per task (about 4 ms each) and as slabs arrive. The copy doubles the memory of a volume shown
-// sagittally (at most 2 x BROWSER_CACHE_BYTES per viewer); a tiled single copy (tiles of 32
-// columns) was measured too: sagittal 11 ms, coronal 14 ms, not enough.
+// per task (about 4 ms each) as slabs arrive. It is made while the volume streams (the page is
+// mostly idle then), not when the user first shows a sagittal plane: made then, on the shared
+// 2-core machine, it took 29 s and slowed the steps meanwhile. A slice whose slabs are not all
+// copied yet takes the copied rows from the copy and the others voxel by voxel. The copy
+// doubles the memory of a wholly held volume (at most 2 x BROWSER_CACHE_BYTES per viewer); a
+// tiled single copy (tiles of 32 columns) was measured too: sagittal 11 ms, coronal 14 ms.
 
 const STREAMS = new Map();
 
@@ -29,7 +32,7 @@ function streamRecord(model) {
   if (!rec) return null;
   if (rec.stream !== s) {
     Object.assign(rec, { stream: s, gen: s.gen, info: streamInfo(model), slots: [], slabSlot: new Map(), bytes: 0,
-      copyBytes: 0, readyGen: null, wantCopy: false, transposeJob: null });
+      copyBytes: 0, readyGen: null, wantCopy: true, transposeJob: null });
   }
   return rec.info ? rec : null;
 }
@@ -89,7 +92,7 @@ function slabReader(rec) {
 // from the kernel, and no transposed copy is made)
 function streamWhole(rec) { return !!rec && rec.info.slots >= rec.info.slabs; }
 
-// A view showing a sagittal plane asks for the transposed copies (see the top of this file).
+// Start (or resume) the transposed copies (see the top of this file).
 function wantTransposed(rec) {
   if (!rec || rec.wantCopy || !streamWhole(rec)) return;
   rec.wantCopy = true;
@@ -151,29 +154,40 @@ function transposeSlice(src, dst, base, nj, ni) {
   }
 }
 
-// Cut slice `index` of a plane whose columns run along j (sagittal) from the transposed
-// copies: {name: pixels}, or null when a slab or its copy is missing.
+// Cut slice `index` of a plane whose columns run along j (sagittal): each row from its slab's
+// transposed copy, or voxel by voxel while that copy is not made yet. Returns [{name: pixels},
+// rows taken voxel by voxel], or null when a slab is missing.
 function copyCut(rec, pg, index) {
   const [offset, s, r, c] = pg.strides;
   const [, nj, ni] = rec.info.shape;
   const plane = nj * ni, cols = pg.cols, step = c / ni;
   const out = newCuts(rec.info.names, rec.info.dtypes, pg.rows * cols, 1)[0];
+  let slow = 0;
   for (let row = 0; row < pg.rows; row++) {
     const e = offset + index * s + row * r;
     const k = Math.floor(e / plane);
     const slot = rec.slabSlot.get(Math.floor(k / rec.info.per_slab));
     const held = slot === undefined ? null : rec.slots[slot];
-    if (!held || !held.copyBytes) return null;
-    const local = e - held.k0 * plane, kk = Math.floor(local / plane), rem = local - kk * plane;
+    if (!held) return null;
+    const local = e - held.k0 * plane, at = row * cols;
+    if (!held.copyBytes) {
+      slow += 1;
+      for (const name of rec.info.names) {
+        const src = held.arrays[name], dst = out[name];
+        for (let col = 0; col < cols; col++) dst[at + col] = src[local + col * c];
+      }
+      continue;
+    }
+    const kk = Math.floor(local / plane), rem = local - kk * plane;
     const j = Math.floor(rem / ni), i = rem - j * ni;
-    const start = kk * plane + i * nj + j, at = row * cols;
+    const start = kk * plane + i * nj + j;
     for (const name of rec.info.names) {
       const src = held.copy[name], dst = out[name];
       if (step === 1) dst.set(src.subarray(start, start + cols), at);
       else for (let col = 0; col < cols; col++) dst[at + col] = src[start + col * step];
     }
   }
-  return out;
+  return [out, slow];
 }
 
 // Cut slices `indices` (consecutive) of a plane from the held slabs: one {name: pixels} per
