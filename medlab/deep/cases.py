@@ -6,8 +6,12 @@ what the tutorial trains on, so a student can reproduce a shipped model from its
 
 from __future__ import annotations
 
+import itertools
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import ParameterError
 from ..image import Image
@@ -37,14 +41,25 @@ class Cases:
         return len(self.labels)
 
 
+MAX_CASES = 10_000
+"""Most phantoms one call makes (each is a volume in memory)."""
+
+
 def _seeds(seeds: Iterable[int]) -> list[int]:
+    if isinstance(seeds, (str, bytes)):   # "12" would be the seeds 1 and 2
+        raise ParameterError(f"seeds must be integers, e.g. range(12); got {seeds!r}")
     try:
-        out = [int(s) for s in seeds]
-    except (TypeError, ValueError):
+        # at most one more than allowed is read: range(10**9) or itertools.count() must not hang
+        out = list(itertools.islice(iter(seeds), MAX_CASES + 1))
+    except TypeError:
         raise ParameterError(f"seeds must be integers, e.g. range(12); got {seeds!r}") from None
-    if not out or any(s < 0 for s in out):
-        raise ParameterError(f"seeds must be a non-empty list of non-negative integers; got {seeds!r}")
-    return out
+    if len(out) > MAX_CASES:
+        raise ParameterError(f"seeds: at most {MAX_CASES} phantoms at a time; got more")
+    if not out or any(isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0
+                      for s in out):
+        raise ParameterError(f"seeds must be a non-empty list of non-negative integers, e.g. range(12); "
+                             f"got {out[:5]!r}")
+    return [int(s) for s in out]
 
 
 def brain_tumour_cases(seeds: Iterable[int], *, contrasts: Sequence[str] = ("t1",),

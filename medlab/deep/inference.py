@@ -12,7 +12,7 @@ from ..image import Image
 from ..outputs import Checkpoint
 from ..stage import Bool, Float, ImageInput, ImageOut, LabelOut, ModelInput, report, stage
 from .networks import build_network, check_config, load_weights
-from .preprocessing import from_network, to_network
+from .preprocessing import check_preprocessing, from_network, to_network
 
 __all__ = ["deep_segment", "network_from_checkpoint", "predict_probabilities", "sliding_window"]
 
@@ -37,6 +37,7 @@ def network_from_checkpoint(checkpoint: Checkpoint, *, source: str = "checkpoint
         if key not in checkpoint.preprocessing:
             raise ParameterError(f"{source}: its preprocessing record has no {key!r}: it was not made by "
                                  "medlab.deep.train_segmenter (see medlab.deep.preprocessing for the format)")
+    check_preprocessing(checkpoint.preprocessing, cfg, source=source)
     if len(checkpoint.preprocessing["label_values"]) != cfg["out_channels"] - 1:
         raise ParameterError(f"{source}: {len(checkpoint.preprocessing['label_values'])} label values for a network "
                              f"with {cfg['out_channels']} outputs (background + one per label)")
@@ -85,7 +86,7 @@ def labels_from_probabilities(probs: np.ndarray, image: Image, checkpoint: Check
     """The arg-max label map on ``image``'s grid, with the label values, names and colours of training."""
     prep = checkpoint.preprocessing
     values = [0, *[int(v) for v in prep["label_values"]]]
-    dtype = np.uint8 if max(values) < 256 else np.uint16
+    dtype = np.min_scalar_type(max(values))   # uint8, uint16 or uint32: label values are below 2**31
     labels = np.asarray(values, dtype)[np.argmax(probs, axis=0)]
     colours = prep.get("label_colours", {})
     names = {v: (checkpoint.labels.get(v, f"label {v}"), tuple(colours[str(v)])) if str(v) in colours

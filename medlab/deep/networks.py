@@ -170,6 +170,16 @@ def load_weights(network, state_dict: Mapping[str, Any], *, source: str = "check
     shaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state_dict and (not isinstance(state_dict[k], torch.Tensor)
                                       or tuple(state_dict[k].shape) != tuple(own[k].shape))]
+    # load_state_dict would cast integer or complex weights to float without a word (integers
+    # truncate every weight to 0), and a sparse or meta tensor fails deep inside torch
+    typed = [f"{k} ({state_dict[k].dtype}, {state_dict[k].layout}, {state_dict[k].device.type})" for k in own
+             if k in state_dict and isinstance(state_dict[k], torch.Tensor)
+             and (state_dict[k].layout != torch.strided or state_dict[k].is_meta or state_dict[k].is_complex()
+                  or state_dict[k].is_floating_point() != own[k].is_floating_point())]
+    if typed:
+        more = f" and {len(typed) - 6} more" if len(typed) > 6 else ""
+        raise ParameterError(f"{source}: weights of the wrong kind for the network (it needs dense, real-valued "
+                             f"tensors of its own kind): {', '.join(typed[:6])}{more}. Was the checkpoint edited?")
     if missing or extra or shaped:
         parts = []
         for what, names in (("missing", missing), ("unexpected", extra), ("of the wrong shape (stored vs network)", shaped)):

@@ -22,6 +22,8 @@ SimpleITK resamples directly between two physical grids, which is exactly the ro
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +69,15 @@ def intensity_record(intensity: str | Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(intensity, Mapping) or intensity.get("transform") not in _INTENSITY_TRANSFORMS:
         raise ParameterError(f"intensity transform must be one of {list(_INTENSITY_TRANSFORMS)}; got {intensity!r}")
     args = intensity.get("args", {})
-    if not isinstance(args, Mapping):
-        raise ParameterError(f"intensity 'args' must be a dict; got {args!r}")
+    # plain finite numbers, booleans, text or None only: a checkpoint is data, and its record
+    # must save as JSON and reach MONAI as the values a person wrote
+    plain = isinstance(args, Mapping) and all(
+        isinstance(k, str) and (v is None or isinstance(v, (bool, str))
+                                or (isinstance(v, numbers.Real) and math.isfinite(v)))
+        for k, v in args.items())
+    if not plain:
+        raise ParameterError(f"intensity 'args' must be a dict of names to plain values (finite numbers, booleans, "
+                             f"text); got {args!r:.200}")
     return {"transform": intensity["transform"], "args": dict(args)}
 
 
@@ -79,9 +88,9 @@ def normalise_intensity(array: np.ndarray, record: Mapping[str, Any]) -> np.ndar
     step = intensity_record(record)
     try:
         transform = getattr(mt, step["transform"])(**step["args"])
-    except TypeError as exc:
+        out = transform(np.array(array, np.float32)[None])  # a writable copy: the input stays untouched
+    except (TypeError, ValueError) as exc:   # MONAI checks the arguments when it applies them
         raise ParameterError(f"intensity transform {step['transform']} cannot take {step['args']} ({exc})") from None
-    out = transform(np.array(array, np.float32)[None])  # a writable copy: the input stays untouched
     out = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, np.float32)[0]
     if not np.all(np.isfinite(out)):  # a constant image gives 0/0 in a percentile range
         raise ImageError("intensity normalisation gave NaN or infinite values: is the image constant?")
@@ -167,9 +176,17 @@ def channels_on_one_grid(channels: Sequence[Image], what: str) -> list[Image]:
     return out
 
 
+MAX_NETWORK_VOXELS = 2**28
+"""Most voxels of an image on the network grid (1 GiB per channel in float32)."""
+
+
 def to_network(channels: Sequence[Image], prep: Mapping[str, Any]) -> tuple[np.ndarray, NetworkGrid]:
     """Normalised channels on the network grid, ``[C, z, y, x]`` (``[C, y, x]`` in 2D), float32."""
     grid = network_grid(channels[0], prep["direction"], prep.get("spacing"))
+    if math.prod(grid.size) * len(channels) > MAX_NETWORK_VOXELS:
+        raise ImageError(f"the image would be {' x '.join(map(str, grid.size))} voxels on the network's grid "
+                         f"({prep.get('spacing')} mm), more than {MAX_NETWORK_VOXELS} voxels: crop the image to "
+                         "the region to segment, or use a model trained at a coarser voxel size")
     out = []
     for ch in channels:
         norm = normalise_intensity(ch.array, prep["intensity"])
@@ -222,3 +239,79 @@ def median_spacing(images: Sequence[Image], direction: np.ndarray) -> list[float
         alignment = np.abs(direction.T @ im.direction)
         per.append(np.asarray(im.spacing)[np.argmax(alignment, axis=1)])
     return [float(v) for v in np.median(np.array(per), axis=0)]
+
+
+MAX_PATCH_VOXELS = 2**23
+"""Largest training patch and sliding window, in voxels (about 200³)."""
+
+
+def check_patch(patch, ndim: int, divisor: int, what: str = "patch_size") -> list[int]:
+    """A training patch / sliding window: ``ndim`` whole voxel counts (x, y[, z]), multiples of
+    the network's downsampling ``divisor``, at most :data:`MAX_PATCH_VOXELS` in all."""
+    try:
+        values = list(patch)
+        ok = len(values) == ndim and all(
+            not isinstance(v, (bool, np.bool_)) and isinstance(v, numbers.Real) and float(v).is_integer()
+            for v in values)
+        values = [int(v) for v in values] if ok else []
+        ok = ok and all(divisor <= v <= 4096 and v % divisor == 0 for v in values)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ParameterError(f"{what} must be {ndim} whole voxel counts (x, y{', z' if ndim == 3 else ''}), each a "
+                             f"multiple of {divisor} (the network's downsampling); got {patch!r:.100}")
+    if math.prod(values) > MAX_PATCH_VOXELS:
+        raise ParameterError(f"{what} {values} is {math.prod(values)} voxels, more than {MAX_PATCH_VOXELS} (gigabytes "
+                             "of activations on a CPU); use a smaller one")
+    return values
+
+
+def check_preprocessing(prep: Mapping[str, Any], config: Mapping[str, Any], *, source: str = "checkpoint") -> None:
+    """Refuse a preprocessing record (from a checkpoint file) that inference cannot replay:
+    each value is checked before it reaches MONAI, SimpleITK or an allocation.
+
+    Raises
+    ------
+    ParameterError
+        Naming the record's key and what it must be.
+    """
+    from .networks import size_divisor
+
+    d = int(config["spatial_dims"])
+
+    def bad(key: str, must: str) -> ParameterError:
+        return ParameterError(f"{source}: its preprocessing {key!r} must be {must}; got {prep.get(key)!r:.100}. "
+                              "Was the checkpoint edited or damaged?")
+
+    try:
+        intensity_record(prep["intensity"])
+    except ParameterError as exc:
+        raise ParameterError(f"{source}: {exc}") from None
+    try:
+        direction = np.asarray(prep["direction"], float).reshape(d, d)
+        ok = bool(np.all(np.isfinite(direction))) and np.allclose(direction.T @ direction, np.eye(d), atol=1e-4)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise bad("direction", f"a {d} x {d} rotation (orthonormal) matrix")
+    spacing = prep.get("spacing")
+    if spacing is not None:
+        try:
+            ok = len(spacing) == d and all(not isinstance(v, bool) and isinstance(v, numbers.Real)
+                                           and 0.01 <= v <= 100 for v in spacing)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise bad("spacing", f"None or {d} voxel sizes in mm (0.01 to 100)")
+    try:
+        check_patch(prep["patch_size"], d, size_divisor(config), "patch_size")
+    except ParameterError as exc:
+        raise ParameterError(f"{source}: its preprocessing {exc}") from None
+    overlap = prep.get("overlap", 0.25)
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
+        raise bad("overlap", "a fraction in [0, 1)")
+    values = prep["label_values"]
+    ok = isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31 for v in values) and len(set(values)) == len(values)
+    if not ok:
+        raise bad("label_values", "distinct positive integers below 2**31")

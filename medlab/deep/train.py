@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,10 @@ __all__ = ["train_segmenter"]
 
 log = logging.getLogger("medlab.deep")
 
+MAX_CLASSES = 63
+"""Most classes a network learns (its outputs, background included, are at most 64)."""
+MAX_STEP_VOXELS = 2**25
+"""Largest optimiser step (batch_size x samples_per_image x patch voxels)."""
 DEFAULT_PATCH = {3: (48, 48, 24), 2: (128, 128)}
 """Training patch (and sliding window) size in voxels, (x, y[, z]): small enough for about two
 optimiser steps per second on two CPU cores, large enough to hold a brain tumour with its oedema
@@ -147,14 +152,22 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     cfg = network_config(network, spatial_dims=ndim, in_channels=n_channels, out_channels=len(classes) + 1,
                          **dict(config or {}))
     patch = _check_patch(patch_size, ndim, size_divisor(cfg))
+    if batch_size * samples_per_image * math.prod(patch) > MAX_STEP_VOXELS:
+        raise ParameterError(f"batch_size x samples_per_image x patch voxels is {batch_size} x {samples_per_image} x "
+                             f"{math.prod(patch)}, more than {MAX_STEP_VOXELS} voxels per optimiser step (too much "
+                             "memory for a CPU); use a smaller patch_size, batch_size or samples_per_image")
     prep = _preprocessing(cases, intensity, spacing, patch, classes, channel_names, n_channels)
     train_idx, val_idx = _split(len(cases), validation, seed)
 
     start = time.monotonic()
     with _threads(threads), _seeded(seed):
         report(0.0, "preparing images")
-        data = [_prepare_case(case, prep, classes) for case in cases]
+        data = []
+        for i, case in enumerate(cases):   # Cancel is honoured while the images are prepared
+            report(0.0, f"preparing image {i + 1}/{len(cases)}")
+            data.append(_prepare_case(case, prep, classes))
         net = build_network(cfg)
+        check_cancelled()
         loop = _Loop(net, cfg, prep, classes, [data[i] for i in train_idx], [data[i] for i in val_idx],
                      batch_size=batch_size, samples_per_image=samples_per_image, learning_rate=learning_rate,
                      augment=augment, seed=seed)
@@ -213,10 +226,15 @@ class _Loop:
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("stopped after %.0f s (max_time)", elapsed)
                     break
-        except Cancelled as exc:
+        except (Cancelled, KeyboardInterrupt) as exc:
+            # Ctrl-C (the notebook's stop button) stays a KeyboardInterrupt, but like Cancel it
+            # carries the best checkpoint so far: ``sys.last_value.result`` in a notebook
             if self.best is not None:
                 exc.result = Result({"model": self.best, "history": self.history, "dice": self.dice},
                                     stage="train_segmenter", cancelled=True)
+                if isinstance(exc, KeyboardInterrupt):
+                    log.warning("training interrupted at epoch %d; the best checkpoint so far (epoch %d) is in the "
+                                "exception's .result (sys.last_value.result in a notebook)", epoch, self.best_epoch)
             raise
         self.best.metrics["epochs_run"] = epoch
         self.best.metrics["training_seconds"] = round(time.monotonic() - start, 1)
@@ -316,10 +334,12 @@ def _prepare_case(case, prep, classes) -> dict[str, np.ndarray]:
     channels, label = case
     x, grid = to_network(channels, prep)
     y = labels_to_network(label, grid, channels[0])
-    lut = np.zeros(int(max(int(np.max(y)), max(classes))) + 1, np.int64)
+    # one comparison per class, not a look-up table as long as the largest label value (a label
+    # map holding 2**31 - 1 would need 16 GB) and no negative index into one
+    y = np.asarray(y)
+    mapped = np.zeros(y.shape, np.int64)
     for k, value in enumerate(classes, 1):
-        lut[value] = k
-    mapped = lut[np.clip(np.asarray(y).astype(np.int64), 0, None)]
+        mapped[y == value] = k
     return {"image": x, "label": mapped[None]}
 
 
@@ -397,6 +417,14 @@ def _check_classes(classes, labels: list[Image]) -> dict[int, str]:
     if classes is None:
         if not present:
             raise ParameterError("the label maps are empty (all zero): there is nothing to learn")
+        negative = sorted(v for v in present if v < 0)
+        if negative:
+            raise ParameterError(f"the label maps hold negative values {negative[:5]}; a class is a positive label "
+                                 "value: give classes={value: name, ...} for the ones to learn (others count as "
+                                 "background)")
+        if len(present) > MAX_CLASSES:
+            raise ParameterError(f"the label maps hold {len(present)} different values (at most {MAX_CLASSES} "
+                                 "classes can be learnt): are they label maps? Give classes={value: name, ...}")
         names = {}
         for value in sorted(present):
             name = next((lab.labels[value].name for lab in labels if value in lab.labels), f"label {value}")
@@ -406,9 +434,11 @@ def _check_classes(classes, labels: list[Image]) -> dict[int, str]:
         raise ParameterError(f"classes must map label values to names, e.g. {{1: 'tumour'}}; got {classes!r}")
     out = {}
     for value, name in classes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ParameterError(f"classes: label values must be positive integers; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value < 2**31:
+            raise ParameterError(f"classes: label values must be positive integers below 2**31; got {value!r}")
         out[int(value)] = str(name)
+    if len(out) > MAX_CLASSES:
+        raise ParameterError(f"classes: at most {MAX_CLASSES} classes can be learnt; got {len(out)}")
     missing = sorted(set(out) - present)
     if missing:
         raise ParameterError(f"classes {missing} appear in none of the label maps (values present: {sorted(present)})")
@@ -425,31 +455,26 @@ def _check_numbers(**values) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
             raise ParameterError(f"{name} must be an integer in [{lo}, {hi}]; got {v!r}")
     lr = values["learning_rate"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 1e-7 <= lr <= 1.0:
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not 1e-7 <= lr <= 1.0:
         raise ParameterError(f"learning_rate must be a number in [1e-7, 1]; got {lr!r}")
     mt = values["max_time"]
-    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, (int, float)) or not mt > 0):
+    if mt is not None and (isinstance(mt, (bool, np.bool_)) or not isinstance(mt, numbers.Real) or not mt > 0):
         raise ParameterError(f"max_time must be a positive number of seconds or None; got {mt!r}")
 
 
 def _check_patch(patch_size, ndim: int, divisor: int) -> list[int]:
-    patch = DEFAULT_PATCH[ndim] if patch_size is None else patch_size
-    try:
-        patch = [int(p) for p in patch]
-        ok = len(patch) == ndim and all(p >= divisor and p % divisor == 0 and p <= 1024 for p in patch)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ParameterError(f"patch_size must be {ndim} voxel counts (x, y{', z' if ndim == 3 else ''}), each a "
-                             f"multiple of {divisor} (the network's downsampling); got {patch_size!r}")
-    return patch
+    from .preprocessing import check_patch
+
+    return check_patch(DEFAULT_PATCH[ndim] if patch_size is None else patch_size, ndim, divisor, "patch_size")
 
 
 def _split(n: int, validation, seed: int) -> tuple[list[int], list[int]]:
     """Training and validation case indices, drawn by the seed."""
     if isinstance(validation, bool) or not isinstance(validation, (int, float, np.integer, np.floating)):
         raise ParameterError(f"validation must be a fraction in [0, 1) or a number of cases; got {validation!r}")
-    if 0 <= validation < 1:
+    if not validation >= 0:  # also NaN
+        raise ParameterError(f"validation must be a fraction in [0, 1) or a number of cases (≥ 0); got {validation!r}")
+    if validation < 1:
         n_val = 0 if validation == 0 else max(1, round(float(validation) * n))
     elif float(validation).is_integer():
         n_val = int(validation)
