@@ -412,6 +412,10 @@ def _label_value(label, name: str = "label") -> int | None:
         return None
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Real):
         raise ParameterError(f"{name} must be an integer label value such as 1; got {label!r}")
+    if isinstance(label, numbers.Integral):   # exactly: float(2**53 + 1) is 2**53, another label
+        if not -(2**63) < int(label) < 2**63:
+            raise ParameterError(f"{name} must be an integer label value such as 1 (below 2**63); got {label!r}")
+        return int(label)
     value = float(label)
     if not np.isfinite(value) or value != round(value) or abs(value) >= 2.0 ** 63:
         raise ParameterError(f"{name} must be an integer label value such as 1 (below 2**63); got {label!r}")
@@ -446,6 +450,17 @@ def _on_one_grid(a: Image, has_a: bool, b: Image, has_b: bool, names: tuple[str,
                             "they must hold the same voxels")
 
 
+def _check_integral(image: Image, name: str) -> None:
+    """Refuse fractional values: a probability map given as a mask would count every voxel
+    above 0 (a Dice of 0.04 for a perfect prediction, without a word)."""
+    a = image.array
+    if a.dtype.kind == "f":
+        frac = a[a != np.floor(a)]
+        if frac.size:
+            raise ImageError(f"{name} holds non-integer values (e.g. {float(frac[0]):.4g}): it is not a label map or "
+                             f"a mask. Threshold a probability map first, e.g. {name} > 0.5")
+
+
 def _label_pair(pred, truth, *, resample: bool, names=("pred", "truth")) -> tuple[Image, Image, Image]:
     """Prediction and truth on one grid (the prediction resampled if asked), and that grid.
 
@@ -453,6 +468,8 @@ def _label_pair(pred, truth, *, resample: bool, names=("pred", "truth")) -> tupl
     """
     a, has_a = _grey(pred, names[0])
     b, has_b = _grey(truth, names[1])
+    for image, name in ((a, names[0]), (b, names[1])):
+        _check_integral(image, name)
     if resample and has_a and has_b and a.ndim == b.ndim and not a.same_grid(b):
         if not a.overlaps(b):
             raise GeometryError(f"{names[0]} does not overlap {names[1]} in physical space, so it cannot be "
@@ -640,7 +657,7 @@ def hausdorff_distance(pred, truth, *, label: int | None = None, percentile: flo
     >>> hausdorff_distance(Image(a, spacing=(0.5, 1, 1)), Image(b, spacing=(0.5, 1, 1)))
     1.0
     """
-    if not (isinstance(percentile, numbers.Real) and 0 <= percentile <= 100):
+    if isinstance(percentile, (bool, np.bool_)) or not (isinstance(percentile, numbers.Real) and 0 <= percentile <= 100):
         raise ParameterError(f"percentile must be a number in [0, 100]; got {percentile!r}")
     return _hausdorff(*surface_distances(pred, truth, label=label, resample=resample), float(percentile))
 
@@ -728,6 +745,10 @@ def iou(a, b, *, label: int | None = None, resample: bool = False) -> float:
     return _ratio_or_agreement(tp, tp + fp + fn, fp == fn == 0)
 
 
+MAX_SCORED_LABELS = 1000
+"""Most label values :func:`segmentation_scores` scores unless told which."""
+
+
 def _present_labels(image: Image, name: str) -> set[int]:
     """Non-zero label values in ``image`` (integers, or an ImageError)."""
     values = image.array[image.array != 0]
@@ -799,8 +820,9 @@ def segmentation_scores(pred, truth, labels=None, *, resample: bool = False) -> 
         Label maps on the same grid (a numpy array is taken to lie on the other's grid).
     labels : int or sequence of int, optional
         Label values to score. By default every non-zero value found in either map plus every
-        value named in ``truth.labels`` (0 excluded); a label absent from both scores as two
-        empty masks.
+        value named in ``truth.labels`` (0 excluded), at most :data:`MAX_SCORED_LABELS` of them
+        (more is refused: an intensity image given as a label map); a label absent from both
+        scores as two empty masks.
     resample : bool
         When both are Images on different grids that overlap in space, resample ``pred`` onto
         ``truth``'s grid by nearest neighbour instead of raising a
@@ -843,8 +865,17 @@ def segmentation_scores(pred, truth, labels=None, *, resample: bool = False) -> 
     a, b, grid = _label_pair(pred, truth, resample=resample)
     if labels is None:
         values = _present_labels(a, "pred") | _present_labels(b, "truth") | (set(b.labels) - {0})
+        if len(values) > MAX_SCORED_LABELS:   # each label is a pass over the volume: hours for a CT given as pred
+            raise ParameterError(f"pred and truth hold {len(values)} different label values (more than "
+                                 f"{MAX_SCORED_LABELS}): is one of them an intensity image rather than a label map? "
+                                 "Pass labels=[...] to score the labels you mean")
     else:
+        if isinstance(labels, (str, bytes)):
+            raise ParameterError(f"labels must be a label value or a list of them, e.g. [1, 2]; got {labels!r}")
         values = {_label_value(v, "labels") for v in ([labels] if isinstance(labels, numbers.Real) else labels)}
+        if None in values:
+            raise ParameterError("labels must be label values such as [1, 2]; got None among them (leave labels "
+                                 "out to score every label)")
     sampling = _sampling(grid)
     unit = float(np.prod(grid.spacing))
     rows = []

@@ -407,8 +407,9 @@ class SegmentWidget(LabelExport, Workbench):
             self.view3d_box.children = []
 
     def close(self) -> None:
-        if not hasattr(self, "_panels"):
-            return   # refused before the workbench was built: nothing is open
+        if not hasattr(self, "_panels") or getattr(self, "_closed", False):
+            return   # refused before the workbench was built, or closed already (ipywidgets closes again on exit)
+        self._closed = True
         self.close_3d()
         if hasattr(self, "training"):
             self.training.cancel()

@@ -133,6 +133,12 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     Cancelled
         When cancelled through :func:`medlab.stage.progress_to`; ``exc.result`` holds the best
         checkpoint and the curves so far (``exc.result.cancelled`` is True).
+    KeyboardInterrupt
+        Ctrl-C (a notebook's stop button) stays a KeyboardInterrupt, and once an epoch has
+        ended it too carries the best checkpoint so far in ``exc.result``
+        (``sys.last_value.result`` in a notebook).
+    ParameterError
+        Bad settings or label values, naming them (before any data is prepared).
 
     Examples
     --------

@@ -30,13 +30,16 @@ __all__ = ["fast_marching", "gradient_magnitude", "watershed"]
 
 
 def gradient_magnitude(image: Image, sigma: float) -> np.ndarray:
-    """|∇(G_σ * I)| in image units per mm (float32), ``sigma`` in mm.
+    """|∇(G_σ * I)| in image units per mm (float32; float64 for a float64 image), ``sigma`` in mm.
 
     Axes with a single voxel (a preview slab) contribute no derivative and no smoothing.
     """
     from scipy import ndimage
 
-    a = np.asarray(image.array, dtype=np.float32)
+    # float64 images stay float64 (1e300 in float32 is inf), and the norm accumulates with
+    # hypot: squaring a gradient of 1e20 overflows float32
+    dtype = np.float64 if image.array.dtype == np.float64 else np.float32
+    a = np.asarray(image.array, dtype=dtype)
     spacing = image.spacing[::-1]
     sig = [sigma / s if n > 1 else 0.0 for s, n in zip(spacing, a.shape)]
     total = np.zeros_like(a)
@@ -45,9 +48,9 @@ def gradient_magnitude(image: Image, sigma: float) -> np.ndarray:
             continue
         order = [0] * a.ndim
         order[axis] = 1
-        d = ndimage.gaussian_filter(a, sig, order=order, mode="nearest") / np.float32(s)
-        total += d * d
-    return np.sqrt(total)
+        d = ndimage.gaussian_filter(a, sig, order=order, mode="nearest") / dtype(s)
+        np.hypot(total, d, out=total)
+    return total
 
 
 def _seeds(image: str = "image") -> Points:
@@ -176,7 +179,8 @@ def fast_marching(image: Image, *, seeds=(), background=(), sigma: float = 1.0, 
     check_seeds_apart("fast_marching", image, seeds, background)
     report(0.0, "gradient")
     g = gradient_magnitude(image, sigma)
-    speed = sitk.GetImageFromArray(1.0 / (1.0 + (g / np.float32(edge)) ** 2))
+    with np.errstate(over="ignore"):   # a gradient beyond sqrt(max float) over `edge`: speed 0, as it should
+        speed = sitk.GetImageFromArray(1.0 / (1.0 + (g / g.dtype.type(edge)) ** 2))
     speed.SetSpacing(image.spacing)  # arrival times in mm; the direction does not change them
     fm = sitk.FastMarchingImageFilter()
     fm.SetTrialPoints([tuple(int(c) for c in i[::-1]) for i in point_indices(image, seeds)])

@@ -96,6 +96,13 @@ def _source_datasets(folder: Path, series) -> list:
     return [datasets[i] for i in order]
 
 
+def _same_file(a: Path, b) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except (OSError, TypeError):
+        return False
+
+
 # Type 2 attributes of the Patient and General Study modules (present, possibly empty) that a
 # SEG copies from its source; files from anonymisers often drop them.
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
@@ -293,7 +300,8 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
                          "(make one with image.with_array(array, kind='label'))")
     if algorithm_type not in ALGORITHM_TYPES:
         raise ParameterError(f"write_dicom_seg: algorithm_type must be one of {ALGORITHM_TYPES}; got {algorithm_type!r}")
-    if not isinstance(series_number, (int, np.integer)) or not 0 <= int(series_number) < 2**31:
+    if (isinstance(series_number, (bool, np.bool_)) or not isinstance(series_number, (int, np.integer))
+            or not 0 <= int(series_number) < 2**31):
         raise ParameterError(f"write_dicom_seg: series_number must be a whole number ≥ 0; got {series_number!r}")
     if algorithm_type != "manual" and not dicom_text(str(algorithm_name)).strip():
         raise ParameterError("write_dicom_seg: algorithm_name must name the program that made the segmentation "
@@ -309,14 +317,22 @@ def write_dicom_seg(labels, source_series_folder, path, *, series=None,
             version=dicom_text(str(algorithm_version or __version__)))
     from ..io.paths import as_file_path
 
+    source = as_file_path(source_series_folder, "write_dicom_seg: source_series_folder")
     path = as_file_path(path, "write_dicom_seg: path")
+    if path.suffix.lower() not in ("", ".dcm", ".dicom"):
+        raise WriteError(f"write_dicom_seg: {path.name} does not name a DICOM file; use the suffix .dcm (a DICOM SEG "
+                         "saved as .nii or .png is read back as neither)")
     if path.exists() and not overwrite:
         raise WriteError(f"{path} exists already; pass overwrite=True to replace it, or choose another name")
 
-    datasets = _source_datasets(Path(source_series_folder), series)
+    datasets = _source_datasets(source, series)
+    if path.exists() and any(_same_file(path, ds.filename) for ds in datasets):
+        # overwrite=True is for a SEG written before, never for a slice of the series it refers to
+        raise WriteError(f"write_dicom_seg: {path} is a slice of the source series; the SEG would replace it. "
+                         "Choose a file outside the series")
     _complete_headers(datasets)
     grid, uniform = _frame_grid(datasets)
-    frames = _on_series_grid(labels, datasets, grid, uniform, Path(source_series_folder))
+    frames = _on_series_grid(labels, datasets, grid, uniform, source)
     values = [int(v) for v in np.unique(frames) if v != 0]
     if not values:
         raise ImageError(f"write_dicom_seg: no labelled voxel of the label map falls on the series in "

@@ -41,23 +41,37 @@ def _result(labels: Image, array: np.ndarray) -> Image:
 
 def _morphology(labels: Image, radius: float, closing: bool) -> np.ndarray:
     import SimpleITK as sitk
+    from scipy import ndimage
 
-    r_xyz = [int(r) for r in radius_voxels(labels, radius)[::-1]]
-    out = labels.array.copy()
+    r_zyx = radius_voxels(labels, radius)
+    r_xyz = [int(r) for r in r_zyx[::-1]]
+    a = labels.array
+    out = a.copy()
     if not any(r_xyz):
         return out
+    # Each label is processed inside its bounding box grown by the radius (plus one voxel), where
+    # the whole result lies: the same voxels as on the full grid, but a map of thousands of small
+    # labels (connected components of a noisy threshold) no longer costs thousands of full-volume
+    # passes (9000 labels on 30×30×10 voxels: 90 s before).
+    values, ids = np.unique(a, return_inverse=True)
+    boxes = ndimage.find_objects(ids.reshape(a.shape) + 1)
     name = "closing" if closing else "opening"
-    for v in progress(_values(labels), desc=name):
-        mask = sitk.GetImageFromArray((labels.array == v).astype(np.uint8))
+    for i in progress([i for i, v in enumerate(values) if v != 0], desc=name):
+        v = values[i]
+        box = tuple(slice(max(b.start - r - 1, 0), min(b.stop + r + 1, n))
+                    for b, r, n in zip(boxes[i], r_zyx, a.shape))
+        inside = a[box] == v
+        mask = sitk.GetImageFromArray(inside.astype(np.uint8))
         if closing:
             done = sitk.BinaryMorphologicalClosing(mask, r_xyz, sitk.sitkBall, 1, True)
         else:
             done = sitk.BinaryMorphologicalOpening(mask, r_xyz, sitk.sitkBall, 0, 1)
         kept = sitk.GetArrayFromImage(done).astype(bool)
+        view = out[box]
         if closing:
-            out[kept & (out == 0)] = v  # only background voxels are taken: labels never overwrite each other
+            view[kept & (view == 0)] = v  # only background voxels are taken: labels never overwrite each other
         else:
-            out[(labels.array == v) & ~kept] = 0
+            view[inside & ~kept] = 0
     return out
 
 
