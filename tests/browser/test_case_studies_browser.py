@@ -17,6 +17,12 @@ student would, and checks that each action reached Python and came back to the p
 * **03 real scans** (skipped without ``../shared/data``, failing under ``MEDLAB_REQUIRE_SHARED=1``):
   the CT viewer's preset menu; a seed clicked in the brain1 lesion (Python gets it, the preview shows a
   region); Start in the register widget for the T1/PD pair (a second run finishes, MI above the start).
+* **04 CT/MR fusion**: the fused viewer's preset menu (Python's window/level follow); Start in the
+  register widget (mutual information from the landmark start finishes, its TRE at the target below
+  the landmarks'); the 3D view with the target is drawn.
+* **05 mammography**: the CLAHE clip-limit slider (Python gets it and previews again); Apply in the
+  detect workbench (candidates found); Apply in the explain widget (a Grad-CAM map), then its opacity
+  slider.
 
 What Python knows reaches the test through a kernel-written Label (``.cs-state``, JSON), refreshed by
 a ticker thread, so every check is a kernel round trip. The widgets get test classes (``cs-...``) so
@@ -399,4 +405,92 @@ def test_real_scans_case_study(notebook, tmp_path):
     assert state["mi_now"] > state["mi_start"] + 0.1, state
     notebook.wait_text(page, ".cs-pair .medlab-register-summary", r"done")
     shot(page, ".cs-pair", tmp_path, "cs03_register.png")
+    assert page.locator(".medlab-status-error").count() == 0
+
+
+# ----------------------------------------------------------------------------- 04 CT/MR fusion
+FUSION_STATE = """
+w.add_class("cs-fusion"); view.add_class("cs-view3d")
+cs_runs = {"reg": 0}
+w.panel.on_apply(lambda _: cs_runs.__setitem__("reg", cs_runs["reg"] + 1))
+
+def cs_show():
+    done = cs_runs["reg"] > 0 and not w.panel.running
+    return {"window": fused.window, "level": fused.level, "reg_runs": cs_runs["reg"], "reg_running": w.panel.running,
+            "tre_target": errors(w.transform)["TRE at target (mm)"] if done else None,
+            "tre_landmarks": errors(by_landmarks.transform)["TRE at target (mm)"]}
+"""
+
+
+BRAIN_WINDOW = (80.0, 40.0)   # medlab.render.CT_PRESETS["brain"]
+
+
+def test_fusion_case_study(notebook, tmp_path):
+    page = notebook.open(case_cells("04_multimodal_fusion.ipynb", [FUSION_STATE]), timeout_ms=RUN_MS)
+    mark_output(page, "04_multimodal_fusion.ipynb", "fused = Viewer(", "cs-fused")
+    state = wait_state(page, lambda s: s["reg_runs"] == 0, "the notebook's results")
+
+    # the fused viewer's preset menu (a brain window on the CT)
+    page.locator(".cs-fused .medlab-preset").first.select_option("brain")
+    wait_state(page, lambda s: [s["window"], s["level"]] == list(BRAIN_WINDOW), "the brain window")
+    shot(page, ".cs-fused", tmp_path, "cs04_fused.png")
+
+    # Start in the register widget: mutual information from the landmark start, in the background;
+    # the TRE at the target ends below the landmarks' own
+    page.locator(".cs-fusion .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["reg_runs"] == 1 and not s["reg_running"] and s["tre_target"] is not None,
+                       "the registration started from the page", 180)
+    assert state["tre_target"] < state["tre_landmarks"], state
+    notebook.wait_text(page, ".cs-fusion .medlab-register-summary", r"done")
+    shot(page, ".cs-fusion", tmp_path, "cs04_register.png")
+
+    wait_canvas_drawn(page, ".cs-view3d canvas.medlab-view3d-canvas")
+    assert canvas_not_blank(page, ".cs-view3d canvas.medlab-view3d-canvas") > 10, "the 3D canvas is blank"
+    shot(page, ".cs-view3d", tmp_path, "cs04_view3d.png")
+    assert page.locator(".medlab-status-error").count() == 0
+
+
+# ----------------------------------------------------------------------------- 05 mammography
+MAMMO_STATE = """
+clahe_widget.add_class("cs-clahe"); detect_bench.add_class("cs-detect"); explain.add_class("cs-explain")
+cs_runs = {"clahe_previews": 0, "detect": 0}
+clahe_widget.panel.on_preview(lambda _: cs_runs.__setitem__("clahe_previews", cs_runs["clahe_previews"] + 1))
+detect_bench.panel.on_apply(lambda _: cs_runs.__setitem__("detect", cs_runs["detect"] + 1))
+
+def cs_show():
+    p = detect_bench.panel
+    out = p.outputs if cs_runs["detect"] and not p.running else None
+    return {"clip": clahe_widget.panel.params.get("clip_limit"), "clahe_previews": cs_runs["clahe_previews"],
+            "detect_runs": cs_runs["detect"], "detect_running": p.running,
+            "candidates": len(out[0].points) if out is not None else None,
+            "maps": len(explain.maps), "explain_running": explain.panel.running,
+            "opacity": explain.opacity.value, "heat_opacity": explain.before._heat_info.get("opacity")}
+"""
+
+
+def test_mammography_case_study(notebook, tmp_path):
+    page = notebook.open(case_cells("05_mammography.ipynb", [MAMMO_STATE]), timeout_ms=RUN_MS)
+    state = wait_state(page, lambda s: s["clip"] is not None, "the notebook's results")
+
+    # CLAHE: the clip-limit slider reaches Python, which previews again
+    previews = state["clahe_previews"]
+    notebook.set_slider(page, ".cs-clahe .medlab-param-clip_limit", "0.03")
+    wait_state(page, lambda s: abs((s["clip"] or 0) - 0.03) < 1e-3 and s["clahe_previews"] > previews,
+               "the new clip limit and its preview")
+    shot(page, ".cs-clahe", tmp_path, "cs05_clahe.png")
+
+    # the detect workbench: Apply finds candidates in the breast
+    page.locator(".cs-detect .medlab-apply").first.click()
+    state = wait_state(page, lambda s: s["detect_runs"] == 1 and s["candidates"] is not None, "the candidates", 120)
+    assert state["candidates"] > 10, state
+    shot(page, ".cs-detect", tmp_path, "cs05_detect.png")
+
+    # explain: Apply computes Grad-CAM on the fooling patch; the opacity slider recomposes the heat map
+    page.locator(".cs-explain .medlab-apply").first.click()
+    wait_state(page, lambda s: s["maps"] == 1 and not s["explain_running"] and s["heat_opacity"] is not None,
+               "the Grad-CAM map", 60)
+    notebook.set_slider(page, ".cs-explain .medlab-explain-opacity", "0.9")
+    wait_state(page, lambda s: abs(s["opacity"] - 0.9) < 1e-6 and abs(s["heat_opacity"] - 0.9) < 1e-6,
+               "the new heat-map opacity")
+    shot(page, ".cs-explain", tmp_path, "cs05_explain.png")
     assert page.locator(".medlab-status-error").count() == 0
