@@ -288,6 +288,22 @@ def test_weights_of_the_wrong_kind_are_refused(convert):
         deep_segment(_cases(1)[0][0], odd)
 
 
+@pytest.mark.parametrize("card", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_a_damaged_model_card_is_a_read_error_naming_it(tmp_path, monkeypatch, card):
+    # before: a bare JSONDecodeError / UnicodeDecodeError (and a list taken for a card)
+    import importlib
+
+    from medlab.errors import ReadError
+
+    shipped = importlib.import_module("medlab.deep.pretrained")   # the module, not the function it exports
+
+    (tmp_path / "toy.json").write_bytes(card)
+    (tmp_path / "toy.pt").write_bytes(b"")
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path)
+    with pytest.raises(ReadError, match="toy.*reinstall"):
+        shipped.pretrained_models()
+
+
 # ============================================================================ segment
 def test_multi_otsu_refuses_a_search_that_would_take_days():
     # before: 5 classes in 4096 bins searched 4096**4 combinations (killed after 10 minutes)

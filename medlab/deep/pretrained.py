@@ -24,7 +24,14 @@ def pretrained_models() -> dict[str, dict[str, Any]]:
     out = {}
     for card in sorted(WEIGHTS.glob("*.json")):
         if card.with_suffix(".pt").is_file():
-            out[card.stem] = json.loads(card.read_text())
+            try:
+                out[card.stem] = json.loads(card.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise ReadError(f"the card of the shipped model {card.stem!r} ({card}) is damaged "
+                                f"({type(exc).__name__}: {exc}); reinstall medlab") from None
+            if not isinstance(out[card.stem], dict):
+                raise ReadError(f"the card of the shipped model {card.stem!r} ({card}) is not a JSON object; "
+                                "reinstall medlab")
     return out
 
 
