@@ -70,10 +70,12 @@ DOM (stable CSS classes, for tests and styling)
 ``input.medlab-slice[data-plane=P]`` (range slider); then ``.medlab-readout``,
 ``.medlab-legend`` (one ``.medlab-legend-item[data-value=V]`` per label) and
 ``.medlab-status`` (``data-kind="info|error"``). A streamed volume sets ``data-streamed``
-("held/total" slabs) and ``data-cache-bytes`` on the root, and dispatches ``medlab-streamed``
+("held/total" slabs), ``data-cache-bytes`` (slabs) and ``data-copy-bytes`` (their transposed
+copies, for sagittal slices) on the root, and dispatches ``medlab-streamed``
 once every slab is in. Each canvas has ``data-drawn-index`` and ``data-drawn-from``
 (``browser``: cut from held voxels, ``kernel``: a slice Python sent) and dispatches
-``medlab-drawn`` (``detail.index``, ``detail.local``) after every picture.
+``medlab-drawn`` (``detail.index``, ``detail.local``, and ``detail.phases``: ms spent cutting
+the slice, colouring it and putting it on the canvas) after every picture.
 
 Canvas pixels, exactly
 ----------------------

@@ -56,6 +56,12 @@ def test_three_planes_with_labels(notebook):
     co_w, co_h = sizes["coronal"]
     assert abs(ax_w / ax_h - 1.0) < 0.05
     assert abs((co_w / co_h) - 192 / 140) < 0.08, sizes
+    # no black band below a shorter plane, none beside the row: one height for all panes, and
+    # the row fills the image area (unless the panes reached the height asked for, 300 px)
+    assert max(h for _, h in sizes.values()) - min(h for _, h in sizes.values()) <= 1, sizes
+    area = page.locator(".medlab-viewer .medlab-image-area").bounding_box()
+    spare = area["width"] - sum(w for w, _ in sizes.values())
+    assert spare <= 24 or abs(ax_h - 300) <= 1, (area, sizes)
 
     legend = page.locator(".medlab-viewer .medlab-legend").inner_text()
     for name in ("white matter", "oedema", "enhancing tumour"):
