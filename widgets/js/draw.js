@@ -93,7 +93,7 @@ function rgbaTable(dtype, window, level) {
   return lut;
 }
 
-// window/level straight into RGBA words: a lookup table over the slice's value range for
+// window/level straight into RGBA words: the table of the integer type's whole range for
 // integer voxels, the window/level function per pixel for floats (same values as greyLevels)
 function greyPixels(out32, raw, dtype, window, level) {
   const n = raw.length;
