@@ -35,7 +35,6 @@ from ..image import Image
 from ..stage import Choice, Float, Int, LabelOut, Points, report, stage
 from ._common import (
     CONNECTIVITY,
-    ball,
     capped_interval,
     check_seeds_apart,
     check_seeds_inside,
@@ -85,6 +84,30 @@ def _grow(image: Image, lower: float, upper: float, seeds, background, connectiv
     for i in point_indices(image, background):
         mask[i] = False
     return components_at(mask, point_indices(image, seeds), connectivity)
+
+
+def _erode(inside: np.ndarray, radius: tuple[int, ...]) -> np.ndarray:
+    """Voxels whose whole ellipsoid of ``radius`` (voxels, array order) lies in ``inside``, the
+    image's edge repeated beyond it: the same voxels as ``minimum_filter(inside, footprint=ball(radius),
+    mode="nearest")``, but by one distance transform. The filter visits the whole footprint at
+    every voxel (a 10 mm radius on 0.5 mm voxels: 10⁵ visits per voxel, hours on a CT; a fine grid
+    ran out of memory).
+
+    An outside voxel at offset g is in the ellipsoid when sum((g_i / r_i)²) <= 1, i.e. at
+    distance <= 1 with sampling 1 / r_i: a voxel qualifies when its nearest outside voxel is
+    farther. Repeating the edge adds no outside voxel nearer than one in the image (clamping a
+    position into the image brings each coordinate closer), so only voxels in the image count.
+    """
+    from scipy import ndimage
+
+    if inside.all():
+        return inside.copy()
+    if not inside.any():
+        return inside.copy()
+    # axes of radius 0 admit no offset along them: a sampling so large that any step leaves the ball
+    sampling = [1.0 / v if v else 1e6 for v in radius]
+    distance = ndimage.distance_transform_edt(inside, sampling=sampling)
+    return distance > 1.0 + 1e-9
 
 
 def _name(image: Image, lower: float, upper: float) -> str:
@@ -265,8 +288,6 @@ def neighbourhood_connected(image: Image, *, seeds=(), background=(), tolerance:
     >>> int(neighbourhood_connected(img, seeds=[(6, 10)], tolerance=1, radius=1).array.sum())
     65
     """
-    from scipy import ndimage
-
     stage_name = "neighbourhood_connected"
     check_seeds_apart(stage_name, image, seeds, background)
     v = _values(image, seeds)
@@ -274,7 +295,7 @@ def neighbourhood_connected(image: Image, *, seeds=(), background=(), tolerance:
                                    _values(image, background))
     inside = (image.array >= lower) & (image.array <= upper)
     r = radius_voxels(image, radius)
-    qualifies = ndimage.minimum_filter(inside, footprint=ball(r), mode="nearest") if any(r) else inside
+    qualifies = _erode(inside, r) if any(r) else inside
     for i, (s, idx) in enumerate(zip(seeds, point_indices(image, seeds)), 1):
         if not qualifies[idx]:
             raise ParameterError(
