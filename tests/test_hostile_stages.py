@@ -354,6 +354,24 @@ def test_confidence_connected_on_a_fine_grid_does_not_build_a_ball_larger_than_t
     assert done.stdout.startswith("voxels") and "voxels 0" not in done.stdout
 
 
+def test_a_closing_radius_of_hundreds_of_voxels_is_refused():
+    # before: 3 mm on 0.01 mm voxels handed ITK a ball of 601³ voxels to visit at every voxel
+    done = _child("""
+        import numpy as np
+        from medlab import Image, segment
+        from medlab.errors import ParameterError
+        m = np.zeros((20, 60, 60), np.uint8); m[5:15, 20:40, 20:40] = 1
+        try:
+            segment.closing(Image(m, (0.01, 0.01, 0.01), kind="label"), radius=3)
+        except ParameterError as exc:
+            print("refused:", exc)
+        """, timeout=40)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "refused:" in done.stdout and "300 x 300 x 300 voxels" in done.stdout
+    labels = Image(np.zeros((8, 16, 16), np.uint8), (0.5, 0.5, 2.0), kind="label")
+    assert segment.closing(labels, radius=50).same_grid(labels)      # the slider's 50 mm on usual voxels runs
+
+
 def test_watershed_of_values_beyond_float32_is_the_watershed_of_the_same_image_scaled():
     # before: 1e300 became inf in float32, the gradient NaN, and the region one voxel
     rng = np.random.default_rng(0)

@@ -19,6 +19,10 @@ from ._common import CONNECTIVITY, label_components, point_indices, radius_voxel
 __all__ = ["closing", "fill_holes", "keep_largest_component", "keep_seeded_component", "opening"]
 
 
+MAX_KERNEL_VOXELS = 2**21
+"""Largest structuring element of opening and closing, in voxels (a ball of about 64 voxels' radius)."""
+
+
 def _labels_input() -> ImageInput:
     return ImageInput("label", help="a label map (0 = background)")
 
@@ -49,6 +53,13 @@ def _morphology(labels: Image, radius: float, closing: bool) -> np.ndarray:
     out = a.copy()
     if not any(r_xyz):
         return out
+    kernel = int(np.prod([2 * r + 1 for r in r_xyz]))
+    if kernel > MAX_KERNEL_VOXELS:   # ITK visits the ball at every voxel: hours, or out of memory
+        name = "closing" if closing else "opening"
+        raise ParameterError(f"{name}: a radius of {radius:g} mm is {' x '.join(map(str, r_xyz))} voxels (x, y, z) on "
+                             f"this grid ({' x '.join(f'{v:g}' for v in labels.spacing)} mm voxels), a ball of "
+                             f"{kernel} voxels (more than {MAX_KERNEL_VOXELS}); use a smaller radius, or resample the "
+                             "label map to coarser voxels first")
     # Each label is processed inside its bounding box grown by the radius (plus one voxel), where
     # the whole result lies: the same voxels as on the full grid, but a map of thousands of small
     # labels (connected components of a noisy threshold) no longer costs thousands of full-volume
