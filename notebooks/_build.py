@@ -1852,7 +1852,7 @@ SEED = 100                                              # the patient: anatomy, 
                                                         # U-Net learned from phantoms 0-15: this one it has not seen)
 TOLERANCE = 0.3                                         # region growing: FLAIR intensities around the seed's
 SANITY_STEPS = 2 if FAST else 4                         # layer groups re-initialised by the sanity check
-UNET_OVERLAP = 0.0 if FAST else 0.25                     # U-Net sliding windows: 0 is ~2.5x faster, a little rougher
+UNET_OVERLAP = 0.0 if FAST else 0.25                     # U-Net sliding windows: 0 is ~2.5x faster; seams cost Dice
 """, tags=["parameters"]),
     code("""
 import time
@@ -2340,7 +2340,7 @@ CANDIDATE_HU = -700                                      # nodules are denser th
 SANITY_STEPS = 2 if FAST else 4
 COHORT_SEEDS = [101, 102] if FAST else [101, 102, 103, 104]   # more patients for the lung-mask recipe (section 8)
 COHORT_WORKERS = 1 if FAST else None                     # processes for the cohort (None: one per core)
-UNET_OVERLAP = 0.0 if FAST else 0.25                     # U-Net sliding windows: 0 is ~2.5x faster, a little rougher
+UNET_OVERLAP = 0.0 if FAST else 0.25                     # U-Net sliding windows: 0 is ~2.5x faster; seams cost Dice
 """, tags=["parameters"]),
     code("""
 import time
