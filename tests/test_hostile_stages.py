@@ -372,6 +372,20 @@ def test_a_closing_radius_of_hundreds_of_voxels_is_refused():
     assert segment.closing(labels, radius=50).same_grid(labels)      # the slider's 50 mm on usual voxels runs
 
 
+def test_a_wide_brush_on_a_fine_grid_paints_without_listing_every_voxels_coordinates():
+    # before: the brush listed the physical coordinates of every voxel in its box (three float64
+    # arrays of 64 million points here: out of 4 GiB); now per-axis squares are broadcast
+    done = _child("""
+        import numpy as np
+        from medlab import Image, segment
+        lab = Image(np.zeros((100, 800, 800), np.uint8), (0.01, 0.01, 0.01), kind="label")
+        painted = segment.paint_labels(lab, strokes=[lab.index_to_physical((400, 400, 50))], radius=50)
+        print("painted", int(np.count_nonzero(painted.array)))
+        """, timeout=60)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "painted 64000000" in done.stdout                # a 50 mm ball covers the whole 8 x 8 x 1 mm grid
+
+
 def test_watershed_of_values_beyond_float32_is_the_watershed_of_the_same_image_scaled():
     # before: 1e300 became inf in float32, the gradient NaN, and the region one voxel
     rng = np.random.default_rng(0)
