@@ -498,3 +498,27 @@ def test_closing_the_segment_widget_twice_is_quiet():
     w = SegmentWidget(brain.flair, debounce=0.0)
     w.close()
     w.close()
+
+
+def test_the_widgets_mesh_export_writes_every_surface_or_none(tmp_path):
+    # before: with two labels, the first surface was written and the second refused (it existed),
+    # leaving half an export; save_labels(None) wrote a file named "None"
+    pytest.importorskip("ipywidgets")
+    from medlab.widgets import SegmentWidget
+
+    from medlab.errors import MedlabError
+
+    image = Image(np.random.default_rng(0).random((12, 24, 24)).astype(np.float32), (1.0, 1.0, 2.0))
+    w = SegmentWidget(image, debounce=0.0)
+    arr = np.zeros(image.shape, np.uint8)
+    arr[2:6, 3:9, 3:9] = 1
+    arr[6:10, 12:20, 12:20] = 2
+    w.session["pieces"] = image.with_array(arr, kind="label", labels={1: "a", 2: "b"})
+    (tmp_path / "s_2.stl").write_bytes(b"mine")
+    with pytest.raises(WriteError, match="s_2.stl"):
+        w.save_mesh(tmp_path / "s.stl")
+    assert not (tmp_path / "s_1.stl").exists() and (tmp_path / "s_2.stl").read_bytes() == b"mine"
+    with pytest.raises(MedlabError, match="file name"):
+        w.save_labels(None)
+    assert not list(tmp_path.glob("None*")) and not Path("None").exists()
+    w.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from medlab.errors import ImageError, MedlabError, ParameterError
+from medlab.errors import ImageError, MedlabError, ParameterError, WriteError
 from medlab.image import Image
 
 
@@ -58,7 +58,7 @@ class LabelExport:
         return labels
 
     def _target(self, path) -> Path:
-        if not str(path).strip():
+        if path is None or not str(path).strip():   # str(None) would be a file named "None"
             raise MedlabError("type a file name first, e.g. tumour.nii.gz, tumour_seg.dcm or tumour.stl")
         return Path(path).expanduser()
 
@@ -101,6 +101,10 @@ class LabelExport:
             raise ImageError("surfaces need a 3D label map; this one is 2D")
         meshes = label_surfaces(labels)
         paths = [target] if len(meshes) == 1 else [target.with_name(f"{target.stem}_{m.label}{suffix}") for m in meshes]
+        taken = [p for p in paths if p.exists()] if not overwrite else []
+        if taken:   # every file or none: not the first surfaces written and then a refusal
+            raise WriteError(f"{', '.join(p.name for p in taken)} exist(s) already; tick overwrite to replace, or "
+                             "choose another name (no surface was written)")
         written = [save_mesh(m, p, overwrite=overwrite) for m, p in zip(meshes, paths)]
         self.panel.show_status(f"{len(written)} surface(s) written: {', '.join(p.name for p in written)}", "ok")
         return written
