@@ -682,7 +682,8 @@ class Checkpoint:
         _suffix(path, (".pt", ".pth"), "model checkpoint")
         payload = {"format": "medlab.checkpoint", "version": 1, "state_dict": self.state_dict,
                    "config": json.dumps(self.config), "labels": json.dumps(self.labels),
-                   "preprocessing": json.dumps(self.preprocessing), "metrics": json.dumps(self.metrics)}
+                   "preprocessing": json.dumps(self.preprocessing), "metrics": json.dumps(self.metrics),
+                   "sha256": self.fingerprint()}
         with atomic_path(path, overwrite=overwrite) as tmp:
             torch.save(payload, tmp)
         return path
@@ -703,10 +704,16 @@ class Checkpoint:
         if not isinstance(data, dict) or data.get("format") != "medlab.checkpoint":
             raise ReadError(f"{path} is not a medlab checkpoint (no 'format': 'medlab.checkpoint')")
         try:
-            return cls(data["state_dict"], json.loads(data["config"]), labels=json.loads(data["labels"]),
-                       preprocessing=json.loads(data["preprocessing"]), metrics=json.loads(data["metrics"]))
+            model = cls(data["state_dict"], json.loads(data["config"]), labels=json.loads(data["labels"]),
+                        preprocessing=json.loads(data["preprocessing"]), metrics=json.loads(data["metrics"]))
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             raise ReadError(f"{path}: checkpoint is incomplete or damaged ({type(exc).__name__}: {exc})") from None
+        # torch does not check the zip's CRCs, so a flipped weight would load silently; files saved
+        # before the checksum was written (version 1 without "sha256") load unchecked.
+        if "sha256" in data and data["sha256"] != model.fingerprint():
+            raise ReadError(f"{path}: checkpoint is damaged (its weights or config do not match the checksum "
+                            "written when it was saved); use an intact copy")
+        return model
 
     def fingerprint(self) -> str:
         parts = [json.dumps(self.config, sort_keys=True).encode()]

@@ -688,3 +688,27 @@ def test_review_csv_does_not_turn_comments_into_spreadsheet_formulas(tmp_path):
 
     assert _cell("=HYPERLINK(\"http://x\")").startswith("'=") and _cell("@SUM(A1)") == "'@SUM(A1)"
     assert _cell("looks right") == "looks right" and _cell(None) == ""
+
+
+def test_a_checkpoint_with_a_flipped_weight_is_refused(tmp_path):
+    """torch does not check the zip CRC: the checksum written at save time catches it."""
+    torch = pytest.importorskip("torch")
+    from medlab.outputs import Checkpoint
+
+    path = Checkpoint({"w": torch.ones(1000)}, {"network": "toy"}).save(tmp_path / "m.pt")
+    raw = bytearray(path.read_bytes())
+    i = raw.find(np.ones(4, np.float32).tobytes())
+    raw[i:i + 4] = bytes(4)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ReadError, match="damaged"):
+        Checkpoint.load(path)
+
+
+def test_viewer_set_point_set_refuses_text_by_name():
+    from medlab.widgets import Viewer
+
+    v = Viewer(medlab.data.brain_mri(seed=0, size=(24, 24, 12)).t1)
+    v.add_point_set("seeds")
+    with pytest.raises(ParameterError, match="seeds"):
+        v.set_point_set("seeds", "abc")
+    assert v.point_set("seeds") == []

@@ -779,8 +779,11 @@ class Viewer(anywidget.AnyWidget):
 
     def set_point_set(self, name: str, points) -> None:
         """Replace the points of set ``name``."""
-        pts = [[float(c) for c in p] for p in points]
         self.point_set(name)  # exists?
+        try:
+            pts = [[float(c) for c in p] for p in points]
+        except (TypeError, ValueError):
+            raise ParameterError(f"points of {name!r} must be a list of (x, y, z) in mm; got {str(points)[:80]}") from None
         self.point_sets = [{**d, "points": pts} if d["name"] == name else d for d in self.point_sets]
 
     @traitlets.observe("point_sets", "active_set")
