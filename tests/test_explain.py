@@ -480,3 +480,16 @@ def test_examples_run(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} example(s) of {name} failed"
+
+
+def test_explains_a_shipped_segmenter_with_its_class_names():
+    """A medlab.deep checkpoint (its record names label values and colours) is explained, and
+    its channels are named after the labels they predict."""
+    from medlab.deep import pretrained
+
+    p = medlab.data.brain_mri(seed=100, size=(48, 48, 24), contrasts=("t1",))
+    with pytest.raises(ParameterError, match=r"1: enhancing tumour \(label 8\)"):
+        grad_cam(p.t1, pretrained("brain_tumour_t1"), target_class=8)
+    saliency, numbers = grad_cam(p.t1, pretrained("brain_tumour_t1"), target_class=1)
+    assert saliency.same_grid(p.t1)
+    assert "enhancing tumour" in str(numbers.rows[1]["value"])

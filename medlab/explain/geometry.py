@@ -45,7 +45,9 @@ from ..image import Image
 __all__ = ["NetworkInput", "network_input", "preprocessing_record"]
 
 _KEYS = ("intensity", "direction", "spacing", "size", "size_multiple", "array_order", "channels", "patch_size",
-         "overlap")
+         "overlap",
+         # written by medlab.deep for its segmenters: they describe the outputs, not the input grid
+         "label_values", "label_colours", "modality")
 
 
 def preprocessing_record(*, intensity: Mapping[str, Any] | None = None, direction=None, spacing=None, size=None,

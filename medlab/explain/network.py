@@ -315,7 +315,17 @@ def _from_checkpoint(ck, name: str) -> Network:
                              f"{[*CLASSIFIERS, *SEGMENTATION_NETWORKS]}. Pass the torch module itself instead.")
     load_weights(module, ck.state_dict, source=source)   # names, shapes and NaN checked, for either kind
     module.eval()
-    return Network(module, dict(ck.preprocessing), dict(ck.labels), dims, _size_multiple(cfg), source)
+    return Network(module, dict(ck.preprocessing), _channel_names(ck), dims, _size_multiple(cfg), source)
+
+
+def _channel_names(ck) -> dict:
+    """Class names by output channel. A medlab.deep segmenter names its labels by label value
+    (8: 'enhancing tumour') and records which value each channel after background predicts."""
+    values = ck.preprocessing.get("label_values")
+    if not isinstance(values, list):
+        return dict(ck.labels)
+    names = {int(k): v for k, v in ck.labels.items()}
+    return {0: "background", **{i + 1: f"{names.get(int(v), f'label {v}')} (label {v})" for i, v in enumerate(values)}}
 
 
 def _conv_dims(module) -> int | None:
