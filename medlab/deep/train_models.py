@@ -16,6 +16,7 @@ is there) and refreshes ``README.md`` in that folder.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "brain_tumour": {
         "task": "brain tumour on MRI, post-contrast T1 + FLAIR: enhancing tumour, necrotic core, oedema",
         "cases": lambda seeds: brain_tumour_cases(seeds, contrasts=("t1", "flair"), bias=0.1),
+        "data": "medlab.data.brain_mri(seed=s, contrasts=('t1', 'flair'), bias=0.1): 128 x 128 x 64, 1.5 x 1.5 x 2 mm",
         "train_seeds": list(range(16)), "test_seeds": list(range(1000, 1004)),
         "settings": {**BRAIN_SETTINGS, "epochs": 80},
         "whole": (7, 8, 9),
@@ -47,15 +49,17 @@ MODELS: dict[str, dict[str, Any]] = {
     "brain_tumour_t1": {
         "task": "brain tumour on post-contrast T1 alone: enhancing tumour, necrotic core, oedema",
         "cases": lambda seeds: brain_tumour_cases(seeds, contrasts=("t1",), bias=0.1),
+        "data": "medlab.data.brain_mri(seed=s, contrasts=('t1',), bias=0.1): 128 x 128 x 64, 1.5 x 1.5 x 2 mm",
         "train_seeds": list(range(16)), "test_seeds": list(range(1000, 1004)),
-        "settings": {**BRAIN_SETTINGS, "epochs": 120, "patience": 25},
+        "settings": {**BRAIN_SETTINGS, "epochs": 40, "patience": 15},
         "whole": (7, 8, 9),
     },
     "lung_nodules": {
         "task": "lung nodules on chest CT (HU): solid and ground-glass",
         "cases": lambda seeds: lung_nodule_cases(seeds),
+        "data": "medlab.data.chest_ct(seed=s): 192 x 192 x 64, 1 x 1 x 2.5 mm, noise 20 HU, 3 solid + 2 ground-glass nodules",
         "train_seeds": list(range(16)), "test_seeds": list(range(1000, 1004)),
-        "settings": {**BRAIN_SETTINGS, "config": _UNET, "intensity": "ct_lung", "epochs": 80},
+        "settings": {**BRAIN_SETTINGS, "config": _UNET, "intensity": "ct_lung", "epochs": 150, "patience": 40, "max_time": 3000},
         "whole": (9, 10),
     },
 }
@@ -109,6 +113,7 @@ def train_model(name: str, *, threads: int = 2) -> dict[str, Any]:
     spec = MODELS[name]
     settings = dict(spec["settings"])
     cases = spec["cases"](spec["train_seeds"])
+    load = os.getloadavg()[0]
     start = time.monotonic()
     result = train_segmenter(cases.images, cases.labels, classes=cases.classes, channel_names=cases.channels,
                              threads=threads, **settings)
@@ -122,7 +127,8 @@ def train_model(name: str, *, threads: int = 2) -> dict[str, Any]:
         "name": name, "task": spec["task"], "channels": cases.channels,
         "classes": {str(k): v for k, v in cases.classes.items()}, "network": model.config,
         "preprocessing": model.preprocessing, "seed": settings["seed"],
-        "training": {"phantom_seeds": spec["train_seeds"], "settings": settings, "seconds": round(seconds, 1),
+        "training": {"data": spec["data"], "phantom_seeds": spec["train_seeds"], "settings": settings,
+                     "seconds": round(seconds, 1), "load_average_at_start": round(load, 1),
                      "epochs_run": model.metrics.get("epochs_run"), "best_epoch": model.metrics["epoch"],
                      "threads": threads, "torch": torch.__version__, "monai": _monai_version()},
         "validation": {k: v for k, v in model.metrics.items() if k.startswith("dice")},
@@ -147,10 +153,12 @@ def write_readme() -> None:
     from .pretrained import pretrained_models
 
     lines = ["# Shipped models", "",
-             "Trained on medlab's phantoms by `python -m medlab.deep.train_models` (CPU).",
-             "Numbers are measured by that script; see each `<name>.json` for everything.", ""]
+             "Trained on medlab's phantoms by `python -m medlab.deep.train_models` (CPU). Numbers are",
+             "measured by that script; see each `<name>.json` for everything (settings, seeds, per-case",
+             "Dice). Training seconds are wall clock on a shared 2-core machine (one thread per model).", ""]
     for name, card in pretrained_models().items():
         lines += [f"## {name}", "", card["task"] + ".", "",
+                  f"- data: `{card['training'].get('data', '')}`",
                   (f"- input channels: {', '.join(card['channels'])}; seed {card['seed']}; "
                   f"{len(card['training']['phantom_seeds'])} phantoms (seeds {card['training']['phantom_seeds'][0]}"
                   f"–{card['training']['phantom_seeds'][-1]}), best epoch {card['training']['best_epoch']} of "
