@@ -245,7 +245,8 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--fast", action="store_true", help="a smaller phantom (8x fewer voxels): quicker, coarser")
     p.add_argument("--open", action="store_true", help="open the report in the web browser")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in DIR")
-    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    p.add_argument("--seed", type=int, default=100,
+                   help="phantom seed (default 100: a patient the shipped U-Nets never saw; they were trained on seeds 0-15)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
 

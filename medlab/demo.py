@@ -470,7 +470,7 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------- the run
-def run_demo(out, *, fast: bool = False, seed: int = 0, overwrite: bool = False, progress: bool = True,
+def run_demo(out, *, fast: bool = False, seed: int = 100, overwrite: bool = False, progress: bool = True,
              segmenter=None) -> DemoResult:
     """Run the brain tumour case study on the phantom and write its HTML report into ``out``.
 

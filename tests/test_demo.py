@@ -66,11 +66,11 @@ def test_report_numbers_are_measured(fast_demo):
     html = (fast_demo[1] / "brain_tumour_report.html").read_text(encoding="utf-8")
     n = numbers_of(html)
     grid = PHANTOMS[True]
-    labels = medlab.data.brain_mri(seed=0, contrasts=("t1",), **grid).labels
+    labels = medlab.data.brain_mri(seed=100, contrasts=("t1",), **grid).labels
     truth_ml = np.isin(labels.array, WHOLE_TUMOUR).sum() * np.prod(grid["spacing"]) / 1000
     assert n["true whole-tumour volume"] == pytest.approx(truth_ml)
     assert 0.7 < n["seeded: Dice (whole tumour)"] <= 1.0
-    assert 0 < n["seeded: HD95"] < 30
+    assert 0 <= n["seeded: HD95"] < 30                          # 0 when 95 % of the surface coincides
     assert n["white-matter CV, after N4"] < n["white-matter CV, T1 as acquired"]
     assert n["correlation of the N4 field with the true bias field"] > 0.5
     for scan in ("FLAIR", "T2"):
@@ -117,7 +117,7 @@ def test_recipe_is_embedded_saved_and_replays(fast_demo):
     assert "linear_register(" in html                                # the recipe as Python
     # the saved recipe replays its first step on the same scan, bit for bit
     grid = PHANTOMS[True]
-    t1 = medlab.data.brain_mri(seed=0, bias=0.3, noise=0.03, **grid).t1
+    t1 = medlab.data.brain_mri(seed=100, bias=0.3, noise=0.03, **grid).t1
     assert saved.inputs["t1"]["sha256"] == medlab.outputs.fingerprint(t1)
 
 
