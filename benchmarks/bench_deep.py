@@ -207,7 +207,7 @@ def shipped_models() -> None:
         pred = np.isin(labels.array, values)
         row = metrics.segmentation_scores(image.with_array(pred.astype(np.uint8), kind="label"),
                                           truth.with_array(mask.astype(np.uint8), kind="label"))[0]
-        print(f"| {what} | {row['dice']:.3f} | {row['hd95']:.1f} | {row['sensitivity']:.3f} | "
+        print(f"| {what} | {row['dice']:.3f} | {row['hausdorff95_mm']:.1f} | {row['sensitivity']:.3f} | "
               f"{row['precision']:.3f} | {int(pred.sum())} |")
 
 
