@@ -493,3 +493,16 @@ def test_explains_a_shipped_segmenter_with_its_class_names():
     saliency, numbers = grad_cam(p.t1, pretrained("brain_tumour_t1"), target_class=1)
     assert saliency.same_grid(p.t1)
     assert "enhancing tumour" in str(numbers.rows[1]["value"])
+
+
+def test_a_mask_on_another_grid_reaches_the_network_grid():
+    """A label mask on the scan's oblique grid is resampled to the network grid (booleans included)."""
+    from medlab.deep import pretrained
+    from medlab.explain.geometry import resample_array
+
+    p = medlab.data.brain_mri(seed=100, size=(48, 48, 24), contrasts=("t1",))
+    mask = p.labels.with_array((p.labels.array >= 7).astype(np.uint8), kind="label")
+    saliency, _ = grad_cam(p.t1, pretrained("brain_tumour_t1"), mask, target_class=1)
+    assert saliency.same_grid(p.t1)
+    out = resample_array(mask.array != 0, mask, mask, nearest=True, fill=0)
+    assert out.dtype == bool and np.array_equal(out, mask.array != 0)

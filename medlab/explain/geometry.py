@@ -172,6 +172,8 @@ class NetworkInput:
 def resample_array(array: np.ndarray, source: Image, target: Image, *, nearest: bool, fill: float) -> np.ndarray:
     """``array`` (on ``source``'s grid) resampled through physical space onto ``target``'s grid
     (SimpleITK, linear or nearest; ``fill`` outside ``source``): :mod:`medlab.deep`'s resampling."""
+    if array.dtype == bool:   # SimpleITK has no boolean pixel type
+        return _resample(array.astype(np.uint8), source, target, nearest=True, fill=fill) != 0
     return _resample(array, source, target, nearest=nearest, fill=fill)
 
 
