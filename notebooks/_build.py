@@ -4255,6 +4255,567 @@ on annotated cases from your own detector.
 print(f"notebook ran in {time.perf_counter() - started:.0f} s (FAST={FAST})")
 """),
 ]
+CASE_FAST_MODELS = [
+    md("""
+# Case study: fast models — what a smaller, quantised U-Net costs in accuracy
+
+Papers and vendors promise tumour segmentation in "real time" and "on the edge": on a laptop, a
+scanner console, a tablet. The usual recipe has two steps: **distil** a large network into a smaller
+one that learns from the large one's outputs, then **quantise** it (store and compute with 8-bit
+integers or 16-bit floats instead of 32-bit floats). This case study applies both to the brain
+tumour U-Net that ships with medlab (T1 + FLAIR: enhancing tumour, necrotic core, oedema) and
+**measures, in this run, on this machine**, what each step buys in size and speed and what it costs
+in Dice against the phantom's truth.
+
+**You will learn to**
+
+1. distil a 3D U-Net into one with half the channels per layer, initialised from the teacher and
+   trained on the teacher's soft outputs (KL divergence) plus the true labels (Dice + cross-entropy);
+2. quantise a network for CPU with torch: dynamic int8 (and why it does nothing to a conv U-Net),
+   weight-only int8, bfloat16, and static int8 with calibration;
+3. measure size, speed and accuracy side by side, the same way for every variant, and read the
+   trade-off honestly;
+4. say what such a table cannot tell you (phantoms, one machine, a machine shared with other jobs).
+
+Everything runs offline on a CPU. With `MEDLAB_FAST=1` (what CI uses) the student trains for a few
+hundred steps on two phantoms and is scored on one held-out phantom: its Dice is that of a rushed
+distillation, and the notebook says so next to the numbers. Prerequisites: tutorial `04`
+(training a U-Net) and the brain tumour case study `C1`.
+"""),
+    code("""
+import copy
+import io
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import display
+from monai.losses import DiceCELoss
+
+import medlab
+from medlab import metrics
+from medlab.deep import deep_segment, pretrained, pretrained_models
+from medlab.deep.cases import brain_tumour_cases
+from medlab.deep.inference import labels_from_probabilities, network_from_checkpoint, sliding_window
+from medlab.deep.networks import build_network, network_config
+from medlab.deep.preprocessing import from_network, labels_to_network, to_network
+from medlab.outputs import Checkpoint, Curve
+from medlab.report import Report
+
+started = time.perf_counter()
+"""),
+    md("""
+## Settings
+
+Change them here, never in the code below.
+"""),
+    code("""
+FAST = os.environ.get("MEDLAB_FAST") == "1"
+N_TRAIN = 2 if FAST else 8                  # phantoms the student learns from (seeds 0..N_TRAIN-1: the teacher's own)
+STEPS = 200 if FAST else 1500               # distillation steps (2 patches each)
+TEST_SEEDS = [1000] if FAST else [1000, 1001, 1002, 1003]   # held out: neither network saw them
+REPEATS = 2 if FAST else 5                  # inference timings per variant; the best one is reported
+STUDENT_CHANNELS = [4, 8, 16, 32]           # the teacher has [8, 16, 32, 64]
+TEMPERATURE = 2.0                           # softens the teacher's probabilities for the KL term
+ALPHA = 0.5                                 # weight of the teacher (KL) against the labels (Dice + CE)
+LEARNING_RATE = 3e-3
+TUMOUR_PATCHES = 0.25                       # fraction of patches centred on the tumour; the rest anywhere
+THREADS = 1   # one thread: on a shared 2-core machine more threads measured slower, and timings stay comparable
+torch.set_num_threads(THREADS)
+OUT = Path("fast_models")                   # saved weights, relative to the working folder
+OUT.mkdir(exist_ok=True)
+print(dict(FAST=FAST, N_TRAIN=N_TRAIN, STEPS=STEPS, TEST_SEEDS=TEST_SEEDS, REPEATS=REPEATS))
+""", tags=["parameters"]),
+    md("""
+## 1. The teacher: the shipped brain tumour U-Net
+
+`medlab.deep.pretrained("brain_tumour")` is a MONAI 3D U-Net trained on phantoms 0–15 for 80 epochs
+(its card, `medlab/deep/weights/brain_tumour.json`, records everything). Its checkpoint carries the
+**preprocessing** it was trained with (percentile intensity scaling, 1.5 × 1.5 × 2 mm voxels,
+48 × 48 × 24 windows): the student below reuses it unchanged, so both read identical inputs.
+
+The test phantoms are seeds 1000 and up, as on the card: never a training seed (0–15).
+"""),
+    code("""
+teacher_model = pretrained("brain_tumour")
+prep = teacher_model.preprocessing
+teacher = network_from_checkpoint(teacher_model)
+values = [int(v) for v in prep["label_values"]]            # 8 enhancing, 9 necrotic core, 7 oedema
+names = [teacher_model.labels[v] for v in values]
+train_seeds = set(pretrained_models()["brain_tumour"]["training"]["phantom_seeds"])   # from its card
+assert not train_seeds & set(TEST_SEEDS), "a test phantom the teacher was trained on would flatter it"
+
+def load_cases(seeds):                                      # the teacher's data: T1 + FLAIR, bias 0.1
+    return brain_tumour_cases(seeds, contrasts=("t1", "flair"), bias=0.1)
+
+test = load_cases(TEST_SEEDS)
+n_params = lambda net: sum(p.numel() for p in net.parameters())
+print(f"teacher: {teacher_model.config['channels']} channels, {n_params(teacher):,} parameters; "
+      f"test phantoms {test.seeds}, {test.labels[0].describe()}")
+"""),
+    md("""
+## 2. The student: half the channels, initialised from the teacher
+
+The student is the same MONAI U-Net with half the features at every level, built with
+`medlab.deep.build_network`. Trained from random weights, a network this small needed thousands of
+steps on this machine to stop painting oedema all over the head; a few hundred steps are all a class
+can wait. So it starts from the teacher, as DistilBERT started from every other layer of BERT: each
+layer keeps the **first half of the teacher's channels**, the same half everywhere, so that what one
+layer writes is what the next reads. The decoder layers read a concatenation (skip connection +
+upsampled features), and take the first half of each part.
+"""),
+    code("""
+student_config = network_config("unet", in_channels=2, out_channels=len(values) + 1, channels=STUDENT_CHANNELS,
+                                strides=teacher_model.config["strides"],
+                                num_res_units=teacher_model.config["num_res_units"], norm="instance")
+student = build_network(student_config)
+
+def halve(teacher, student, channels):
+    # Hand-written: torch.nn.utils.prune zeroes weights but keeps every channel (no smaller network),
+    # and MONAI has no channel pruning. Slices each teacher tensor to the student's shape.
+    concat = {"model." + "1.submodule." * i + "2.0.conv.weight":            # decoder inputs: skip + upsampled
+              (channels[i], channels[i + 1] if i == len(channels) - 2 else channels[i])
+              for i in range(len(channels) - 1)}
+    big, small = teacher.state_dict(), student.state_dict()
+    for key, target in small.items():
+        w = big[key]
+        for dim, (n_big, n_small) in enumerate(zip(w.shape, target.shape)):
+            if n_big != n_small:
+                if dim == 0 and key in concat:
+                    a, b = concat[key]
+                    keep = [*range(a // 2), *range(a, a + b // 2)]
+                else:
+                    keep = list(range(n_small))
+                w = w.index_select(dim, torch.tensor(keep))
+        small[key] = w.clone()
+    student.load_state_dict(small)
+    return student
+
+student = halve(teacher, student, teacher_model.config["channels"])
+pruned = copy.deepcopy(student).eval()                      # kept to show what training adds
+print(f"student: {STUDENT_CHANNELS} channels, {n_params(student):,} parameters "
+      f"({n_params(teacher) / n_params(student):.1f}x fewer than the teacher)")
+"""),
+    md("""
+**Exercise 1.** Halving the channels of every layer divides the number of parameters by about how
+much? Think of one 3 × 3 × 3 convolution with `c_in` inputs and `c_out` outputs. Give a whole number.
+"""),
+    code("""
+def check_ratio(answer):
+    measured = n_params(teacher) / n_params(student)
+    if not isinstance(answer, (int, float)) or isinstance(answer, bool):
+        return print("✗ give a number, e.g. 3")
+    if abs(answer - measured) < 0.6:
+        print(f"✓ a convolution has c_in x c_out x 27 weights: halving both divides it by 4; measured "
+              f"{measured:.2f} (the first layer keeps its 2 inputs and the last its 4 outputs)")
+    elif answer == 2:
+        print("✗ that counts only the outputs: each weight connects an input channel to an output channel, "
+              "and both counts are halved")
+    else:
+        print(f"✗ the weights of a convolution grow with c_in x c_out, so halving both divides them by "
+              f"about 4; measured {measured:.2f}, not {answer}")
+
+my_ratio = 4
+check_ratio(my_ratio)
+""", tags=["exercise"], wrong_answers=["2", "8"]),
+    md("""
+## 3. Distillation: learning from the teacher's soft outputs and from the labels
+
+On each step two 48 × 48 × 24 patches are cut from the training phantoms (a quarter centred on the
+tumour, the rest anywhere), the teacher's probabilities are computed on them, and the student
+minimises
+
+`loss = ALPHA · T² · KL(teacher_T ‖ student_T)  +  (1 − ALPHA) · (Dice + cross-entropy)(student, labels)`
+
+where `_T` means softmax at temperature `T`: softened probabilities say *how* sure the teacher is
+(oedema fading into brain), which a hard label does not. The training phantoms are the teacher's
+own (seeds 0 and up); the student never sees a test phantom.
+"""),
+    code("""
+train = load_cases(range(N_TRAIN))
+assert set(train.seeds) <= train_seeds
+inputs, targets = [], []
+for channels, labels in zip(train.images, train.labels):
+    x, grid = to_network(channels, prep)                    # the teacher's preprocessing, from its checkpoint
+    y = labels_to_network(labels, grid, channels[0])
+    classes = np.zeros(y.shape, np.int64)
+    for k, value in enumerate(values, 1):
+        classes[y == value] = k
+    inputs.append(torch.from_numpy(x))
+    targets.append(torch.from_numpy(classes))
+PATCH = tuple(prep["patch_size"][::-1])                     # (z, y, x)
+rng = np.random.default_rng(0)
+
+def random_patch():
+    i = int(rng.integers(len(inputs)))
+    x, y = inputs[i], targets[i]
+    if rng.random() < TUMOUR_PATCHES:
+        tumour = torch.nonzero(y > 0)
+        centre = tumour[rng.integers(len(tumour))].numpy()
+    else:
+        centre = np.array([rng.integers(n) for n in y.shape])
+    start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, PATCH, y.shape)]
+    box = tuple(slice(s, s + p) for s, p in zip(start, PATCH))
+    return x[(slice(None), *box)], y[box]
+
+torch.manual_seed(0)
+optimiser = torch.optim.Adam(student.parameters(), LEARNING_RATE)
+label_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+curve = Curve("distillation", x_label="step", y_label="loss", lower_is_better=True)
+student.train()
+t0 = time.perf_counter()
+for step in range(1, STEPS + 1):
+    batch = [random_patch() for _ in range(2)]
+    x = torch.stack([b[0] for b in batch])
+    y = torch.stack([b[1] for b in batch])[:, None]
+    with torch.no_grad():
+        soft = F.softmax(teacher(x) / TEMPERATURE, dim=1)
+    logits = student(x)
+    kl = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=1), soft, reduction="none").sum(1).mean()
+    kd = TEMPERATURE ** 2 * kl
+    hard = label_loss(logits, y)
+    loss = ALPHA * kd + (1 - ALPHA) * hard
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    if step % 10 == 0 or step == 1:
+        curve.append("teacher (KL)", step, float(kd))
+        curve.append("labels (Dice + CE)", step, float(hard))
+student.eval()
+train_seconds = time.perf_counter() - t0
+print(f"{STEPS} steps in {train_seconds:.0f} s; last losses: KL {float(kd):.3f}, Dice + CE {float(hard):.3f}")
+fig, ax = plt.subplots(figsize=(6, 3))
+for series in curve.series_names:
+    ax.plot(*curve.series(series), label=series)
+ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_yscale("log"); ax.legend(); plt.show()
+"""),
+    md("""
+## 4. Quantisation for the CPU
+
+Four ways torch offers, each applied to the trained student:
+
+* **Dynamic int8** (`torch.ao.quantization.quantize_dynamic`): stores weights as int8 and quantises
+  activations on the fly, but **only for `Linear` (and recurrent) layers**. A U-Net is convolutions;
+  it has no `Linear` layer, so dynamic quantisation returns the same network. It is measured anyway,
+  because that is what a tutorial that says "just call quantize_dynamic" gives you.
+* **Weight-only int8**: each convolution's weights stored as int8 with one scale per output channel
+  (4x smaller file), turned back into float32 when loaded: it saves disk and download, not time.
+* **bfloat16**: weights and activations in 16-bit brain floats (same range as float32, 8 bits of
+  mantissa); the speed depends on whether the CPU has bfloat16 instructions.
+* **Static int8** (FX graph mode: `prepare_fx`, calibration, `convert_fx`): int8 weights *and*
+  activations, with activation ranges measured on calibration patches; this is the one that can be
+  faster, if the CPU's int8 kernels for 3D convolutions are good. It is done twice: with torch's
+  default `x86` mapping, which also quantises MONAI's PReLU activations (one slope shared by all
+  channels), and with the PReLUs left in float32. The cell prints how often each agrees with the
+  float32 student: always compare a quantised network with its float original before trusting it.
+
+`torch.ao.quantization` is deprecated in favour of the separate `torchao` package (not installed
+here); it still works on torch 2.13, and the cell reports it if it does not.
+"""),
+    code("""
+warnings.filterwarnings("ignore", message=".*(deprecated|reduce_range|quant_min).*")
+from torch.ao.quantization import (QConfig, QConfigMapping, default_weight_observer,   # noqa: E402
+                                   get_default_qconfig, get_default_qconfig_mapping, quantize_dynamic)
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx                 # noqa: E402
+
+dynamic = quantize_dynamic(copy.deepcopy(student), {torch.nn.Linear}, dtype=torch.qint8)
+quantised_layers = sum("quantized" in type(m).__module__ for m in dynamic.modules())
+print(f"dynamic int8: {quantised_layers} layers quantised, "
+      f"{sum(isinstance(m, torch.nn.Linear) for m in student.modules())} Linear layers in the student")
+
+def int8_weights(state):                     # symmetric, one scale per output channel
+    out = {}
+    for key, w in state.items():
+        if w.ndim >= 2:
+            scale = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp(min=1e-12) / 127
+            out[key] = (torch.round(w / scale).to(torch.int8), scale.float())
+        else:
+            out[key] = w
+    return out
+
+def from_int8(stored):
+    return {k: v[0].float() * v[1] if isinstance(v, tuple) else v for k, v in stored.items()}
+
+stored_int8 = int8_weights(student.state_dict())
+weight_only = build_network(student_config)
+weight_only.load_state_dict(from_int8(stored_int8))
+weight_only.eval()
+
+class BFloat16(torch.nn.Module):             # float32 in and out, bfloat16 inside
+    def __init__(self, net):
+        super().__init__()
+        self.net = copy.deepcopy(net).to(torch.bfloat16)
+    def forward(self, x):
+        return self.net(x.to(torch.bfloat16)).float()
+
+bf16 = BFloat16(student).eval()
+
+calibration = [torch.stack([random_patch()[0] for _ in range(2)]) for _ in range(8)]
+
+def static_int8(net, mapping):               # FX graph mode: observe, calibrate, convert; None if unsupported
+    try:
+        prepared = prepare_fx(copy.deepcopy(net), mapping, (calibration[0],))
+        with torch.inference_mode():
+            for batch in calibration:        # activation ranges measured on training patches
+                prepared(batch)
+        quantised = convert_fx(prepared)
+        quantised(calibration[0])
+        return quantised, ""
+    except (RuntimeError, NotImplementedError, AttributeError, AssertionError) as exc:   # an op without int8 kernel
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+def agreement(net):                          # voxels where the arg-max matches the float32 student's
+    with torch.inference_mode():
+        return float((net(calibration[0]).argmax(1) == student(calibration[0]).argmax(1)).float().mean())
+
+default_qconfig = get_default_qconfig("x86")
+float_prelu = (QConfigMapping()              # everything torch's default quantises except MONAI's PReLU
+               .set_object_type(torch.nn.Conv3d, default_qconfig)                    # per-channel weights
+               .set_object_type(torch.nn.ConvTranspose3d,                            # per-channel: not supported
+                                QConfig(activation=default_qconfig.activation, weight=default_weight_observer))
+               .set_object_type(torch.nn.InstanceNorm3d, default_qconfig))
+statics, static_problems = {}, {}
+for name, mapping in (("student, static int8 (torch default)", get_default_qconfig_mapping("x86")),
+                      ("student, static int8, PReLU in float", float_prelu)):
+    net, problem = static_int8(student, mapping)
+    if net is None:
+        static_problems[name] = problem
+        print(f"{name}: not supported for this network on torch {torch.__version__}: {problem}")
+    else:
+        statics[name] = net
+        kinds = sorted({type(m).__name__ for m in net.modules() if "quantized" in type(m).__module__})
+        print(f"{name}: int8 {', '.join(kinds)}; arg-max agrees with the float32 student on "
+              f"{agreement(net):.1%} of a calibration patch's voxels")
+"""),
+    md("""
+**Exercise 2.** How many layers of the student did dynamic quantisation turn into int8 layers?
+"""),
+    code("""
+def check_dynamic(answer):
+    if not isinstance(answer, int) or isinstance(answer, bool):
+        return print("✗ give a whole number of layers")
+    if answer == quantised_layers:
+        print(f"✓ {quantised_layers}: quantize_dynamic only replaces Linear and recurrent layers, and a U-Net "
+              "is convolutions; the 'quantised' network is the float32 one")
+    else:
+        print(f"✗ quantize_dynamic only replaces Linear (and LSTM/GRU) layers; the student has "
+              f"{sum(isinstance(m, torch.nn.Linear) for m in student.modules())} of them, so {answer} is not it")
+
+my_quantised_layers = 0
+check_dynamic(my_quantised_layers)
+""", tags=["exercise"], wrong_answers=["14", "1"]),
+    md("""
+## 5. Size, speed and Dice, side by side
+
+Every variant is measured the same way in this run:
+
+* **parameters**: numbers stored (the int8 ones count the same as float32 ones: they are smaller);
+* **file size**: the state dict saved with `torch.save` (int8 weights with their scales for the
+  weight-only variant);
+* **inference**: wall-clock seconds of the sliding-window network pass over one whole held-out
+  phantom (T1 + FLAIR, 128 × 128 × 64 voxels; preprocessing, the same for all, excluded), one
+  thread, the best of `REPEATS` runs;
+* **Dice** per tumour class and for the whole tumour, against the phantom's truth on the held-out
+  phantoms `TEST_SEEDS`, on the image grid (probabilities resampled back as `deep_segment` does).
+"""),
+    code("""
+variants = {"teacher (float32)": (teacher, teacher.state_dict()),
+            "student, pruned, not trained": (pruned, pruned.state_dict()),
+            "student (float32)": (student, student.state_dict()),
+            "student, dynamic int8": (dynamic, dynamic.state_dict()),
+            "student, weight-only int8": (weight_only, stored_int8),
+            "student, bfloat16": (bf16, bf16.state_dict())}
+variants.update({name: (net, net.state_dict()) for name, net in statics.items()})
+test_inputs = [to_network(channels, prep) for channels in test.images]
+
+def segment(net, k):                          # the label map on test case k's own grid
+    x, grid = test_inputs[k]
+    probs = torch.softmax(sliding_window(net, x, prep)[0].float(), dim=0).numpy()
+    return labels_from_probabilities(from_network(probs, grid, test.images[k][0]), test.images[k][0], teacher_model)
+
+def seconds(net):
+    x = test_inputs[0][0]
+    best = np.inf
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        sliding_window(net, x, prep)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+rows, segmentations = [], {}
+for name, (net, state) in variants.items():
+    path = OUT / (name.replace(", ", "_").replace(" ", "_").replace("(", "").replace(")", "") + ".pt")
+    torch.save(state, path)
+    row = {"variant": name,                  # int8 modules keep their weights as buffers, not parameters
+           "parameters": n_params(student) if name.startswith("student") else n_params(net), "file (MB)": path.stat().st_size / 1e6,
+           "inference (s)": seconds(net)}
+    dice = []
+    for k, truth in enumerate(test.labels):
+        labels = segment(net, k)
+        segmentations.setdefault(name, labels)
+        d = {c: metrics.dice(labels, truth, label=v) for v, c in zip(values, names)}
+        d["whole tumour"] = metrics.dice(np.isin(labels.array, values), np.isin(truth.array, values))
+        dice.append(d)
+    row.update({f"Dice {c}": float(np.mean([d[c] for d in dice])) for c in dice[0]})
+    rows.append(row)
+results = pd.DataFrame(rows).set_index("variant")
+results["speed-up"] = results.loc["teacher (float32)", "inference (s)"] / results["inference (s)"]
+display(results.round(3))
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring; "
+      f"Dice on {len(TEST_SEEDS)} held-out phantom(s); student trained {STEPS} steps ({train_seconds:.0f} s)")
+"""),
+    code("""
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+for name, row in results.iterrows():
+    axes[0].scatter(row["inference (s)"], row["Dice whole tumour"], s=40)
+    axes[0].annotate(name, (row["inference (s)"], row["Dice whole tumour"]), fontsize=7)
+    axes[1].scatter(row["file (MB)"], row["Dice whole tumour"], s=40)
+    axes[1].annotate(name, (row["file (MB)"], row["Dice whole tumour"]), fontsize=7)
+axes[0].set_xlabel("inference, one volume (s, best of runs)"); axes[1].set_xlabel("file (MB)")
+for ax in axes:
+    ax.set_ylabel("Dice, whole tumour")
+plt.tight_layout(); plt.show()
+
+z = int(np.argmax(np.isin(test.labels[0].array, values).sum(axis=(1, 2))))   # the slice with most tumour
+show_names = ["teacher (float32)", "student (float32)", *[n for n in results.index if "static" in n or "bfloat16" in n]]
+fig, axes = plt.subplots(1, len(show_names) + 1, figsize=(3 * (len(show_names) + 1), 3))
+t1 = test.images[0][0].array[z]
+for ax, (title, lab) in zip(axes, [("truth", test.labels[0].array), *[(n, segmentations[n].array) for n in show_names]]):
+    ax.imshow(t1, cmap="gray")
+    ax.imshow(np.ma.masked_where(~np.isin(lab[z], values), lab[z]), cmap="autumn", alpha=0.5, vmin=7, vmax=9)
+    ax.set_title(title, fontsize=8); ax.axis("off")
+plt.show()
+"""),
+    md("""
+### Reading the table
+
+* **The student** has about a quarter of the teacher's parameters and file, and runs faster, but not
+  4x faster: sliding windows, normalisation and memory traffic do not shrink with the weights.
+  Its Dice is what the steps it had could buy: with `MEDLAB_FAST=1`, a few hundred steps, it is
+  clearly below the teacher (oedema, the largest and faintest class, suffers first); the
+  "pruned, not trained" row shows that the halved teacher alone is not a model, and what training
+  gave back. More steps and phantoms (the full settings) narrow the gap; they do not close it for free.
+* **Dynamic int8** is the float32 student, byte for byte the same computation: same Dice, same speed.
+* **Weight-only int8** cuts the file about 4x and barely moves the Dice; it runs at float32 speed.
+* **bfloat16** halves the file; whether it is faster depends on the CPU's bfloat16 support (AVX-512
+  BF16 or AMX: then it can be the fastest row; without it, conversions make it slower).
+* **Static int8** quantises the activations too. With torch's default mapping, check the agreement
+  printed in section 4 and the Dice: when we wrote this (torch 2.13) the quantised PReLU broke the
+  network silently (no error, a fraction of the voxels right); leaving the PReLUs in float32 gave back
+  the float student's Dice. On this CPU and torch the int8 3D convolutions can also be *slower* than
+  float32 (int8 kernels are tuned for 2D image networks, and every float/int8 boundary converts the
+  tensor). Read the measured row, not the promise.
+
+**Exercise 3.** A vendor says their quantised network is "4x faster". Which row of your table would
+you use to check a claim like that on your own hardware, and which number in it?
+Answer with the name of the column.
+"""),
+    code("""
+def check_column(answer):
+    if not isinstance(answer, str):
+        return print("✗ give a column name, e.g. 'parameters'")
+    a = answer.strip().lower()
+    if a in ("speed-up", "inference (s)"):
+        print(f"✓ '{answer}': speed is only ever a measurement, on your machine, of the same task; here the "
+              f"fastest student variant ran {results['speed-up'].drop('teacher (float32)').max():.1f}x the teacher's speed")
+    elif a in ("file (mb)", "parameters"):
+        print(f"✗ '{answer}' says how much is stored, not how long it takes: int8 weights are 4x smaller "
+              "but a 4x smaller file does not run 4x faster")
+    else:
+        print(f"✗ '{answer}' is not a measure of speed; use the column of measured seconds or its ratio")
+
+my_column = "speed-up"
+check_column(my_column)
+""", tags=["exercise"], wrong_answers=["'file (MB)'", "'parameters'", "'Dice whole tumour'"]),
+    md("""
+## 6. The student as a medlab model, and the report
+
+Wrapped in a `Checkpoint` with the teacher's preprocessing and labels, the student is a medlab model
+like the shipped ones: `deep_segment` (and the segmentation widget's model picker) runs it on any
+grid and returns labels on the scan's own grid.
+"""),
+    code("""
+student_model = Checkpoint(student.state_dict(), student_config, labels=teacher_model.labels,
+                           preprocessing=prep, metrics={f"test {k}": round(float(v), 4) for k, v in
+                                                        results.loc["student (float32)"].items() if k.startswith("Dice")})
+student_path = student_model.save(OUT / "student.pt", overwrite=True)
+student_labels, _ = deep_segment(test.images[0][0], student_model, test.images[0][1])
+assert student_labels.same_grid(test.images[0][0])
+print(student_model.describe(), "->", student_path)
+"""),
+    code("""
+LIMITATIONS = (
+    f"Phantoms, not patients: the teacher and the student learned phantoms and were scored on "
+    f"{len(TEST_SEEDS)} held-out phantom(s); real tumours are harder, and a smaller network usually loses "
+    f"more there. The student trained {STEPS} steps on {N_TRAIN} phantoms. Times are one machine "
+    f"({os.cpu_count()} cores, 1 thread, load average {os.getloadavg()[0]:.1f} shared with other jobs), "
+    f"the best of {REPEATS} runs, network pass only: another CPU, thread count or load changes them, "
+    f"and int8/bfloat16 speed depends on the CPU's instructions.")
+report = Report("Fast models: distilling and quantising the brain tumour U-Net",
+                subtitle=f"medlab {medlab.__version__}, torch {torch.__version__}, held-out phantoms {TEST_SEEDS}")
+report.add_section("Size, speed and Dice")
+report.add_table(results.reset_index().round(4).to_dict("records"),
+                 caption="every number measured in this run (inference: one volume, one thread, best of runs)")
+report.add_number("student training", train_seconds, unit="s", note=f"{STEPS} steps, {N_TRAIN} phantoms")
+report.add_number("layers changed by dynamic int8", quantised_layers, note="it only touches Linear layers")
+for name, problem in static_problems.items():
+    report.add_skipped(name, problem)
+report.add_curve(curve, caption="distillation losses")
+report.add_section("The student on a held-out phantom")
+report.add_image(test.images[0][0], labels=student_labels, caption="post-contrast T1, the student's labels")
+report.add_section("Limitations")
+report.add_text(LIMITATIONS)
+path = report.save("fast_models_report.html", overwrite=True)
+print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {len(report.numbers.rows)} numbers)")
+"""),
+    md("""
+## 7. Limitations, honestly
+
+* **Phantoms, not patients.** Both networks learned smooth phantoms; the Dice here says how much a
+  smaller network loses *on this task*. On real scans the teacher is already weaker, and small
+  networks usually lose more on the hard cases (small enhancing rims, unusual anatomy).
+* **A small test.** One held-out phantom with `MEDLAB_FAST=1`, four otherwise: differences of a few
+  hundredths of Dice are within what another phantom would change.
+* **One machine, under load.** The times are one 2-core machine shared with other jobs, one thread,
+  the best of a few runs: ratios between rows are more trustworthy than the seconds, and another CPU
+  (AVX-512 VNNI or AMX for int8, native bfloat16) can reverse the ranking of the quantised variants.
+* **Network pass only.** Reading, preprocessing and resampling take time too, the same for every
+  variant: the speed-up a user feels is smaller than the one in the table.
+* **A rushed student.** With `MEDLAB_FAST=1` the student trains a few hundred steps; its Dice is a
+  lower bound on what distillation can do, not its limit.
+
+## Run it on your own data
+
+Distil and quantise your own model in the same way: any medlab `Checkpoint` (from
+`medlab.deep.train_segmenter(...).model` or `medlab.deep.pretrained(...)`) gives the teacher, its
+preprocessing and the network config; your labelled scans give the cases.
+
+```python
+import medlab
+from medlab.deep import deep_segment
+from medlab.outputs import Checkpoint
+
+teacher_model = Checkpoint.load("my_model.pt")                 # your trained model
+t1, flair = medlab.load("my_scans/t1.nii.gz"), medlab.load("my_scans/flair.nii.gz")
+labels, _ = deep_segment(t1, teacher_model, flair)             # the teacher, for reference
+# sections 2-3 with your scans and labels in place of `train`, then:
+student_model = Checkpoint.load("fast_models/student.pt")
+labels_small, _ = deep_segment(t1, student_model, flair)
+```
+
+Measure speed on the machine that will run the model, with its thread count, and Dice on your own
+labelled cases that neither network saw; a table from someone else's machine answers neither question.
+"""),
+    code("""
+print(f"notebook ran in {time.perf_counter() - started:.0f} s (FAST={FAST})")
+"""),
+]
 # ---------------------------------------------------------------- end of the case studies
 
 
@@ -4612,4 +5173,5 @@ if __name__ == "__main__":
     write("case_studies/03_real_scans.ipynb", CASE_REAL_SCANS)
     write("case_studies/04_multimodal_fusion.ipynb", CASE_FUSION)
     write("case_studies/05_mammography.ipynb", CASE_MAMMOGRAPHY)
+    write("case_studies/06_fast_models.ipynb", CASE_FAST_MODELS)
     print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.ipynb"))))
