@@ -68,7 +68,8 @@ def show(_=None):
         "kept_is_shown": kept is not None and w.transform is kept,
         "tre_before": tre(sitk.Euler3DTransform()),
         "tre_kept": tre(kept) if kept is not None else None, "row": row,
-        "title": w._summary_title, "message": p.message})
+        "title": w._summary_title, "message": p.message,
+        "params": {k: str(v) for k, v in p.params.items() if k in ("iterations", "learning_rate", "shrink_factors")}})
 
 def ticker():
     while True:
@@ -200,6 +201,9 @@ def test_watch_a_registration_cancel_it_and_keep_the_best(notebook, tmp_path):
     schedule = page.locator(".medlab-param-shrink_factors input").first
     schedule.fill("4, 2, 1")
     schedule.press("Enter")
+    # Start only once the kernel holds all three new values (under load a typed value can arrive late)
+    wait_state(page, lambda s: s["params"]["iterations"] == "100" and abs(float(s["params"]["learning_rate"]) - 1.0) < 0.05
+               and "4" in s["params"]["shrink_factors"], "the second run's settings", 30)
     page.locator(".medlab-apply").first.click()
     state = wait_state(page, lambda s: s["running"], "the second run starting", 30)
     state = wait_state(page, lambda s: not s["running"] and not s["cancelled"] and s["row"] is not None,

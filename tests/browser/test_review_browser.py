@@ -263,6 +263,19 @@ def wait_coloured(page, present: bool, timeout_ms: int = 15_000) -> None:
         pytest.fail(f"the heat map was {'not ' if present else ''}visible on the axial canvas", pytrace=False)
 
 
+def stable_box(page, selector: str, tries: int = 50) -> dict:
+    """The element's bounding box once two reads 100 ms apart agree: the viewer sizes its panes
+    after it has measured the notebook's width, and a click computed before that misses."""
+    box = page.locator(selector).bounding_box()
+    for _ in range(tries):
+        page.wait_for_timeout(100)
+        again = page.locator(selector).bounding_box()
+        if again == box:
+            return box
+        box = again
+    return box
+
+
 def click_at_mm(page, scan: medlab.Image, point_mm) -> None:
     """Click the axial canvas at the voxel of ``point_mm`` (x, y) on the shown slice.
 
@@ -272,7 +285,7 @@ def click_at_mm(page, scan: medlab.Image, point_mm) -> None:
     assert np.allclose(scan.direction, np.eye(3)), "the test assumes an LPS-ordered phantom"
     i, j, _ = np.rint(scan.physical_to_index(point_mm)).astype(int)
     page.locator(OVERLAY).scroll_into_view_if_needed()
-    box = page.locator(OVERLAY).bounding_box()
+    box = stable_box(page, OVERLAY)
     rows, cols = page.evaluate("(s) => { const c = document.querySelector(s); return [c.height, c.width]; }", CANVAS)
     page.mouse.click(box["x"] + (i + 0.5) * box["width"] / cols, box["y"] + (j + 0.5) * box["height"] / rows)
 
