@@ -4485,11 +4485,11 @@ for step in range(1, STEPS + 1):
     loss.backward()
     optimiser.step()
     if step % 10 == 0 or step == 1:
-        curve.append("teacher (KL)", step, float(kd))
-        curve.append("labels (Dice + CE)", step, float(hard))
+        curve.append("teacher (KL)", step, kd.item())
+        curve.append("labels (Dice + CE)", step, hard.item())
 student.eval()
 train_seconds = time.perf_counter() - t0
-print(f"{STEPS} steps in {train_seconds:.0f} s; last losses: KL {float(kd):.3f}, Dice + CE {float(hard):.3f}")
+print(f"{STEPS} steps in {train_seconds:.0f} s; last losses: KL {kd.item():.3f}, Dice + CE {hard.item():.3f}")
 fig, ax = plt.subplots(figsize=(6, 3))
 for series in curve.series_names:
     ax.plot(*curve.series(series), label=series)
