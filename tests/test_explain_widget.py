@@ -152,7 +152,10 @@ def test_methods_follow_the_model():
 def test_apply_shows_the_map_over_the_scan_with_a_legend(widget, scan_and_mask):
     scan, _ = scan_and_mask
     w = widget
+    window_level = w.before.window, w.before.level
     w.apply(wait=True)
+    # the map's own 0-1 window never reaches the scan's pane (it blew the scan out to white)
+    assert (w.before.window, w.before.level) == window_level
     key = "step1.saliency"
     saliency = w.maps[key]
     assert w.left_picker.value == key and w.right_picker.value == "" and w.after.layout.display == "none"

@@ -392,7 +392,12 @@ class Workbench(widgets.VBox):
         elif image_out is not None and image_out.is_label and image_out.overlaps(self.before.image):
             self.before.set_labels(image_out, opacity=0.4)   # a segmentation: over its image
         elif image_out is not None:
-            self.after.image = image_out    # e.g. a registered image: beside its inputs
+            # e.g. a registered image or a saliency map, beside its inputs. The panes share
+            # window/level, and the output's own automatic window (a 0-1 map) must not reach the
+            # input's pane: it blew the scan out to white under Grad-CAM
+            window_level = self.before.window, self.before.level
+            self.after.image = image_out
+            self.before.window, self.before.level = window_level
         self._wire_inputs(panel)
         self._refresh_history()
         self._show_after_pane()
