@@ -25,12 +25,12 @@ DOM used: ``.medlab-apply``, ``.medlab-before canvas.medlab-canvas[data-plane=ax
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+from browser_state import json_state
 
 pytestmark = pytest.mark.browser
 
@@ -104,23 +104,7 @@ W.VBox([w, state])
 ]
 
 
-def read_state(page) -> dict | None:
-    text = page.locator(".explain-state").first.text_content()
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-
-
-def wait_state(page, predicate, what: str, timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = read_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(100)
-    pytest.fail(f"Python never saw {what}; last state: {state}", pytrace=False)
+read_state, wait_state = json_state(".explain-state", poll_ms=100)
 
 
 def pixel(page, selector: str, row: int, col: int) -> list[int]:

@@ -19,13 +19,13 @@ pixels), ``.medlab-register-curve .medlab-curve`` (``data-points``), ``.medlab-a
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_state import json_state
 
 pytestmark = pytest.mark.browser
 
@@ -84,23 +84,7 @@ W.VBox([w, state])
 ]
 
 
-def read_state(page) -> dict | None:
-    text = page.locator(".reg-state").first.text_content()
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-
-
-def wait_state(page, predicate, what: str, timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = read_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(50)
-    pytest.fail(f"Python never saw {what}; last state: {state}", pytrace=False)
+read_state, wait_state = json_state(".reg-state")
 
 
 def canvas_signature(page) -> list[int]:

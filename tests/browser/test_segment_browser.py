@@ -21,12 +21,12 @@ DOM used: ``.medlab-before canvas.medlab-overlay[data-plane=axial]`` (clicks),
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+from browser_state import json_state
 
 pytestmark = pytest.mark.browser
 
@@ -82,23 +82,7 @@ W.VBox([w, state])
 ]
 
 
-def read_state(page) -> dict | None:
-    text = page.locator(".seg-state").first.text_content()
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-
-
-def wait_state(page, predicate, what: str, timeout_s: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = read_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(50)
-    pytest.fail(f"Python never saw {what}; last state: {state}", pytrace=False)
+read_state, wait_state = json_state(".seg-state", timeout_s=30.0)
 
 
 def click_pixel(page, row: int, col: int) -> None:

@@ -18,10 +18,10 @@ DOM used: ``.medlab-param-seeds .medlab-points-pick`` (ipywidgets ToggleButton),
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
+from browser_state import json_state
 
 pytestmark = pytest.mark.browser
 
@@ -87,23 +87,7 @@ W.VBox([wb, state])
 ]
 
 
-def read_state(page) -> dict | None:
-    text = page.locator(".bt-state").first.text_content()
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-
-
-def wait_state(page, predicate, what: str, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = read_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(50)
-    pytest.fail(f"Python never saw {what}; last state: {state}", pytrace=False)
+read_state, wait_state = json_state(".bt-state", timeout_s=20.0)
 
 
 def click_pixel(page, row: int, col: int) -> tuple[float, float]:
