@@ -37,12 +37,14 @@ folder or ``MEDLAB_SCREENSHOT_DIR``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -413,26 +415,101 @@ FUSION_STATE = """
 w.add_class("cs-fusion"); view.add_class("cs-view3d")
 cs_runs = {"reg": 0}
 w.panel.on_apply(lambda _: cs_runs.__setitem__("reg", cs_runs["reg"] + 1))
+import base64 as _b64
+from medlab.widgets.register import checker_pixels
+from medlab.widgets.viewer_layers import compose_plane as _compose
+_cs_pictures = {}
+
+def cs_fused_pictures():
+    # what the fused viewer's axial canvas must show (CT + MR checkerboard), and the CT alone at the
+    # same window, composed in Python; recomputed only when what is shown changes
+    key = (fused.window, fused.level, tuple(fused._cursor), fused._second_info.get("mode"), fused._second_info.get("checker"))
+    if key not in _cs_pictures:
+        fused_rgb = fused.snapshot_planes()["axial"]
+        ct_rgb = _compose(fused._volume, "axial", fused._cursor[2], fused.window, fused.level, layers={}, infos={})
+        pack = lambda a: [list(a.shape), _b64.b64encode(a.tobytes()).decode()]
+        _cs_pictures.clear()
+        _cs_pictures[key] = {"window": fused.window, "level": fused.level, "second": dict(fused._second_info),
+                             "fused": pack(fused_rgb), "ct": pack(ct_rgb)}
+    return _cs_pictures[key]
 
 def cs_show():
     done = cs_runs["reg"] > 0 and not w.panel.running
     return {"window": fused.window, "level": fused.level, "reg_runs": cs_runs["reg"], "reg_running": w.panel.running,
             "tre_target": errors(w.transform)["TRE at target (mm)"] if done else None,
-            "tre_landmarks": errors(by_landmarks.transform)["TRE at target (mm)"]}
+            "tre_landmarks": errors(by_landmarks.transform)["TRE at target (mm)"],
+            "fused_picture": cs_fused_pictures(),
+            "tile_mm": w.tile.value, "reg_checker": w.before._second_info.get("checker"),
+            "reg_checker_expected": checker_pixels(w.tile.value, w.registered, w.before.plane)
+                                    if w.registered is not None else None}
 """
 
 
+def unpack(entry) -> np.ndarray:
+    shape, data = entry
+    return np.frombuffer(base64.b64decode(data), np.uint8).reshape(shape)
+
+
+def canvas_rgb(page, selector: str) -> np.ndarray:
+    res = page.evaluate(
+        """(s) => { const c = document.querySelector(s);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return { w: c.width, h: c.height, rgba: Array.from(d) }; }""", selector)
+    return np.array(res["rgba"], np.uint8).reshape(res["h"], res["w"], 4)[..., :3]
+
+
+def expect_fused_checkerboard(page, selector: str, timeout_s: float = 20.0) -> dict:
+    """The fused canvas equals Python's composed picture, and it is a real checkerboard: the CT's tiles
+    are the CT alone at the viewer's window, the MR's tiles differ from it (neither blank nor CT only)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        picture = read_state(page)["fused_picture"]
+        want, ct = unpack(picture["fused"]), unpack(picture["ct"])
+        got = canvas_rgb(page, selector)
+        problems = []
+        if got.shape != want.shape:
+            problems.append(f"canvas {got.shape} vs Python's {want.shape}")
+        elif np.abs(got.astype(int) - want.astype(int)).max() > 1:
+            problems.append(f"{int((np.abs(got.astype(int) - want.astype(int)) > 1).any(-1).sum())} pixels "
+                            "differ from Python's picture")
+        if not problems:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the fused canvas is not what Python composed: {problems}", pytrace=False)
+        page.wait_for_timeout(100)
+    checker = picture["second"]["checker"]
+    rows, cols = np.indices(got.shape[:2])
+    mr_tiles = (rows // checker + cols // checker) % 2 == 1
+    diff = np.abs(got.astype(int) - ct.astype(int)).max(-1)
+    assert diff[~mr_tiles].max() <= 1, "a CT tile of the checkerboard is not the CT"
+    head = ct.max(-1) > 0
+    changed = float((diff[mr_tiles & head] > 10).mean())
+    assert changed > 0.2, f"the MR tiles are hardly different from the CT ({changed:.0%} of head pixels)"
+    assert got.std() > 20, "the fused canvas is nearly one colour"
+    return picture
+
+
 BRAIN_WINDOW = (80.0, 40.0)   # medlab.render.CT_PRESETS["brain"]
+BONE_WINDOW = (1800.0, 400.0)   # medlab.render.CT_PRESETS["bone"]
 
 
 def test_fusion_case_study(notebook, tmp_path):
     page = notebook.open(case_cells("04_multimodal_fusion.ipynb", [FUSION_STATE]), timeout_ms=RUN_MS)
     mark_output(page, "04_multimodal_fusion.ipynb", "fused = Viewer(", "cs-fused")
     state = wait_state(page, lambda s: s["reg_runs"] == 0, "the notebook's results")
+    assert state["fused_picture"]["second"]["mode"] == "checkerboard", state["fused_picture"]["second"]
+    fused_canvas = ".cs-fused canvas.medlab-canvas[data-plane=axial]"
 
-    # the fused viewer's preset menu (a brain window on the CT)
+    # the fused viewer's preset menu (a brain window on the CT): Python's window/level follow, and the
+    # canvas shows Python's CT/MR checkerboard at that window (CT tiles = CT alone, MR tiles differ)
+    page.locator(".cs-fused .medlab-preset").first.select_option("bone")
+    wait_state(page, lambda s: [s["window"], s["level"]] == list(BONE_WINDOW), "the bone window")
+    expect_fused_checkerboard(page, fused_canvas)
     page.locator(".cs-fused .medlab-preset").first.select_option("brain")
-    wait_state(page, lambda s: [s["window"], s["level"]] == list(BRAIN_WINDOW), "the brain window")
+    wait_state(page, lambda s: [s["window"], s["level"]] == list(BRAIN_WINDOW)
+               and [s["fused_picture"]["window"], s["fused_picture"]["level"]] == list(BRAIN_WINDOW),
+               "the brain window")
+    expect_fused_checkerboard(page, fused_canvas)
     shot(page, ".cs-fused", tmp_path, "cs04_fused.png")
 
     # Start in the register widget: mutual information from the landmark start, in the background;
@@ -442,6 +519,12 @@ def test_fusion_case_study(notebook, tmp_path):
                        "the registration started from the page", 180)
     assert state["tre_target"] < state["tre_landmarks"], state
     notebook.wait_text(page, ".cs-fusion .medlab-register-summary", r"done")
+
+    # the register widget's checkerboard tile slider reaches Python, which redraws its overlay
+    tile = state["tile_mm"] + 6
+    notebook.set_slider(page, ".cs-fusion .medlab-register-tile", f"{tile:g}")
+    wait_state(page, lambda s: s["tile_mm"] == tile and s["reg_checker"] == s["reg_checker_expected"],
+               "the new tile size in the overlay")
     shot(page, ".cs-fusion", tmp_path, "cs04_register.png")
 
     wait_canvas_drawn(page, ".cs-view3d canvas.medlab-view3d-canvas")
