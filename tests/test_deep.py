@@ -4,6 +4,7 @@ Cancel keeping the best weights, and the shipped models. Tiny networks on tiny p
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,31 @@ def test_shipped_models_load_with_their_cards():
         assert model.n_weights() * 4 < 8e6  # a few MB
     with pytest.raises(ParameterError, match="brain_tumour"):
         pretrained("brain")
+
+
+def test_shipped_checkpoints_carry_the_checksum_that_load_verifies(tmp_path):
+    import shutil
+
+    import torch
+
+    from medlab.deep.pretrained import WEIGHTS
+    from medlab.explain import classifier
+
+    files = [WEIGHTS / f"{name}.pt" for name in pretrained_models()]
+    files.append(Path(classifier.__file__).with_name("tumour_classifier.pt"))
+    for path in files:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        assert data["sha256"] == Checkpoint.load(path).fingerprint(), path.name
+        assert path.stat().st_size == pretrained_models().get(path.stem, {}).get("size_bytes", path.stat().st_size)
+    # a flipped weight in a copy of a shipped file is caught on load
+    copy = tmp_path / "brain_tumour.pt"
+    shutil.copy(files[0], copy)
+    data = torch.load(copy, map_location="cpu", weights_only=True)
+    key = next(iter(data["state_dict"]))
+    data["state_dict"][key] = data["state_dict"][key] + 1e-3
+    torch.save(data, copy)
+    with pytest.raises(ReadError, match="damaged"):
+        Checkpoint.load(copy)
 
 
 def test_shipped_lung_model_finds_a_nodule():
