@@ -27,6 +27,7 @@ Usage::
 
     python benchmarks/bench_explain.py             # everything (about 15-30 min on 2 busy cores)
     python benchmarks/bench_explain.py speed       # tables 3 and 4 only
+    python benchmarks/bench_explain.py gradcam     # table 3 (occlusion: table 4)
     python benchmarks/bench_explain.py --cases 4   # fewer phantoms in table 1
 
 Timings depend on what else runs on the machine: compare ratios within one run. torch runs
@@ -165,6 +166,42 @@ def _resolve(model):
 
 
 # ---------------------------------------------------------------------------- 3
+def _gradcam_phases(model, scan, keep: bool, times: dict) -> None:
+    """One Grad-CAM of ``scan`` phase by phase. ``keep=False`` is the path before one forward pass
+    was kept (a no-grad forward pass for the class and the layer, then captum's own forward and
+    backward, and a volume of ones resampled to count the scan voxels outside the network's view);
+    ``keep=True`` is what ``grad_cam`` does now."""
+    from medlab.explain._common import Context, normalise_map, numbers
+    from medlab.explain.cam import _grad_cam
+    from medlab.explain.geometry import network_input, resample_array
+    from medlab.explain.network import resolve_model
+    from medlab.explain.target import make_target
+
+    def tick(name, t0):
+        t1 = time.perf_counter()
+        times.setdefault(name, []).append(t1 - t0)
+        return t1
+
+    t = time.perf_counter()
+    net = resolve_model(model)
+    net_in = network_input(scan, net.input_record)
+    t = tick("1 scan -> network grid (intensity, resampling)", t)
+    target = make_target(net, net_in, keep_layer="auto" if keep else None)
+    ctx = Context(net, net_in, target, "positive", "grad_cam")
+    t = tick("2 forward pass (class, automatic layer)", t)
+    raw = _grad_cam(ctx, "auto").detach().numpy()
+    t = tick("3 Grad-CAM (captum forward + backward | backward only)", t)
+    on_scan, outside = net_in.to_scan(raw) if keep else (net_in.to_scan(raw)[0], None)
+    if not keep:
+        ones = np.ones(net_in.grid.shape, np.float32)
+        outside = 1.0 - resample_array(ones, net_in.grid, scan, nearest=True, fill=0.0).mean()
+    t = tick("4 network grid -> scan (map, outside share)", t)
+    arr, norm = normalise_map(on_scan, "max")
+    numbers(ctx, {"method": "Grad-CAM", "target": "", "sign": "positive", "sign_rule": "", "layer": ctx.layer,
+                  "network_grid": "", "outside_network_view": outside, **norm}, arr, None)
+    tick("5 normalisation, numbers", t)
+
+
 def gradcam_speed(model) -> None:
     import torch
     from captum.attr import LayerAttribution, LayerGradCam
@@ -187,10 +224,27 @@ def gradcam_speed(model) -> None:
         a = LayerGradCam(shipped.module, shipped_layer).attribute(xs, target=0, relu_attributions=True)
         return LayerAttribution.interpolate(a, tuple(xs.shape[2:]), "trilinear")[0, 0].detach().numpy()
 
-    grad_cam(scan, model)
     what = f"shipped classifier, 96^3 scan of 2 mm (network grid {'x'.join(map(str, xs.shape[2:][::-1]))})"
-    t_captum, _ = _timed(captum_shipped)
-    t, _ = _timed(lambda: grad_cam(scan, model))
+    # interleaved repeats: the three are measured under the same load
+    before, after, t_cap, t_med = {}, {}, [], []
+    grad_cam(scan, model)
+    for _ in range(7):
+        t = time.perf_counter()
+        captum_shipped()
+        t_cap.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        grad_cam(scan, model)
+        t_med.append(time.perf_counter() - t)
+        _gradcam_phases(model, scan, False, before)
+        _gradcam_phases(model, scan, True, after)
+    t_captum, t = float(np.median(t_cap)), float(np.median(t_med))
+    print("Table 3a. Where the time of one Grad-CAM of a 96^3 scan goes (shipped classifier; median of 7, "
+          "interleaved): before (a no-grad forward pass, then captum's forward and backward) and now (one "
+          "forward pass kept for the backward pass; outside share from the scan's corners).\n")
+    phase_rows = [(k, float(np.median(before[k])), float(np.median(after[k]))) for k in before]
+    phase_rows.append(("total (sum of phase medians)", sum(r[1] for r in phase_rows), sum(r[2] for r in phase_rows)))
+    phase_rows.append(("plain captum on the network grid, same run", t_captum, t_captum))
+    _table(("phase", "before s", "now s"), phase_rows)
     rows.append((what, "captum LayerGradCam + interpolate (network grid only)", t_captum, "–", 1.0))
     rows.append((what, "medlab grad_cam (scan -> network grid -> scan)", t, "–", t / t_captum))
 
@@ -292,7 +346,7 @@ def occlusion_speed(model) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", default=["all"], help="all, quality, speed")
+    p.add_argument("what", nargs="*", default=["all"], help="all, quality, speed (= gradcam and occlusion)")
     p.add_argument("--cases", type=int, default=None, help="at most this many held-out tumour cases in table 1")
     p.add_argument("--faith-cases", type=int, default=3)
     p.add_argument("--slow-cases", type=int, default=8, help="cases for integrated gradients, SmoothGrad, occlusion")
@@ -314,8 +368,9 @@ def main(argv=None) -> int:
         cases, wrong, n = held_out_cases(model, args.cases)
         print(f"held-out set: {n} phantoms; tumour cases called tumour: {len(cases)} used, {wrong} missed\n", flush=True)
         localisation_and_randomisation(model, cases, twin, faith_cases=args.faith_cases, slow_cases=args.slow_cases)
-    if what & {"all", "speed"}:
+    if what & {"all", "speed", "gradcam"}:
         gradcam_speed(model)
+    if what & {"all", "speed", "occlusion"}:
         occlusion_speed(model)
     return 0
 

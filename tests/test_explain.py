@@ -104,6 +104,44 @@ def test_grad_cam_equals_captum_and_monai(net3d, img3d):
     assert s.metadata["saliency"]["normalisation"] == "minmax" and s.metadata["saliency"]["sign"] == "positive"
 
 
+def test_grad_cam_is_captums_bit_for_bit_from_one_forward_pass(net3d, img3d):
+    """grad_cam reuses the forward pass that chose the class and the layer; the map is captum's
+    to the last bit, also when the layer's output is changed in place later (captum keeps a
+    copy; medlab then lets captum compute it) and when the weights are frozen."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    torch.manual_seed(3)
+    inplace = nn.Sequential(OrderedDict(conv=nn.Conv3d(1, 4, 3, padding=1), relu=nn.ReLU(inplace=True),
+                                        conv2=nn.Conv3d(4, 3, 3, padding=1), pool=nn.AdaptiveAvgPool3d(1),
+                                        flatten=nn.Flatten())).eval()
+    frozen = build_classifier(classifier_config("cnn_classifier", channels=[3, 5], convs_per_block=1)).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    x = _x(img3d)
+    for net, layers in ((net3d, ("features.block2", "features.block1.0", "features.block2.0.conv", "auto")),
+                        (inplace, ("conv", "auto")), (frozen, ("auto",))):
+        c = int(net(x).argmax())
+        for name in layers:
+            s, numbers = grad_cam(img3d, net, layer=name, sign="signed", normalise="none")
+            used = table_value(numbers, "layer")
+            ref = LayerGradCam(net, dict(net.named_modules())[used]).attribute(x, target=c)
+            ref = LayerAttribution.interpolate(ref, tuple(x.shape[2:]), "trilinear")[0, 0].detach().numpy()
+            np.testing.assert_array_equal(s.array, ref, err_msg=f"{type(net).__name__} layer {name} ({used})")
+    assert all(not p.requires_grad for p in frozen.parameters())   # the model is left as it was
+
+
+def test_share_outside_the_network_view_counts_the_cropped_voxels():
+    from medlab.explain.geometry import network_input, resample_array
+
+    img, _ = _oblique_blob()
+    for rec in ({"spacing": [2.5, 2.5, 3.0]}, {"spacing": [2.5, 2.5, 3.0], "size": [9, 14, 6]},
+                {"size": [30, 4, 20], "array_order": "xyz"}):
+        net_in = network_input(img, rec)
+        inside = resample_array(np.ones(net_in.grid.shape, np.float32), net_in.grid, img, nearest=True, fill=0.0)
+        assert net_in.outside_share() == pytest.approx(1 - inside.mean(), abs=1e-6), rec
+    assert network_input(img, {"spacing": [2.5, 2.5, 3.0]}).outside_share() == 0.0
+
+
 def test_auto_layer_is_the_last_convolutional_block(net3d, img3d):
     s, numbers = grad_cam(img3d, net3d)
     assert table_value(numbers, "layer") == s.metadata["saliency"]["layer"] == "features.block2.0"

@@ -99,6 +99,31 @@ class Context:
         self.layer = self.target.auto_layer if name == "auto" else name
         return get_layer(self.network, self.layer)
 
+    def layer_gradients(self, name: str):
+        """The layer's activations, the target's gradient at them (both ``[1, C, *spatial]``) and
+        the target score, from the forward pass :func:`prepare` kept (``keep_layer``): one
+        backward pass, as captum's ``compute_layer_gradients_and_eval`` takes it (gradient of
+        the unbound target with respect to the layer's own output). None when no pass was kept
+        for this layer, or its activations were changed in place further on."""
+        import torch
+
+        kept = self.target.kept
+        if kept is None or kept.activation is None or kept.layer != (self.target.auto_layer if name == "auto"
+                                                                      else name):
+            return None
+        self.layer_module(name)
+        score = self.target.of_output(kept.output)
+        act = kept.activation
+        if not act.requires_grad or not score.requires_grad:
+            raise ParameterError(f"{self.stage}: layer {self.layer!r} gives no tensor the target depends on")
+        try:
+            (grad,) = torch.autograd.grad(torch.unbind(score), act)
+        except RuntimeError as exc:  # the layer is not on the way to the target (unused branch)
+            raise ParameterError(f"{self.stage}: the target does not depend on layer {self.layer!r} "
+                                 f"({str(exc).splitlines()[0][:200]}); pick another layer") from None
+        self.target.kept = None   # the graph is spent; let it go
+        return act.detach(), grad, score.detach()
+
     def interpolate(self, layer_map):
         """A ``[1, 1, *layer spatial]`` map upsampled (linear, align_corners=False, as captum's
         and MONAI's upsamplers) to the network input's size."""
@@ -152,24 +177,28 @@ def check_model_fits(network: Network, image: Image, stage: str) -> None:
 
 
 def prepare(stage: str, image: Image, model, mask: Image | None, *, target_class: int, region: Sequence,
-            region_radius: float, sign: str) -> Context:
+            region_radius: float, sign: str, keep_layer: str | None = None) -> Context:
+    """The model, the image on the network grid and the target; with ``keep_layer`` (a layer
+    name or ``"auto"``) the target's forward pass keeps that layer's graph for
+    :meth:`Context.layer_gradients`."""
     network = resolve_model(model)
     check_model_fits(network, image, stage)
     net_in = network_input(image, network.input_record, source=network.source)
     target = make_target(network, net_in, target_class=target_class, region=region, region_radius=region_radius,
-                         mask=mask, stage=stage)
+                         mask=mask, stage=stage, keep_layer=keep_layer)
     return Context(network, net_in, target, sign, stage)
 
 
 def run_method(stage: str, method: str, compute: Callable[[Context], Any], image: Image, model, mask: Image | None,
                *, target_class: int = -1, region: Sequence = (), region_radius: float = 10.0, sign: str = "positive",
-               normalise: str = "max", sign_applied: bool = False, context: Context | None = None):
+               normalise: str = "max", sign_applied: bool = False, context: Context | None = None,
+               keep_layer: str | None = None):
     """Run ``compute(ctx)`` (a ``[*spatial]`` tensor on the network input) and bring the map home:
     sign, mapping to the scan's grid, normalisation, metadata and the numbers table."""
     from ..outputs import Table
 
     ctx = context or prepare(stage, image, model, mask, target_class=target_class, region=region,
-                             region_radius=region_radius, sign=sign)
+                             region_radius=region_radius, sign=sign, keep_layer=keep_layer)
     with warnings.catch_warnings():  # captum's notices about its own mechanics, not the user's data
         warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")

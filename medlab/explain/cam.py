@@ -32,10 +32,20 @@ from ._common import (
 
 
 def _grad_cam(ctx: Context, layer: str):
-    from captum.attr import LayerGradCam
+    import torch
 
-    module = ctx.layer_module(layer)
-    attr = LayerGradCam(ctx.target.module, module).attribute(ctx.x, target=None, relu_attributions=False)
+    kept = ctx.layer_gradients(layer)
+    if kept is None:   # no forward pass kept for this layer: captum's own forward and backward
+        from captum.attr import LayerGradCam
+
+        module = ctx.layer_module(layer)
+        attr = LayerGradCam(ctx.target.module, module).attribute(ctx.x, target=None, relu_attributions=False)
+    else:
+        # captum's LayerGradCam.attribute, step by step, on the kept forward pass (the same tensors,
+        # the same operations, so the same bits): the gradient's spatial mean weights the channels.
+        act, grad, _ = kept
+        weights = torch.mean(grad, dim=tuple(range(2, grad.ndim)), keepdim=True) if grad.ndim > 2 else grad
+        attr = torch.sum(weights * act, dim=1, keepdim=True)
     _check_layer_output(ctx, attr)
     return ctx.interpolate(apply_sign(attr, ctx.sign))[0, 0]
 
@@ -98,7 +108,7 @@ def grad_cam(image, model, mask=None, *, target_class=-1, region=(), region_radi
     """
     return run_method("grad_cam", "Grad-CAM", lambda ctx: _grad_cam(ctx, layer), image, model, mask,
                       target_class=target_class, region=region, region_radius=region_radius, sign=sign,
-                      normalise=normalise, sign_applied=True)
+                      normalise=normalise, sign_applied=True, keep_layer=layer)
 
 
 def layer_activation_and_gradient(ctx: Context, layer: str):
@@ -133,7 +143,7 @@ def layer_activation_and_gradient(ctx: Context, layer: str):
 def _grad_cam_pp(ctx: Context, layer: str):
     import torch
 
-    act, grad, score = layer_activation_and_gradient(ctx, layer)
+    act, grad, score = ctx.layer_gradients(layer) or layer_activation_and_gradient(ctx, layer)
     if act.ndim != ctx.x.ndim:
         _check_layer_output(ctx, act)
     b, c, *spatial = grad.shape
@@ -170,7 +180,7 @@ def grad_cam_pp(image, model, mask=None, *, target_class=-1, region=(), region_r
     """
     return run_method("grad_cam_pp", "Grad-CAM++", lambda ctx: _grad_cam_pp(ctx, layer), image, model, mask,
                       target_class=target_class, region=region, region_radius=region_radius, sign=sign,
-                      normalise=normalise, sign_applied=True)
+                      normalise=normalise, sign_applied=True, keep_layer=layer)
 
 
 def _guided_grad_cam(ctx: Context, layer: str):

@@ -144,8 +144,23 @@ class NetworkInput:
         if self.same_grid:
             return arr.astype(np.float32, copy=False), 0.0
         out = resample_array(arr, self.grid, self.scan, nearest=False, fill=fill)
-        inside = resample_array(np.ones(arr.shape, np.float32), self.grid, self.scan, nearest=True, fill=0.0)
-        return out.astype(np.float32, copy=False), float(1.0 - inside.mean())
+        return out.astype(np.float32, copy=False), self.outside_share()
+
+    def outside_share(self) -> float:
+        """Share of the scan's voxels whose centres lie outside the network grid (cropped away)."""
+        if self.same_grid:
+            return 0.0
+        # The scan's voxel centres fill a parallelepiped whose corners are its corner voxels, and the
+        # network grid's inside ([-0.5, size - 0.5) in continuous index, SimpleITK's rule) is convex:
+        # when every corner is inside, every voxel is, without resampling a volume of ones.
+        s = self.scan
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in s.size], indexing="ij")).reshape(s.ndim, -1).T
+        index = self.grid.physical_to_index(s.index_to_physical(corners))
+        if np.all(index >= -0.5 + 1e-6) and np.all(index < np.asarray(self.grid.size) - 0.5 - 1e-6):
+            return 0.0
+        ones = np.ones(self.grid.shape[: self.grid.ndim], np.uint8)
+        inside = resample_array(ones, self.grid, self.scan, nearest=True, fill=0)
+        return float(1.0 - np.count_nonzero(inside) / inside.size)
 
     def scan_to_network(self, array: np.ndarray, *, nearest: bool, fill: float = 0.0, source: Image | None = None) -> np.ndarray:
         """An array on ``source``'s grid (default the scan's) on the network grid, tensor axis order."""

@@ -26,8 +26,8 @@ from ..deep.networks import NETWORKS as SEGMENTATION_NETWORKS
 from ..deep.networks import build_network, load_weights, size_divisor
 from ..errors import ParameterError
 
-__all__ = ["CLASSIFIERS", "Network", "build_classifier", "candidate_layers", "classifier_config",
-           "find_target_layer", "resolve_model"]
+__all__ = ["CLASSIFIERS", "LayerPass", "Network", "build_classifier", "candidate_layers", "classifier_config",
+           "find_target_layer", "forward_keeping_layer", "resolve_model"]
 
 CLASSIFIERS = ("cnn_classifier", "densenet", "vit")
 
@@ -403,33 +403,116 @@ def forward_with_layers(network: Network, x):
     Returns the model's main output and the layer :func:`find_target_layer` would name (None if
     there is none). Only the last two distinct spatial outputs are held, whatever the depth.
     """
+    out, name, _ = _forward(network, x, graph=False)
+    return out, name
+
+
+@dataclass
+class LayerPass:
+    """One forward pass with its graph kept, ready for the backward pass of a layer method.
+
+    Attributes
+    ----------
+    output : torch.Tensor
+        The model's main output (part of the graph).
+    auto_layer : str or None
+        The last convolutional block (what ``layer="auto"`` picks).
+    layer : str or None
+        The layer whose activations were kept (``auto_layer`` when asked for ``"auto"``).
+    activation : torch.Tensor or None
+        That layer's output as its forward hook saw it; None when it is not a tensor or was
+        changed in place further on (``ReLU(inplace=True)``): then the values captum's layer
+        methods see are gone, and a method computes them its own way.
+    """
+
+    output: Any
+    auto_layer: str | None
+    layer: str | None
+    activation: Any
+
+
+def forward_keeping_layer(network: Network, x, layer: str = "auto") -> LayerPass:
+    """One forward pass with gradients that finds the last convolutional block and keeps the
+    activations of ``layer`` (``"auto"``: that block) for one backward pass.
+
+    Grad-CAM needs the target's gradient at a layer; captum's ``LayerGradCam`` obtains it with a
+    forward and a backward pass of its own. The target (the predicted class) and the automatic
+    layer need a forward pass first, so calling captum meant two forward passes; this pass serves
+    all three. captum holds a clone of the layer's output so that later in-place operations
+    cannot change it; here nothing is copied, and an activation changed in place after its layer
+    (its tensor version moved on) is not returned, so the map is captum's either way.
+    """
+    if layer != "auto":
+        get_layer(network, layer)   # a name the model does not have is refused, with the candidates listed
+    out, auto, kept = _forward(network, x, graph=True, named=None if layer == "auto" else layer)
+    chosen = auto if layer == "auto" else layer
+    return LayerPass(out, auto, chosen, kept.get(chosen) if chosen else None)
+
+
+def _forward(network: Network, x, *, graph: bool, named: str | None = None):
+    """The forward pass behind :func:`forward_with_layers` and :func:`forward_keeping_layer`.
+
+    Returns the main output, the automatic layer's name and, with ``graph``, ``{name: activation}``
+    for the automatic layer and ``named`` (only activations not changed in place afterwards).
+    """
     import torch
 
     module = network.module
     candidates = set(candidate_layers(module))
-    state = {"last": None, "names": [], "prev": None, "prev_names": []}
+    # the last two distinct spatial outputs, the names of the modules that returned each (innermost
+    # first) and the tensor's version when it was first seen
+    state = {"last": None, "names": [], "version": 0, "prev": None, "prev_names": [], "prev_version": 0}
+    seen: dict[str, tuple] = {}
+
+    def spatial(t) -> bool:
+        return isinstance(t, torch.Tensor) and t.ndim == x.ndim and min(t.shape[2:]) > 1
 
     def hook(name):
         def _record(_m, _inp, out):
-            if not (isinstance(out, torch.Tensor) and out.ndim == x.ndim and min(out.shape[2:]) > 1):
+            if not isinstance(out, torch.Tensor):
                 return
-            if out is state["last"]:
+            if graph and not out.requires_grad and out.grad_fn is None:
+                out.requires_grad_()   # frozen weights: the layer still gets a gradient (as in captum)
+            if graph and name == named:
+                seen[name] = (out, out._version)
+            if not spatial(out):
+                return
+            if _alias(out, state["last"]):
                 state["names"].append(name)
             else:
-                state["prev"], state["prev_names"] = state["last"], state["names"]
-                state["last"], state["names"] = out, [name]
+                state["prev"], state["prev_names"], state["prev_version"] = (state["last"], state["names"],
+                                                                             state["version"])
+                state["last"], state["names"], state["version"] = out, [name], out._version
         return _record
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n in candidates]
+    hooked = candidates | ({named} if named else set())
+    hooks = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n in hooked]
     try:
-        with torch.no_grad(), evaluating(module):
+        with torch.set_grad_enabled(graph), evaluating(module):
             out = module(x)
     finally:
         for h in hooks:
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
-    names = state["prev_names"] if state["last"] is out else state["names"]
-    return out, (names[0] if names else None)
+    if _alias(out, state["last"]):   # the last spatial output is the network's own (a segmentation network)
+        names, tensor, version = state["prev_names"], state["prev"], state["prev_version"]
+    else:
+        names, tensor, version = state["names"], state["last"], state["version"]
+    auto = names[0] if names else None
+    if graph and auto is not None:
+        seen.setdefault(auto, (tensor, version))
+    kept = {n: t for n, (t, version) in seen.items() if t._version == version}
+    return out, auto, kept
+
+
+def _alias(a, b) -> bool:
+    """``a`` is ``b``, or the same memory seen through a new tensor object (with gradients on, a
+    module's full backward hook wraps its outputs: MONAI's GradCAM leaves such hooks on the layer
+    it explained). ``b`` is held, so its memory cannot have been reused by ``a``."""
+    if a is b:
+        return True
+    return (b is not None and a is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+            and a.stride() == b.stride() and a.dtype == b.dtype)
 
 
 def find_target_layer(network: Network, x) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ImageError, ParameterError
 from ..image import Image
 from .geometry import NetworkInput
-from .network import Network, forward_with_layers
+from .network import LayerPass, Network, forward_keeping_layer, forward_with_layers
 
 
 def _first(out):
@@ -33,10 +33,26 @@ def run_model(network: Network, x, what: str = "the image"):
 
     Returns the main output and the last convolutional block's name (or None), found in the
     same pass."""
+    out, layer = _checked(network, x, what, lambda: forward_with_layers(network, x))
+    return out, layer
+
+
+def run_model_keeping_layer(network: Network, x, layer: str, what: str = "the image") -> LayerPass:
+    """:func:`run_model` with gradients, keeping ``layer``'s activations for one backward pass
+    (:func:`medlab.explain.network.forward_keeping_layer`)."""
+    def forward():
+        kept = forward_keeping_layer(network, x, layer)
+        return kept.output, kept
+    return _checked(network, x, what, forward)[1]
+
+
+def _checked(network: Network, x, what: str, forward):
     import torch
 
     try:
-        out, layer = forward_with_layers(network, x)
+        out, extra = forward()
+    except ParameterError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ImageError(f"{network.source} cannot take {what} as the network sees it (tensor "
@@ -46,7 +62,7 @@ def run_model(network: Network, x, what: str = "the image"):
     if not isinstance(out, torch.Tensor) or out.ndim < 2:
         raise ImageError(f"{network.source} returned {type(out).__name__} {getattr(out, 'shape', '')}; "
                          "medlab.explain needs class scores [batch, classes] or dense scores [batch, classes, *spatial]")
-    return out, layer
+    return out, extra
 
 
 @dataclass
@@ -74,6 +90,11 @@ class Target:
     n_classes: int
     output: Any = None
     auto_layer: str | None = None
+    kept: LayerPass | None = None
+
+    def of_output(self, out):
+        """The target (``[B]``) from a model output ``[B, K, ...]``: what :attr:`module` returns."""
+        return _select(out, self.class_index, self.region)
 
     def _of(self, out):
         """The target's logit (or region sum) and probability from a model output ``[1, K, ...]``."""
@@ -121,16 +142,21 @@ def _make_module(model, class_index: int, region):
             self.model = model
 
         def forward(self, x):
-            out = _first(self.model(x))
-            if region is None:
-                return out[:, class_index]
-            return (out[:, class_index] * region).flatten(1).sum(1)
+            return _select(_first(self.model(x)), class_index, region)
 
     return TargetScore()
 
 
+def _select(out, class_index: int, region):
+    """A class logit ``[B]``, or its sum over the region for dense outputs."""
+    if region is None:
+        return out[:, class_index]
+    return (out[:, class_index] * region).flatten(1).sum(1)
+
+
 def make_target(network: Network, net_in: NetworkInput, *, target_class: int = -1, region: Sequence = (),
-                region_radius: float = 10.0, mask: Image | None = None, stage: str = "explain") -> Target:
+                region_radius: float = 10.0, mask: Image | None = None, stage: str = "explain",
+                keep_layer: str | None = None) -> Target:
     """The target to explain for one image (see the module docstring).
 
     Parameters
@@ -144,10 +170,27 @@ def make_target(network: Network, net_in: NetworkInput, *, target_class: int = -
         Dense outputs: balls of ``region_radius`` mm around these points.
     mask : Image, optional
         Dense outputs: its non-zero voxels are the region (joined with the balls).
+    keep_layer : str, optional
+        A layer name or ``"auto"``: the forward pass keeps its graph and this layer's activations
+        (``Target.kept``), so a layer method needs only the backward pass.
     """
+
+    if keep_layer is None:
+        out, auto_layer = run_model(network, net_in.tensor)
+        kept = None
+    else:
+        kept = run_model_keeping_layer(network, net_in.tensor, keep_layer)
+        out, auto_layer = kept.output.detach(), kept.auto_layer
+    target = _make_target(network, net_in, out, auto_layer, target_class=target_class, region=region,
+                          region_radius=region_radius, mask=mask, stage=stage)
+    target.kept = kept
+    return target
+
+
+def _make_target(network: Network, net_in: NetworkInput, out, auto_layer: str | None, *, target_class: int,
+                 region: Sequence, region_radius: float, mask: Image | None, stage: str) -> Target:
     import torch
 
-    out, auto_layer = run_model(network, net_in.tensor)
     n_classes = int(out.shape[1])
     dense = out.ndim > 2
     if dense and out.ndim != net_in.tensor.ndim:
