@@ -64,7 +64,7 @@ def cohort(tmp_path_factory):
     for i in range(N):
         p = _phantom(i)
         medlab.save(p.t1, root / "images" / f"sub{i}.nii.gz")
-        head = p.labels.with_array((p.labels.array > 0).astype(np.uint8), kind="label", labels={1: "head"})
+        head = p.labels.with_array((p.labels.array > 0).astype(np.uint8), kind="label", labels={})
         medlab.save(head, root / "truth" / f"sub{i}.nii.gz")
         rows.append(f"sub{i},images/sub{i}.nii.gz,truth/sub{i}.nii.gz")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
@@ -167,6 +167,40 @@ def test_run_with_ground_truth(cohort, seg_recipe, client, tmp_path):
         assert len(csv) == len(parquet) and list(csv.columns) == list(parquet.columns)
     assert Recipe.load(out / "recipe.json").to_dict()["steps"] == seg_recipe.to_dict()["steps"]
     assert not [p for p in (out / CASES_DIR).iterdir() if p.name.startswith(".")]
+
+
+def test_label_names_kept_in_record_without_a_warning_per_case(cohort, seg_recipe, client, tmp_path):
+    """NIfTI has no place for label names: the cohort keeps them in each case's record (load_output
+    puts them back) instead of having every worker warn that they are lost, once per case."""
+    import warnings
+
+    from medlab.cohort import load_output
+
+    expected = seg_recipe.run(image=medlab.load(cohort / "images" / "sub1.nii.gz"))
+    named = {k: v.labels for k, v in expected.items() if isinstance(v, medlab.Image) and v.is_label and v.labels}
+    assert named, "the test recipe must produce a label map with names"
+    with warnings.catch_warnings(record=True) as caught:  # global: catches the in-process worker's thread too
+        warnings.simplefilter("always")
+        result = run_cohort(seg_recipe, cohort / "images", tmp_path / "out", client=client, progress=False)
+    assert result.ok and result.counts["computed"] == N
+    lost = [str(w.message) for w in caught if "no place for label names" in str(w.message)]
+    assert lost == []
+    for i in range(N):
+        folder = tmp_path / "out" / CASES_DIR / f"sub{i}"
+        rec = read_record(folder)
+        assert set(rec["label_names"]) == set(named)
+        for key, names in named.items():
+            plain = medlab.load(folder / rec["outputs"][key])
+            assert not plain.labels                                      # the file itself cannot hold them
+            back = load_output(folder, key)
+            assert back.kind == "label" and np.array_equal(back.array, plain.array) and back.same_grid(plain)
+            if i == 1:
+                assert {v: lab.name for v, lab in back.labels.items()} == {v: lab.name for v, lab in names.items()}
+            assert {v: lab.name for v, lab in back.labels.items()} == {int(v): n["name"] for v, n in rec["label_names"][key].items()}
+    with pytest.raises(ParameterError, match="has no output 'step9.labels'; it has step1.image"):
+        load_output(tmp_path / "out" / CASES_DIR / "sub0", "step9.labels")
+    with pytest.raises(ParameterError, match="no finished case"):
+        load_output(tmp_path / "out" / CASES_DIR / "nope", "step2.labels")
 
 
 def test_two_inputs_and_live_results(tmp_path, client):

@@ -30,7 +30,7 @@ What a run guarantees
 Layout of ``out_dir``::
 
     recipe.json               the recipe that ran
-    cases/<case>/record.json  per case: provenance, timings, memory, numbers, or the error
+    cases/<case>/record.json  per case: provenance, timings, memory, numbers, label names, or the error
     cases/<case>/step1_image.nii.gz ...   every output of every step (RecipeOutputs.save)
     cases.csv, cases.parquet, results.csv, results.parquet
 
@@ -70,8 +70,8 @@ from .engine import local_cluster as local_cluster
 from .records import CASES_DIR as CASES_DIR
 from .records import RECORD as RECORD
 from .records import RECORD_SCHEMA as RECORD_SCHEMA
+from .records import load_output, recipe_hash
 from .records import read_record as read_record
-from .records import recipe_hash
 from .records import summarize_live as summarize_live
 from .results import CohortResult
 from .results import numbers_of as numbers_of
@@ -80,4 +80,4 @@ from .task import EVENT_EVERY as EVENT_EVERY
 from .task import run_case as run_case
 
 __all__ = ["Case", "Cases", "CohortResult", "CohortRun", "ManifestError", "Source", "deidentify_cohort",
-           "list_cases", "recipe_hash", "run_cohort"]
+           "list_cases", "load_output", "recipe_hash", "run_cohort"]

@@ -39,6 +39,70 @@ def read_record(case_dir) -> dict | None:
     return data if isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA else None
 
 
+def load_output(case_dir, key: str):
+    """One output of a finished case, as the recipe produced it: a label map saved as NIfTI gets
+    back the label names its case record keeps (NIfTI has no place for them).
+
+    Parameters
+    ----------
+    case_dir : path
+        ``<out_dir>/cases/<case>``.
+    key : str
+        The output, ``"step3.labels"`` (a key of the record's ``outputs``).
+
+    Returns
+    -------
+    Image, Transform, Checkpoint or pandas.DataFrame
+        An image output as an Image (with its label names); a transform or a checkpoint as
+        itself; a table or curve (CSV) as a DataFrame.
+
+    Raises
+    ------
+    ParameterError
+        The case has no finished record, or no output ``key`` (the message lists those it has).
+
+    Examples
+    --------
+    >>> from medlab.cohort import load_output
+    >>> labels = load_output("out/cases/ph000", "step3.labels")   # doctest: +SKIP
+    >>> labels.labels[1].name                                      # doctest: +SKIP
+    'foreground'
+    """
+    from ..errors import ParameterError
+
+    folder = Path(case_dir)
+    record = read_record(folder)
+    if record is None or record.get("status") != "done":
+        raise ParameterError(f"{folder} holds no finished case (no record.json with status 'done'); run the cohort first")
+    outputs = record.get("outputs", {})
+    if key not in outputs:
+        raise ParameterError(f"case {record.get('case')!r} has no output {key!r}; it has {', '.join(outputs) or 'none'}")
+    path = folder / outputs[key]
+    names = record.get("label_names", {}).get(key)
+    if names:
+        from ..io import load
+
+        return load(path, kind="label", labels={int(v): lab for v, lab in names.items()})
+    return _load_saved(path)
+
+
+def _load_saved(path: Path):
+    """Read a saved output back by its extension (images, transforms, checkpoints; a CSV table
+    or curve as a pandas DataFrame)."""
+    from ..io import load
+    from ..outputs import Checkpoint, Transform
+
+    if path.name.endswith((".h5", ".tfm", ".txt")):
+        return Transform.load(path)
+    if path.name.endswith((".pt", ".pth")):
+        return Checkpoint.load(path)
+    if path.name.endswith(".csv"):
+        import pandas as pd
+
+        return pd.read_csv(path)
+    return load(path)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

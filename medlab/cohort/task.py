@@ -166,7 +166,7 @@ def _compute(recipe_dict: dict, case: Case, staging: Path, emit, live: dict) -> 
         steps[state["step"]] = round(time.perf_counter() - state["started"], 4)
     timings["steps"] = steps
     t = time.perf_counter()
-    saved = outputs.save(staging)
+    saved, label_names = _save_outputs(outputs, staging)
     timings["save_s"] = round(time.perf_counter() - t, 4)
     numbers = numbers_of(outputs, recipe)
     scores = {}
@@ -180,8 +180,34 @@ def _compute(recipe_dict: dict, case: Case, staging: Path, emit, live: dict) -> 
         step, out = key.split(".", 1)
         stage_name = next(s.stage for s in recipe.steps if s.id == step)
         numbers += _table_numbers(step, stage_name, f"{out} vs truth", rows, {})
-    return {"outputs": {k: p.name for k, p in saved.items()}, "numbers": numbers, "timings": timings, "fingerprints": fingerprints,
-            "steps": [{"id": s.id, "stage": s.stage} for s in recipe.steps]}
+    return {"outputs": {k: p.name for k, p in saved.items()}, "label_names": label_names, "numbers": numbers,
+            "timings": timings, "fingerprints": fingerprints, "steps": [{"id": s.id, "stage": s.stage} for s in recipe.steps]}
+
+
+def _save_outputs(outputs: Mapping[str, Any], folder: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Save every output as :meth:`RecipeOutputs.save` names it (``step1_image.nii.gz``), and
+    return ``({key: path}, {key: label names})``.
+
+    NIfTI has no place for label names, so :func:`medlab.save` warns that they are lost. In a
+    cohort they are not: the names of each label output go into the case's record (read back
+    by :func:`~medlab.cohort.load_output`), and the map is saved without them, so no worker
+    prints that warning once per case. The file's bytes are the same either way (the NIfTI
+    writer never stores names).
+    """
+    from ..image import Image
+    from ..outputs import default_suffix, save_output
+
+    saved: dict[str, Path] = {}
+    names: dict[str, dict] = {}
+    for key, value in outputs.items():
+        suffix = default_suffix(value) if value is not None else ""
+        if not suffix:
+            continue
+        if isinstance(value, Image) and value.is_label and value.labels and suffix.startswith(".nii"):
+            names[key] = {str(v): {"name": lab.name, "color": list(lab.color)} for v, lab in value.labels.items()}
+            value = value.with_array(value.array, labels={})
+        saved[key] = save_output(value, folder / f"{key.replace('.', '_')}{suffix}")
+    return saved, names
 
 
 class _Memory:
