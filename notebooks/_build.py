@@ -4290,6 +4290,7 @@ import time
 import warnings
 from pathlib import Path
 
+import ipywidgets as W
 import numpy as np
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -4307,6 +4308,7 @@ from medlab.deep.networks import build_network, network_config
 from medlab.deep.preprocessing import from_network, labels_to_network, to_network
 from medlab.outputs import Checkpoint, Curve
 from medlab.report import Report
+from medlab.widgets import Workbench
 
 started = time.perf_counter()
 """),
@@ -4751,6 +4753,33 @@ student_path = student_model.save(OUT / "student.pt", overwrite=True)
 student_labels, _ = deep_segment(test.images[0][0], student_model, test.images[0][1])
 assert student_labels.same_grid(test.images[0][0])
 print(student_model.describe(), "->", student_path)
+"""),
+    md("""
+Both networks in the segmentation stage's widget, on the held-out phantom. The *model* menu offers the
+**teacher** and the **student**; *image* is the T1 and *image2* the FLAIR. Set *image3* to
+**(none)**: both networks read two contrasts (a third channel is refused with a message that says so).
+In this version the menus go back to their first choice after every run (*model* to the student,
+*image3* to the FLAIR), so check both before each *Apply*; the line below the widget names the model
+each run really used. *Apply* runs `deep_segment` with the chosen model and draws its labels over the T1; the line below
+the widget scores each run against the phantom's truth. Try both models, and compare the borders of the
+oedema.
+"""),
+    code("""
+bench = Workbench({"t1": test.images[0][0], "flair": test.images[0][1], "teacher": teacher_model,
+                   "student": student_model}, stages=["deep_segment"], height=260)
+bench.set(overlap=0.0)                  # as timed above: windows side by side
+bench_scores = W.HTML("Apply: each run is scored here against the truth.")
+
+def score_run(panel):                   # after each Apply, in the widget's worker thread
+    step = panel.steps[-1]
+    model = step.values.get("model")
+    which = "teacher" if model is teacher_model else "student" if model is student_model else "another model"
+    labels = step.result["labels"]
+    whole = metrics.dice(np.isin(labels.array, values), np.isin(test.labels[0].array, values))
+    bench_scores.value += f"<br>{which}: whole-tumour Dice {whole:.3f}"
+
+bench.panel.on_apply(score_run)
+W.VBox([bench, bench_scores])
 """),
     code("""
 LIMITATIONS = (
