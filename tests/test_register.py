@@ -219,6 +219,29 @@ def test_bspline_reduces_a_known_deformation_without_folding():
     assert r.jacobian.same_grid(fixed) and "B-spline" in r.transform.name
 
 
+def test_foreground_mask_holds_the_head_and_not_the_air():
+    from medlab.register._common import foreground_mask, to_float
+
+    p = brain_mri(size=(40, 40, 20), spacing=(4.0, 4.0, 5.0), noise=0.01, seed=3)
+    mask, fraction = foreground_mask(p.t1, to_float(p.t1))
+    inside = sitk.GetArrayFromImage(mask).astype(bool)
+    assert mask.GetSpacing() == p.t1.spacing and 0.2 < fraction < 0.8
+    assert inside[p.labels.array > 0].all()  # skull and CSF too: holes are filled
+    assert not inside[0, 0, 0] and fraction == pytest.approx(inside.mean())
+    flat = p.t1.with_array(np.ones_like(p.t1.array))
+    assert foreground_mask(flat, to_float(flat)) == (None, 1.0)  # nothing to choose: no mask
+
+
+def test_bspline_samples_the_foreground_by_default():
+    fixed, moving, _, _ = _deformed_phantom()
+    kw = {"grid_spacing_mm": 40.0, "shrink_factors": (1,), "iterations": 3, "samples": 2000}
+    head = bspline_register(fixed, moving, **kw)
+    everywhere = bspline_register(fixed, moving, sampling_region="everywhere", **kw)
+    # the requested number of points lands inside the head, instead of a share of it
+    assert head.report.rows[0]["samples"] == pytest.approx(2000, rel=0.05)
+    assert head.history.series("level 1")[1][0] != everywhere.history.series("level 1")[1][0]
+
+
 def test_a_finer_bspline_grid_starts_from_the_coarser_deformation(pair):
     from medlab.register._common import to_float
     from medlab.register.intensity import bspline_mesh, refine_bspline

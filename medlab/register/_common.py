@@ -154,6 +154,37 @@ SMOOTHING_HELP = ("Gaussian σ (mm) before shrinking: one value per level, or on
                   "resolution, scaled with each level's shrink factor (0: block averaging only)")
 
 
+FOREGROUND_THRESHOLD = 0.05
+"""Share of the fixed image's robust range (1st–99th percentile) above which a voxel is
+foreground (before filling holes and dilating): above the background noise of MR, low enough to
+keep dark tissue such as CSF."""
+
+
+def foreground_mask(image: Image, reference) -> tuple[object, float] | tuple[None, float]:
+    """The fixed image's foreground as a SimpleITK mask on ``reference``'s grid: voxels above
+    :data:`FOREGROUND_THRESHOLD` of the robust range, holes filled (dark skull and CSF inside
+    the head stay in), dilated by 2 voxels (the outer edge is information too). Returns
+    ``(mask, fraction of voxels inside)``, or ``(None, 1.0)`` when the foreground is nearly all
+    or nearly none of the image (no gain, or a threshold that failed).
+
+    Why: a head volume is half air, where the metric has no gradient; on the deformable
+    benchmark phantom (41 % foreground) B-spline samples spread over the whole grid left a
+    much larger error than samples in the head."""
+    import SimpleITK as sitk
+
+    a = image.array
+    lo, hi = np.percentile(a.ravel()[:: max(1, a.size // 200_000)], (1, 99))
+    if not hi > lo:
+        return None, 1.0
+    inside = sitk.GetImageFromArray((a > lo + FOREGROUND_THRESHOLD * (hi - lo)).astype(np.uint8))
+    inside.CopyInformation(reference)
+    inside = sitk.BinaryDilate(sitk.BinaryFillhole(inside), [2] * a.ndim)
+    fraction = float(sitk.GetArrayViewFromImage(inside).mean())
+    if not 0.02 < fraction < 0.95:
+        return None, 1.0
+    return inside, fraction
+
+
 # ---------------------------------------------------------------------------- settings
 JOINT_PDF_VARIANCE = 10.0
 """Variance (bins²) of the Gaussian that smooths the joint histogram of joint-histogram MI.
@@ -173,27 +204,33 @@ def set_metric(R, metric: str, bins: int) -> None:
         R.SetMetricAsMeanSquares()
 
 
-def set_sampling(R, sampling: str, samples: int, percentage: float, n_voxels: int) -> int:
+def set_sampling(R, sampling: str, samples: int, percentage: float, n_voxels: int, *, mask=None,
+                 mask_fraction: float = 1.0) -> int:
     """Configure the metric's sampling; returns the number of points used per iteration.
 
     ``percentage`` > 0 samples that share of the level's voxels; otherwise ``samples``
     points (all voxels of a level that has fewer). The seed is fixed: deterministic.
+    With a fixed-image ``mask`` (covering ``mask_fraction`` of the voxels), ITK drops the
+    sampled points outside it, so the share is raised to keep ``samples`` points inside.
     """
+    if mask is not None:
+        R.SetMetricFixedMask(mask)
+    n_inside = max(1, round(n_voxels * mask_fraction))
     if sampling == "all":
         R.SetMetricSamplingStrategy(R.NONE)
-        return int(n_voxels)
-    fraction = percentage / 100.0 if percentage > 0 else min(1.0, samples / n_voxels)
-    fraction = min(1.0, max(fraction, 64.0 / n_voxels))  # ITK needs a few points to build its histogram
+        return int(n_inside)
+    fraction = percentage / 100.0 if percentage > 0 else min(1.0, samples / n_inside)
+    fraction = min(1.0, max(fraction, 64.0 / n_inside))  # ITK needs a few points to build its histogram
     R.SetMetricSamplingStrategy(R.RANDOM if sampling == "random" else R.REGULAR)
     R.SetMetricSamplingPercentage(float(fraction), SEED)
     # gradients at the sampled points only, not a gradient image of the whole volume
     R.SetMetricUseFixedImageGradientFilter(False)
     R.SetMetricUseMovingImageGradientFilter(False)
-    return round(fraction * n_voxels)
+    return round(fraction * n_inside)
 
 
 def set_optimiser(R, optimiser: str, learning_rate: float, iterations: int, *, scales: bool = True,
-                  metric_scale: float = 1.0) -> None:
+                  metric_scale: float = 1.0, gradient_tolerance: float = LBFGSB_GRADIENT_TOLERANCE) -> None:
     """Optimiser settings. ``metric_scale`` is the metric's magnitude at the start of the level:
     L-BFGS-B's gradient tolerance is absolute, so it is taken relative to that magnitude (mean
     squares of intensities in [0, 1] starts near 1e-3, and a fixed 1e-5 stopped a B-spline
@@ -204,7 +241,7 @@ def set_optimiser(R, optimiser: str, learning_rate: float, iterations: int, *, s
     elif optimiser == "gradient_descent":
         R.SetOptimizerAsGradientDescent(learning_rate, iterations, 1e-6, 10, R.EachIteration, learning_rate)
     else:
-        R.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=LBFGSB_GRADIENT_TOLERANCE * metric_scale,
+        R.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=gradient_tolerance * metric_scale,
                                numberOfIterations=iterations,
                                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations,
                                costFunctionConvergenceFactor=1e7)
