@@ -3246,6 +3246,23 @@ path = report.save("real_scans_report.html", overwrite=True)
 print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {len(report.numbers.rows)} numbers)")
 """),
     md("""
+## 6. Limitations, honestly
+
+* **No expert truth.** None of the reference label maps is a manual expert segmentation: the CT labels
+  are a model's predictions (TotalSegmentator's regression reference), and the brain1 mask is a single
+  mask of unknown provenance. A Dice here is agreement with another method, not accuracy.
+* **One scan each.** Every number comes from one scan: another scanner, patient or reconstruction
+  changes it, and no spread can be estimated from one case.
+* **Tuned on the test.** The region-growing tolerance and the seeds were chosen by looking at brain1,
+  so its Dice is that of the method with a person tuning it on this very scan (optimistic).
+* **Thresholds know intensities, not organs.** The lung preset keeps bowel gas and outside air, the
+  bone preset keeps the table and misses trabecular bone; the fixes used here (inside the body, a
+  minimum size) are rules for these scans, not guarantees for yours.
+* **No registration error.** The T1/PD pair has no known transform: higher mutual information and a
+  clean checkerboard say the fit improved, not how many millimetres it is still off; only landmarks
+  you did not fit on give a TRE. A rigid fit cannot undo non-rigid motion or slice distortion.
+* **Licences.** The T1/PD pair is CC BY-NC 4.0: teaching and research only, never in a product.
+
 ## Run it on your own data
 
 Point `MEDLAB_MY_SCAN` at a DICOM folder or a NIfTI/NRRD file before starting Jupyter
