@@ -251,6 +251,54 @@ def test_failure_isolated_and_cli_exit_code(cohort, seg_recipe, client, tmp_path
     assert main(["run", str(tmp_path / "recipe.json"), str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_small_cases_batched_with_a_record_and_live_status_each(cohort, seg_recipe, client, tmp_path):
+    events = []
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client, batch=3, on_event=events.append)
+    run.start()
+    records = list(run.as_completed())
+    result = run.finish()
+    assert result.ok and sorted(r["case"] for r in records) == [f"sub{i}" for i in range(N)]
+    assert [len(f.medlab_cases) for f in run.futures] == [3, N - 3]           # two Dask tasks for N cases
+    workers = {r["worker"]["pid"] for r in records}
+    for i in range(N):
+        rec = read_record(tmp_path / "out" / CASES_DIR / f"sub{i}")             # each case its own record
+        assert rec["status"] == "done" and rec["memory"]["peak_rss_mb"] > 0 and rec["timings"]["total_s"] > 0
+        assert len(result.results.query(f"case == 'sub{i}' and quantity == 'dice'")) == 1
+    assert len(workers) == 1
+    deadline = time.monotonic() + 10                                            # events travel apart from results
+    while len([e for e in events if e.get("status") == "done"]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    finished = [e["case"] for e in events if e.get("status") == "done"]         # sent as each case of a batch ends
+    assert sorted(finished) == [c for c in run.futures[0].medlab_cases]          # (a lone case: its task's result)
+    with pytest.raises(ParameterError, match="batch must be a whole number"):
+        CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "x", client, batch=0)
+
+
+def test_automatic_batches_after_a_timed_case(cohort, seg_recipe, client, tmp_path, monkeypatch):
+    from medlab.cohort import engine
+
+    monkeypatch.setattr(engine, "BATCH_TARGET_S", 1e6)                         # every case counts as tiny
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client)
+    run.start()
+    assert [len(f.medlab_cases) for f in run.futures] == [1]                    # one per worker thread, timed
+    assert len(list(run.as_completed())) == N and run.finish().ok
+    assert [len(f.medlab_cases) for f in run.futures] == [1, 2, 1]             # then >= 2 tasks per thread
+
+
+def test_a_batch_whose_task_failed_is_sent_again_case_by_case(cohort, seg_recipe, client, tmp_path, monkeypatch):
+    from medlab.cohort import engine
+
+    def worker_died(*args, **kwargs):
+        raise RuntimeError("worker died")                                       # as KilledWorker would
+
+    monkeypatch.setattr(engine, "run_cases", worker_died)
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client, batch=N)
+    run.start()
+    records = list(run.as_completed())
+    assert run.finish().ok and sorted(r["case"] for r in records) == [f"sub{i}" for i in range(N)]
+    assert [len(f.medlab_cases) for f in run.futures] == [N] + [1] * N
+
+
 # ---------------------------------------------------------------------------- resume
 def _computed(result) -> set[str]:
     return {c for c, r in result.records.items() if r.get("run") == "computed"}
@@ -286,11 +334,16 @@ def test_interrupted_run_completes_only_missing_cases(cohort, seg_recipe, client
 
     first = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False, on_update=stop_after_one)
     assert first.cancelled and not first.ok
+    deadline = time.monotonic() + 30               # Dask cannot stop a running task: let the one running end
+    while any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     done = {p.name for p in (out / CASES_DIR).iterdir() if not p.name.startswith(".")}
     assert 1 <= len(done) < N or len(done) == N
     for name in done:                                 # every case folder there is complete
         rec = read_record(out / CASES_DIR / name)
         assert rec["status"] == "done" and all((out / CASES_DIR / name / f).is_file() for f in rec["outputs"].values())
+    assert len(done) <= 2                          # the first case, and at most the one running at the cancel
     second = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False)
     assert second.ok and _computed(second) == {f"sub{i}" for i in range(N)} - done
     assert not [p for p in (out / CASES_DIR).iterdir() if p.name.startswith(".")]

@@ -92,6 +92,44 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
     return record
 
 
+def run_cases(recipe_dict: dict, functions: Mapping[str, Callable], cases: list[Case], out_dir: str, *,
+              recipe_sha: str, topic: str | None = None, threads: int = 1, rerun: bool = False) -> list[dict]:
+    """Run several small cases in one Dask task, one after the other: :func:`run_case` for each
+    (its own record, outputs, peak memory and failure isolation), and an event when each ends,
+    so the client's per-case status stays live. Dask's own cost per task (about 4 ms of CPU
+    between client, scheduler and worker) is then paid once per batch, not once per case."""
+    emit = _emitter(topic)
+    still_wanted = _still_wanted()
+    records = []
+    for case in cases:
+        if records and not still_wanted():  # the run was cancelled: leave the rest for a re-run
+            break
+        record = run_case(recipe_dict, functions, case, out_dir, recipe_sha=recipe_sha, topic=topic, threads=threads,
+                          rerun=rerun)
+        records.append(record)
+        emit({"case": case.id, "status": "skipped" if record.get("run") == "skipped" else record.get("status", "failed"),
+              "seconds": record.get("timings", {}).get("total_s"), "peak_mb": record.get("memory", {}).get("peak_rss_mb")})
+    return records
+
+
+def _still_wanted() -> Callable[[], bool]:
+    """Whether the client still wants this task's result: False once the run was cancelled
+    (Dask cannot stop a running task; a batch stops between two cases instead)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return lambda: True
+
+    def wanted() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is not None and ts.state == "executing"
+
+    return wanted
+
+
 def _finish_failed(record: dict, exc: Exception, cases_dir: Path, t0: float, emit) -> dict:
     record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=_traceback.format_exc(),
                   finished=_now(), run="computed")
