@@ -382,8 +382,12 @@ def candidate_layers(model) -> list[str]:
     ['features', 'features.block1', 'features.block2']
     """
     module = resolve_model(model).module
-    convs = [n for n, m in module.named_modules() if _is_conv(m)]
-    return [n for n, _ in module.named_modules() if n and any(c == n or c.startswith(n + ".") for c in convs)]
+    holders = set()   # every dotted prefix of a convolution's name: the modules that contain it
+    for name, m in module.named_modules():
+        if _is_conv(m):
+            parts = name.split(".")
+            holders.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return [n for n, _ in module.named_modules() if n and n in holders]
 
 
 def get_layer(network: Network, name: str):
