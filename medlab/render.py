@@ -542,7 +542,7 @@ def physical_aspect(array: np.ndarray, spacing: tuple[float, float], max_size: i
     if max_size:
         f = max_size / max(width, height)
         width, height = width * f, height * f
-    size = (max(1, int(round(width))), max(1, int(round(height))))
+    size = (max(1, round(width)), max(1, round(height)))
     if size == (cols, rows):
         return array
     return np.asarray(PILImage.fromarray(array).resize(size, PILImage.BILINEAR))
@@ -608,7 +608,7 @@ def panel_picture(rgb: np.ndarray, spacing: tuple[float, float], mm_per_pixel: f
     from PIL import ImageDraw
 
     rows, cols = rgb.shape[:2]
-    size = (max(1, int(round(cols * spacing[0] / mm_per_pixel))), max(1, int(round(rows * spacing[1] / mm_per_pixel))))
+    size = (max(1, round(cols * spacing[0] / mm_per_pixel)), max(1, round(rows * spacing[1] / mm_per_pixel)))
     pic = PILImage.fromarray(np.ascontiguousarray(rgb))
     if size != (cols, rows):
         pic = pic.resize(size, PILImage.BILINEAR)
