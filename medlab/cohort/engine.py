@@ -92,8 +92,8 @@ class CohortRun:
         Serve the Dask dashboard of a local cluster (on 127.0.0.1).
     batch : int, optional
         Cases per Dask task. Default (None): automatic -- one case per task at first; once a
-        computed case tells how long one takes, the rest go in batches of about
-        :data:`BATCH_TARGET_S` seconds (at most :data:`MAX_BATCH` cases, and never so large that
+        computed case tells how much CPU one takes, the rest go in batches of about
+        :data:`BATCH_TARGET_S` CPU seconds (at most :data:`MAX_BATCH` cases, and never so large that
         a worker thread would get fewer than two tasks). Each case of a batch still has its
         own record, outputs, peak memory, live events and failure isolation; a batch whose
         worker died is sent again one case per task, so a case that kills workers fails alone.
@@ -173,8 +173,9 @@ class CohortRun:
     def _batch_size(self) -> int | None:
         if self.batch is not None:
             return self.batch
-        times = [r["timings"]["total_s"] for r in self.records.values()
-                 if r.get("run") == "computed" and r.get("status") == "done" and "total_s" in r.get("timings", {})]
+        # CPU seconds, not wall: Dask's cost per task is CPU, and a loaded machine stretches wall time
+        times = [r["timings"]["cpu_s"] for r in self.records.values()
+                 if r.get("run") == "computed" and r.get("status") == "done" and "cpu_s" in r.get("timings", {})]
         if not times:
             return None
         per_case = max(statistics.median(times), 1e-3)
