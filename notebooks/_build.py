@@ -2707,6 +2707,7 @@ else:
         else:
             explain = ExplainWidget(ct, unet, region, height=260)
             explain.before.window, explain.before.level = medlab.render.CT_PRESETS["lung"]
+            explain.before.position = [float(target["x"]), float(target["y"]), float(target["z"])]   # on the finding
             display(explain)
 """),
     code("""
