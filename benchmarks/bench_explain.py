@@ -312,11 +312,19 @@ def occlusion_speed(model) -> None:
     blob = np.zeros((32, 32, 32), np.float32)
     zz, yy, xx = np.mgrid[:32, :32, :32]
     blob += np.exp(-((zz - 12) ** 2 + (yy - 20) ** 2 + (xx - 15) ** 2) / 18.0) + 0.1
-    image, _, _ = next(s for s in (classification_set(n=4, seed=model.metrics["held_out_seed"])[i] for i in range(4))
-                           if s[1] == 1)
     net = resolve_model(model)
+    # The shipped classifier's tumour logits are 12-19: their probability is 1 in float32 and no box
+    # moves it, so every occlusion map of a tumour case is ~0 (both MONAI's and medlab's). The
+    # held-out phantom with the least saturated probability is the comparison that means something.
+    held_out = classification_set(n=8, seed=model.metrics["held_out_seed"])
+    with torch.no_grad():
+        logits = [float(net.module(network_input(held_out[i][0], net.input_record).tensor)[0, 0]) for i in range(8)]
+    pick = int(np.argmin(np.abs(logits)))
+    image = held_out[pick][0]
+    shipped = (f"shipped classifier, 64x64x32 held-out phantom {pick} (label {held_out[pick][1]}, logit "
+               f"{logits[pick]:.2f})")
     setups = [("tiny CNN, 32^3", tiny, Image(blob), (16, 16, 16), 0.6),
-              ("shipped classifier, 64x64x32 phantom", net.module, image, (12, 16, 16), 0.5)]
+              (shipped, net.module, image, (12, 16, 16), 0.5)]
     rows = []
     for name, module, img, box, overlap in setups:
         if module is tiny:
