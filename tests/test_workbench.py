@@ -84,6 +84,7 @@ def test_two_input_stage_runs_with_a_live_curve_then_feeds_the_next_stage(sessio
     _box(wb, "reference").value = "fixed"
     moved = wb.apply(wait=True)
     assert moved.is_label and moved.same_grid(session["fixed"])
+    assert _box(wb, "reference").value == "fixed"  # an Apply keeps the inputs the user chose
     assert [s.inputs for s in wb.recipe.steps][1] == {"labels": "labels", "transform": "step1.transform",
                                                       "reference": "fixed"}
     # export: JSON replay and the Python script give the same label map, bit for bit

@@ -261,12 +261,19 @@ class Workbench(widgets.VBox):
         follows the current image (the last result) as the preprocess chain expects."""
         rows = []
         spec = panel.spec
+        # rewired for the same stage (after an Apply, or a value added): keep what the user chose
+        kept = ({name: box.value for box in self._inputs_box.children for name in spec.inputs
+                 if name != spec.primary and f"medlab-input-{name}" in box._dom_classes}
+                if getattr(self, "_wired_stage", None) == spec.name else {})
+        self._wired_stage = spec.name
         for name, inp in spec.inputs.items():
             choices = self._choices(inp)
             if inp.optional:
                 choices = [("(none)", ""), *choices]
             if name == spec.primary and self._current in [k for _, k in choices]:
                 value = self._current
+            elif name in kept and kept[name] in [k for _, k in choices] and (kept[name] or inp.optional):
+                value = kept[name]
             else:
                 value = choices[0][1] if choices else None
                 if isinstance(inp, ImageInput) and name != spec.primary:
