@@ -5207,6 +5207,8 @@ def write(name, cells):
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
         "language_info": {"name": "python"},
     })
+    for k, cell in enumerate(nb.cells):   # fixed ids: a rebuild changes only the cells that changed
+        cell.id = f"cell-{k:03d}"
     (HERE / name).parent.mkdir(parents=True, exist_ok=True)   # case_studies/ is a subfolder
     nbformat.write(nb, HERE / name)
 
