@@ -500,6 +500,8 @@ def test_cohort_widget(cohort, seg_recipe, client, tmp_path):
     assert sorted(w.case_picker.options) == [f"sub{i}" for i in range(N)]
     viewer = w.open_case("sub1")
     assert isinstance(viewer, Viewer) and viewer._labels_info      # the label output is overlaid
+    names = {e["name"] for e in viewer._labels_info["legend"]}
+    assert not any(n.startswith("label ") for n in names), names   # with its names from the record
     assert w.open_case("broken") is None and "no finished result" in w.message.value
     # from a file, and a second run skips what is done
     seg_recipe.save(tmp_path / "r.json")

@@ -248,7 +248,7 @@ class Cohort(widgets.VBox):
         """Show a finished case: its first input with the last label output overlaid (or the last
         image output blended over it). Returns the :class:`~medlab.widgets.Viewer`."""
         import medlab
-        from medlab.cohort import CASES_DIR, read_record
+        from medlab.cohort import CASES_DIR, load_output, read_record
 
         from .viewer import Viewer
 
@@ -262,7 +262,7 @@ class Cohort(widgets.VBox):
             image = medlab.load(first["path"], series=first.get("series"))
             files = {k: out / CASES_DIR / str(case) / f for k, f in record["outputs"].items()}
             images = [k for k, f in files.items() if f.name.endswith((".nii.gz", ".png"))]
-            loaded = {k: medlab.load(files[k]) for k in images}
+            loaded = {k: load_output(out / CASES_DIR / str(case), k) for k in images}  # with label names
             labels = [k for k, v in loaded.items() if v.kind == "label"]
             viewer = Viewer(image, labels=loaded[labels[-1]] if labels else None)
             others = [k for k, v in loaded.items() if v.kind != "label"]
