@@ -508,3 +508,31 @@ def test_cohort_widget(cohort, seg_recipe, client, tmp_path):
     w2 = Cohort(str(tmp_path / "r.json"), folder, tmp_path / "out", session={}, client=client)
     w2.start()
     assert w2.wait(120) and w2.result.counts["skipped"] == N
+
+
+@pytest.mark.parametrize("label_names", [[1, 2], "x", {"step2.labels": [1]}, {"step2.labels": {"a": {"name": "x"}}},
+                                         {"step2.labels": {"1.5": {"name": "x"}}}])
+def test_load_output_of_a_damaged_record_is_refused_clearly(cohort, seg_recipe, tmp_path, label_names):
+    """A record edited or damaged by hand (label names not a mapping of whole numbers, an output
+    that is not a file name of the case) gives a ParameterError naming the case, not a bare error."""
+    from medlab.cohort import list_cases, load_output
+    from medlab.cohort.task import run_case
+
+    case = next(iter(list_cases(cohort / "images", seg_recipe)))
+    run_case(seg_recipe.to_dict(), {}, case, str(tmp_path), recipe_sha=recipe_hash(seg_recipe))
+    folder = tmp_path / CASES_DIR / case.id
+    record = json.loads((folder / "record.json").read_text())
+    record["label_names"] = label_names
+    (folder / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ParameterError, match=f"{folder}.*label names"):
+        load_output(folder, "step2.labels")
+    record["outputs"]["step2.labels"] = 5
+    (folder / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ParameterError, match="not a file of the case"):
+        load_output(folder, "step2.labels")
+    record["outputs"]["step2.labels"] = "../../elsewhere.nii.gz"
+    (folder / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ParameterError, match="not a file of the case"):
+        load_output(folder, "step2.labels")
+    with pytest.raises(ParameterError, match="has no output"):
+        load_output(folder, ["step2.labels"])

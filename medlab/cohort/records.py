@@ -75,15 +75,33 @@ def load_output(case_dir, key: str):
     if record is None or record.get("status") != "done":
         raise ParameterError(f"{folder} holds no finished case (no record.json with status 'done'); run the cohort first")
     outputs = record.get("outputs", {})
-    if key not in outputs:
+    outputs = outputs if isinstance(outputs, dict) else {}
+    if not isinstance(key, str) or key not in outputs:
         raise ParameterError(f"case {record.get('case')!r} has no output {key!r}; it has {', '.join(outputs) or 'none'}")
-    path = folder / outputs[key]
-    names = record.get("label_names", {}).get(key)
+    name = outputs[key]
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ParameterError(f"{folder / 'record.json'}: output {key!r} is {name!r}, not a file of the case; "
+                             "the record was edited or damaged: run the case again (rerun=True)")
+    path = folder / name
+    names = _label_names(record, key, folder)
     if names:
         from ..io import load
 
-        return load(path, kind="label", labels={int(v): lab for v, lab in names.items()})
+        return load(path, kind="label", labels=names)
     return _load_saved(path)
+
+
+def _label_names(record: dict, key: str, folder: Path) -> dict:
+    """The label names a record keeps for output ``key`` (``{"1": {"name", "color"}}``) with whole-number keys."""
+    from ..errors import ParameterError
+
+    kept = record.get("label_names", {})
+    names = kept.get(key) if isinstance(kept, dict) else kept
+    try:
+        return {int(v): lab for v, lab in (names or {}).items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ParameterError(f"{folder / 'record.json'}: the label names of {key!r} are not a mapping of whole-number "
+                             f"label values; the record was edited or damaged: run the case again (rerun=True)") from None
 
 
 def _load_saved(path: Path):
