@@ -544,3 +544,35 @@ def test_a_mask_on_another_grid_reaches_the_network_grid():
     assert saliency.same_grid(p.t1)
     out = resample_array(mask.array != 0, mask, mask, nearest=True, fill=0)
     assert out.dtype == bool and np.array_equal(out, mask.array != 0)
+
+
+def test_a_layer_that_returns_a_tuple_is_refused_clearly(img3d):
+    """A chosen layer whose output is a tuple (a block returning features and a side value) is no
+    feature map: every CAM method says so and names the layer, instead of a bare RuntimeError
+    (captum's concatenation) or AttributeError ('tuple' has no 'clone')."""
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y, y.mean()
+
+    class PairNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.fc = Pair(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y, _ = self.block(x)
+            return self.fc(torch.relu(y).mean((2, 3, 4)))
+
+    torch.manual_seed(0)
+    net = PairNet().eval()
+    for method in (grad_cam, grad_cam_pp, guided_grad_cam):
+        with pytest.raises(ParameterError, match="layer 'block' outputs a tuple, not a feature map"):
+            method(img3d, net, layer="block")
+    s, numbers = grad_cam(img3d, net)                         # "auto" still finds the convolution inside
+    assert table_value(numbers, "layer") == "block.conv" and np.isfinite(s.array).all()

@@ -17,6 +17,8 @@ The sign is applied at the layer's resolution, before the map is upsampled (line
 
 from __future__ import annotations
 
+import contextlib
+
 from ..stage import stage
 from ._common import (
     Context,
@@ -39,7 +41,8 @@ def _grad_cam(ctx: Context, layer: str):
         from captum.attr import LayerGradCam
 
         module = ctx.layer_module(layer)
-        attr = LayerGradCam(ctx.target.module, module).attribute(ctx.x, target=None, relu_attributions=False)
+        with _feature_map_only(ctx, module):
+            attr = LayerGradCam(ctx.target.module, module).attribute(ctx.x, target=None, relu_attributions=False)
     else:
         # captum's LayerGradCam.attribute, step by step, on the kept forward pass (the same tensors,
         # the same operations, so the same bits): the gradient's spatial mean weights the channels.
@@ -48,6 +51,30 @@ def _grad_cam(ctx: Context, layer: str):
         attr = torch.sum(weights * act, dim=1, keepdim=True)
     _check_layer_output(ctx, attr)
     return ctx.interpolate(apply_sign(attr, ctx.sign))[0, 0]
+
+
+@contextlib.contextmanager
+def _feature_map_only(ctx: Context, module):
+    """Refuse, while the block runs, a layer whose output is not a tensor (a block returning a
+    tuple): captum would fail deep inside with a bare RuntimeError about concatenation."""
+    import torch
+
+    def check(_m, _inp, out):
+        if not isinstance(out, torch.Tensor):
+            raise _not_a_feature_map(ctx, out)
+
+    handle = module.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _not_a_feature_map(ctx: Context, out):
+    from ..errors import ParameterError
+
+    return ParameterError(f"{ctx.stage}: layer {ctx.layer!r} outputs a {type(out).__name__}, not a feature map "
+                          "[1, C, *spatial]; pick a convolutional layer (medlab.explain.candidate_layers(model))")
 
 
 def _check_layer_output(ctx: Context, attr) -> None:
@@ -121,6 +148,8 @@ def layer_activation_and_gradient(ctx: Context, layer: str):
     store = {}
 
     def keep(_m, _inp, out):
+        if not isinstance(out, torch.Tensor):
+            raise _not_a_feature_map(ctx, out)
         store["a"] = out
         return out.clone()  # later in-place operations (ReLU(inplace=True)) must not change it
 
@@ -190,7 +219,8 @@ def _guided_grad_cam(ctx: Context, layer: str):
     module = ctx.layer_module(layer)
     n_relu = sum(isinstance(m, nn.ReLU) for m in ctx.target.module.modules())
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[ctx.x.ndim - 2]
-    attr = GuidedGradCam(ctx.target.module, module).attribute(ctx.x, target=None, interpolate_mode=mode)
+    with _feature_map_only(ctx, module):
+        attr = GuidedGradCam(ctx.target.module, module).attribute(ctx.x, target=None, interpolate_mode=mode)
     ctx.rows.append({"quantity": "ReLU modules guided", "value": n_relu})
     if n_relu == 0:
         ctx.rows.append({"quantity": "note", "value": "the model has no torch.nn.ReLU modules, so guided "
