@@ -536,3 +536,31 @@ def test_load_output_of_a_damaged_record_is_refused_clearly(cohort, seg_recipe, 
         load_output(folder, "step2.labels")
     with pytest.raises(ParameterError, match="has no output"):
         load_output(folder, ["step2.labels"])
+
+
+def test_a_case_done_on_disk_is_not_reported_failed_when_its_task_died(cohort, seg_recipe, client, tmp_path,
+                                                                        monkeypatch):
+    """A worker that dies after a case committed its record (or a healthy case queued on a worker
+    that another case killed, which Dask blames too) fails the task with KilledWorker; the case
+    is done on disk with this recipe and these inputs, so the run says so, and the tables agree
+    with the records. A case whose task died before it wrote anything stays failed."""
+    from medlab.cohort import engine, task
+
+    def dies(recipe_dict, functions, case, out_dir, **kw):
+        if case.id == "sub2":
+            raise RuntimeError("worker died before the case ran")
+        record = task.run_case(recipe_dict, functions, case, out_dir, **kw)
+        if case.id == "sub1":
+            raise RuntimeError("worker died after the case committed")
+        return record
+
+    monkeypatch.setattr(engine, "run_case", dies)
+    result = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=client, progress=False, batch=1)
+    assert [c for c, _ in result.failures] == ["sub2"]
+    assert result.records["sub1"]["status"] == "done" and result.records["sub1"]["run"] == "computed"
+    assert read_record(tmp_path / "out" / CASES_DIR / "sub1")["status"] == "done"
+    again = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=client, progress=False, batch=1)
+    assert again.records["sub1"]["run"] == "skipped" and [c for c, _ in again.failures] == ["sub2"]
+    redo = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=client, progress=False, batch=1,
+                      rerun=True)
+    assert redo.records["sub1"]["status"] == "done" and redo.records["sub1"]["run"] == "computed"

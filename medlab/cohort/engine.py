@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MedlabError, ParameterError, WriteError
 from .cases import _as_recipe, list_cases
-from .records import CASES_DIR, recipe_hash
+from .records import CASES_DIR, RECORD, _same_work, read_record, recipe_hash
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
 
@@ -143,6 +143,7 @@ class CohortRun:
 
     def start(self) -> CohortRun:
         self._t0 = time.perf_counter()
+        self._started = time.time()
         self._prepare_out_dir()
         self.client = self._connect()
         self.client.subscribe_topic(self.topic, self._on_event)
@@ -275,11 +276,35 @@ class CohortRun:
         else:  # the task itself failed: a worker died on it repeatedly, or it could not be sent
             exc = fut.exception()
             tb = "".join(_traceback.format_tb(fut.traceback())) if fut.traceback() is not None else ""
-            records = [{"case": cid, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb,
-                        "run": "computed"} for cid in ids]
+            records = [self._done_on_disk(cid) or {"case": cid, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                                   "traceback": tb, "run": "computed"} for cid in ids]
         for record in records:
             self._keep(record)
         return records
+
+    def _done_on_disk(self, case_id: str) -> dict | None:
+        """The record of a case whose task failed but which is done on disk, with this recipe and
+        these inputs: a worker that died after the case committed, or a healthy case queued on a
+        worker another case killed (Dask blames every task the dead worker held). None otherwise."""
+        case = self._by_id[case_id]
+        folder = self.out_dir / CASES_DIR / case_id
+        old = read_record(folder)
+        if not old or old.get("status") != "done":
+            return None
+        try:
+            new = {"recipe_sha256": self.recipe_sha, "inputs": {k: {"sha256": v.checksum()} for k, v in case.inputs.items()},
+                   "truth_sha256": {k: v.checksum() for k, v in case.truth.items()}}
+        except Exception:  # noqa: BLE001 - an input gone since: not done with these inputs
+            return None
+        if not _same_work(old, new, folder):
+            return None
+        try:   # written by this run (its file's time: a record's own times are to the second)
+            fresh = (folder / RECORD).stat().st_mtime >= self._started
+        except OSError:
+            return None
+        if self.rerun and not fresh:   # done before this run, which was asked to redo it
+            return None
+        return {**old, "run": "computed" if fresh else "skipped"}
 
     def _keep(self, record: dict) -> None:
         cid = record["case"]
