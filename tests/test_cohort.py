@@ -564,3 +564,31 @@ def test_a_case_done_on_disk_is_not_reported_failed_when_its_task_died(cohort, s
     redo = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=client, progress=False, batch=1,
                       rerun=True)
     assert redo.records["sub1"]["status"] == "done" and redo.records["sub1"]["run"] == "computed"
+
+
+def test_a_healthy_case_blamed_for_a_killed_worker_is_tried_again_alone(cohort, seg_recipe, client, tmp_path,
+                                                                         monkeypatch):
+    """Dask blames every task a dead worker held: a healthy case queued beside a case that kills
+    workers can fail with KilledWorker without ever running. Such a case is tried once more, alone,
+    after the others; the killing case still fails (alone)."""
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    from medlab.cohort import engine, task
+
+    log = tmp_path / "calls.txt"   # the function reaches the worker as a copy: state goes through a file
+
+    def blamed(recipe_dict, functions, case, out_dir, **kw):
+        with open(log, "a") as fh:
+            fh.write(case.id + "\n")
+        if case.id == "sub2" or (case.id == "sub1" and log.read_text().split().count("sub1") == 1):
+            raise KilledWorker(f"medlab-case-{case.id}", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+        return task.run_case(recipe_dict, functions, case, out_dir, **kw)
+
+    monkeypatch.setattr(engine, "run_case", blamed)
+    result = run_cohort(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client=client, progress=False, batch=1)
+    assert [c for c, _ in result.failures] == ["sub2"] and "KilledWorker" in result.records["sub2"]["error"]
+    calls = log.read_text().split()
+    assert result.records["sub1"]["status"] == "done" and calls.count("sub1") == 2 and calls.count("sub2") == 2
+    assert set(calls[-2:]) == {"sub1", "sub2"}                  # the second tries come after every other case

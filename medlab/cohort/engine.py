@@ -96,7 +96,9 @@ class CohortRun:
         :data:`BATCH_TARGET_S` CPU seconds (at most :data:`MAX_BATCH` cases, and never so large that
         a worker thread would get fewer than two tasks). Each case of a batch still has its
         own record, outputs, peak memory, live events and failure isolation; a batch whose
-        worker died is sent again one case per task, so a case that kills workers fails alone.
+        worker died is sent again one case per task, and a case whose own task then dies is tried
+        once more alone at the end (Dask also blames healthy cases queued beside it), so a case
+        that kills workers fails alone.
         ``1``: always one case per task.
     on_event : callable, optional
         ``on_event(message)`` for live per-case events (step, progress, published values),
@@ -124,6 +126,8 @@ class CohortRun:
         self.futures: list = []
         self.batch = batch
         self._pending: list = []  # cases not yet sent to Dask
+        self._suspects: list = []  # cases whose worker died, to try again alone at the end
+        self._tried_alone: set[str] = set()
         self._by_id = {c.id: c for c in self.cases}
         self._completed = None  # the distributed.as_completed iterator, once watching
         self.topic = f"medlab-cohort-{secrets.token_hex(6)}"
@@ -158,7 +162,11 @@ class CohortRun:
     def _submit_more(self) -> None:
         """Send queued cases: all at once with a fixed ``batch``; automatic: one case per free
         worker thread until a computed case gives its time, then the rest in batches."""
-        if self.cancelled or not self._pending:
+        if self.cancelled:
+            return
+        if not self._pending:
+            if self._suspects and all(f.done() for f in self.futures):
+                self._submit([self._suspects.pop(0)])   # one at a time, the cluster otherwise idle
             return
         size = self._batch_size()
         if size is None:
@@ -195,8 +203,9 @@ class CohortRun:
         kw = {"recipe_sha": self.recipe_sha, "topic": self.topic, "threads": self.threads, "rerun": self.rerun,
               "pure": False}
         if len(chunk) == 1:
+            again = "-alone" if chunk[0].id in self._tried_alone else ""   # a new key, or Dask returns the old error
             fut = self.client.submit(run_case, self._recipe_dict, self._functions, chunk[0], out,
-                                     key=f"medlab-case-{chunk[0].id}-{self._run_key}", **kw)
+                                     key=f"medlab-case-{chunk[0].id}-{self._run_key}{again}", **kw)
         else:
             fut = self.client.submit(run_cases, self._recipe_dict, self._functions, chunk, out,
                                      key=f"medlab-cases-{chunk[0].id}-{len(chunk)}-{self._run_key}", **kw)
@@ -275,6 +284,13 @@ class CohortRun:
             return []
         else:  # the task itself failed: a worker died on it repeatedly, or it could not be sent
             exc = fut.exception()
+            if (len(ids) == 1 and type(exc).__name__ == "KilledWorker" and ids[0] not in self._tried_alone
+                    and not self._done_on_disk(ids[0])):
+                # Dask blames every task a dead worker held, so a healthy case queued beside one
+                # that kills workers can fail without having run: once more, alone, at the end
+                self._tried_alone.add(ids[0])
+                self._suspects.append(self._by_id[ids[0]])
+                return []
             tb = "".join(_traceback.format_tb(fut.traceback())) if fut.traceback() is not None else ""
             records = [self._done_on_disk(cid) or {"case": cid, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                                    "traceback": tb, "run": "computed"} for cid in ids]
@@ -326,9 +342,9 @@ class CohortRun:
     def cancel(self) -> None:
         """Stop: cancel every case not finished (finished ones stay, a re-run does the rest)."""
         self.cancelled = True
-        for case in self._pending:  # never sent
+        for case in self._pending + self._suspects:  # never sent (again)
             self._keep(_cancelled(case.id))
-        self._pending = []
+        self._pending, self._suspects = [], []
         if self.client is not None and self.futures:
             with contextlib.suppress(Exception):
                 self.client.cancel([f for f in self.futures if not f.done()])
