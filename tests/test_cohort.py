@@ -592,3 +592,18 @@ def test_a_healthy_case_blamed_for_a_killed_worker_is_tried_again_alone(cohort, 
     calls = log.read_text().split()
     assert result.records["sub1"]["status"] == "done" and calls.count("sub1") == 2 and calls.count("sub2") == 2
     assert set(calls[-2:]) == {"sub1", "sub2"}                  # the second tries come after every other case
+
+
+def test_a_result_lost_after_it_was_read_does_not_hold_back_the_last_tries(cohort, seg_recipe, tmp_path):
+    """A future whose result was read turns 'lost' (never done again) when a case kills the worker
+    that held it; the case tried again alone at the end must still be sent (it was left 'not run')."""
+    from types import SimpleNamespace
+
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", batch=1)
+    sent = []
+    run._submit = sent.append
+    run.futures = [SimpleNamespace(key="medlab-case-sub0-x", done=lambda: False)]   # read, then lost
+    run._read.add("medlab-case-sub0-x")
+    run._suspects = [run.cases[1]]
+    run._submit_more()
+    assert sent == [[run.cases[1]]]

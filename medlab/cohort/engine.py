@@ -128,6 +128,7 @@ class CohortRun:
         self._pending: list = []  # cases not yet sent to Dask
         self._suspects: list = []  # cases whose worker died, to try again alone at the end
         self._tried_alone: set[str] = set()
+        self._read: set = set()  # keys of the futures whose result was read
         self._by_id = {c.id: c for c in self.cases}
         self._completed = None  # the distributed.as_completed iterator, once watching
         self.topic = f"medlab-cohort-{secrets.token_hex(6)}"
@@ -165,12 +166,12 @@ class CohortRun:
         if self.cancelled:
             return
         if not self._pending:
-            if self._suspects and all(f.done() for f in self.futures):
+            if self._suspects and not self._running():
                 self._submit([self._suspects.pop(0)])   # one at a time, the cluster otherwise idle
             return
         size = self._batch_size()
         if size is None:
-            busy = sum(not f.done() for f in self.futures)
+            busy = self._running()
             for _ in range(max(0, self._slots() - busy)):
                 if self._pending:
                     self._submit([self._pending.pop(0)])
@@ -178,6 +179,11 @@ class CohortRun:
         while self._pending:
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._submit(chunk)
+
+    def _running(self) -> int:
+        """Tasks not yet read back. Not ``not f.done()``: a future read back turns 'lost' when the
+        worker holding its result dies (a case killing workers), and is never done again."""
+        return sum(not f.done() and f.key not in self._read for f in self.futures)
 
     def _batch_size(self) -> int | None:
         if self.batch is not None:
@@ -265,6 +271,7 @@ class CohortRun:
 
         self._completed = as_completed(self.futures)
         for fut in self._completed:
+            self._read.add(fut.key)
             records = self._records_of(fut)
             self._submit_more()
             yield from records
