@@ -607,3 +607,18 @@ def test_a_result_lost_after_it_was_read_does_not_hold_back_the_last_tries(cohor
     run._suspects = [run.cases[1]]
     run._submit_more()
     assert sent == [[run.cases[1]]]
+
+
+def test_a_case_a_cancelled_batch_finished_is_reported_done(cohort, seg_recipe, tmp_path):
+    """Cancel stops a batch between two cases: those it finished are done on disk (and in
+    cases.csv), so their records say done, not cancelled."""
+    from types import SimpleNamespace
+
+    from medlab.cohort.task import run_case
+
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", batch=2)
+    run._started = time.time()
+    run_case(seg_recipe.to_dict(), {}, run.cases[0], str(tmp_path / "out"), recipe_sha=run.recipe_sha)
+    batch = SimpleNamespace(status="cancelled", medlab_cases=[run.cases[0].id, run.cases[1].id])
+    done, cancelled = run._records_of(batch)
+    assert (done["status"], done["run"]) == ("done", "computed") and cancelled["status"] == "cancelled"

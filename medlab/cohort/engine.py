@@ -282,7 +282,7 @@ class CohortRun:
             result = fut.result()
             records = result if isinstance(result, list) else [result]
         elif fut.status == "cancelled":
-            records = [_cancelled(cid) for cid in ids]
+            records = [self._done_on_disk(cid) or _cancelled(cid) for cid in ids]   # a batch stops between cases
         elif len(ids) > 1 and not self.cancelled:
             # a batch whose worker died (out of memory, killed) as often as Dask allows: its cases
             # go again one per task, so one that kills workers fails alone (done ones are skipped)
