@@ -242,3 +242,12 @@ def test_a_second_image_is_not_the_first_one_by_default(session):
     with pytest.raises(medlab.ParameterError, match="needs input 'moving'"):
         wb.apply(wait=True)
     wb.close()
+
+
+def test_closing_twice_is_harmless(session):
+    """ipywidgets closes a widget again when it is garbage-collected: a second close must not raise
+    (it printed 'Exception ignored ... ValueError: list.remove(x)' for every closed workbench)."""
+    wb = Workbench(session, group="toy", debounce=0.0)
+    wb.select("toy_register")
+    wb.close()
+    wb.close()

@@ -522,7 +522,8 @@ class Workbench(widgets.VBox):
         for p in self._panels.values():
             p.close()
         if callable(self._unlink):
-            self._unlink()
+            unlink, self._unlink = self._unlink, None   # a second close (ipywidgets' __del__) finds nothing to unlink
+            unlink()
         super().close()
 
 
