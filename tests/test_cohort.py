@@ -622,3 +622,12 @@ def test_a_case_a_cancelled_batch_finished_is_reported_done(cohort, seg_recipe, 
     batch = SimpleNamespace(status="cancelled", medlab_cases=[run.cases[0].id, run.cases[1].id])
     done, cancelled = run._records_of(batch)
     assert (done["status"], done["run"]) == ("done", "computed") and cancelled["status"] == "cancelled"
+
+
+def test_batch_takes_any_whole_number_type(cohort, seg_recipe, tmp_path):
+    """batch=np.int64(2) (from a NumPy computation) is a whole number: taken, as a Python int."""
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", batch=np.int64(2))
+    assert run.batch == 2 and type(run.batch) is int
+    for bad in (0, -1, 1.5, "x", True, np.float64(2.0)):
+        with pytest.raises(ParameterError, match="batch must be a whole number"):
+            CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", batch=bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import secrets
 import shutil
@@ -108,7 +109,7 @@ class CohortRun:
     def __init__(self, recipe, inputs, out_dir, client=None, *, workers: int | None = None, threads: int = 1,
                  rerun: bool = False, dashboard: bool = True, on_event: Callable[[dict], None] | None = None,
                  batch: int | None = None):
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
             raise ParameterError(f"batch must be a whole number >= 1, or None for automatic; got {batch!r}")
         self.recipe = _as_recipe(recipe)
         if not self.recipe.steps:
@@ -124,7 +125,7 @@ class CohortRun:
         self.status: dict[str, dict] = {c.id: {"case": c.id, "status": "queued"} for c in self.cases}
         self.records: dict[str, dict] = {}
         self.futures: list = []
-        self.batch = batch
+        self.batch = None if batch is None else int(batch)
         self._pending: list = []  # cases not yet sent to Dask
         self._suspects: list = []  # cases whose worker died, to try again alone at the end
         self._tried_alone: set[str] = set()
