@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import MedlabError, ParameterError, WriteError
 from .cases import _as_recipe, list_cases
-from .records import CASES_DIR, RECORD, _same_work, read_record, recipe_hash
+from .records import CASES_DIR, RECORD, _checksums, _same_work, read_record, recipe_hash
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
 
@@ -316,8 +316,9 @@ class CohortRun:
         if not old or old.get("status") != "done":
             return None
         try:
-            new = {"recipe_sha256": self.recipe_sha, "inputs": {k: {"sha256": v.checksum()} for k, v in case.inputs.items()},
-                   "truth_sha256": {k: v.checksum() for k, v in case.truth.items()}}
+            sums = _checksums(case)
+            new = {"recipe_sha256": self.recipe_sha, "truth_sha256": sums["truth_sha256"],
+                   "inputs": {k: {"sha256": digest} for k, digest in sums["inputs"].items()}}
         except Exception:  # noqa: BLE001 - an input gone since: not done with these inputs
             return None
         if not _same_work(old, new, folder):

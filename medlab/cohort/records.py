@@ -125,6 +125,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _checksums(case) -> dict:
+    """What makes a case's work the same as before: its input and truth files' sha256 (reads them)."""
+    return {"inputs": {k: v.checksum() for k, v in case.inputs.items()},
+            "truth_sha256": {k: v.checksum() for k, v in case.truth.items()}}
+
+
 def _same_work(old: dict | None, new: dict, folder: Path) -> bool:
     """Done before with the same recipe, the same input bytes, and every output still there."""
     if not old or old.get("status") != "done" or old.get("recipe_sha256") != new["recipe_sha256"]:

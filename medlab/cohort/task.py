@@ -20,6 +20,7 @@ from .cases import Case
 from .records import (
     CASES_DIR,
     RECORD_SCHEMA,
+    _checksums,
     _commit,
     _now,
     _same_work,
@@ -53,9 +54,10 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
                               "truth": {k: v.path for k, v in case.truth.items()}, "worker": _worker_info(),
                               "started": started}
     try:
-        for k, v in case.inputs.items():
-            record["inputs"][k]["sha256"] = v.checksum()
-        record["truth_sha256"] = {k: v.checksum() for k, v in case.truth.items()}
+        sums = _checksums(case)
+        for k, digest in sums["inputs"].items():
+            record["inputs"][k]["sha256"] = digest
+        record["truth_sha256"] = sums["truth_sha256"]
         old = read_record(final)
         if not rerun and _same_work(old, record, final):
             old["run"] = "skipped"

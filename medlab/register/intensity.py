@@ -54,6 +54,7 @@ from ..stage import (
 from ._common import (
     CURVE_LABELS,
     INITIALISATION,
+    LBFGSB_GRADIENT_TOLERANCE,
     METRIC_NAMES,
     METRICS,
     OPTIMISERS,
@@ -212,7 +213,8 @@ def _compose(before, t):
 def _register(stage_name: str, fixed: Image, moving: Image, f, m, start, before, *, name: str, metric: str,
               bins: int, optimiser: str, learning_rate: float, iterations: int, shrink_factors: tuple,
               sigmas: list, sampling: str, samples: int, sampling_percentage: float, large: bool,
-              grid_mm: float | None = None, foreground: bool = False, gradient_tolerance: float | None = None):
+              grid_mm: float | None = None, foreground: bool = False,
+              gradient_tolerance: float = LBFGSB_GRADIENT_TOLERANCE):
     """Run the multi-resolution loop; returns (full transform, history curve, report rows).
 
     With ``grid_mm`` (B-spline), the control grid refines with the pyramid: at each level the
@@ -231,7 +233,6 @@ def _register(stage_name: str, fixed: Image, moving: Image, f, m, start, before,
     plan = merge_levels(f, shrink_factors, sigmas, reference)
     finest = min(s for _, s, _ in plan)
     mask, mask_fraction = foreground_mask(fixed, f) if foreground else (None, 1.0)
-    tolerance = {} if gradient_tolerance is None else {"gradient_tolerance": gradient_tolerance}
     rows = []
     for level, (requested, s, sigma) in enumerate(plan):
         t0 = time.perf_counter()
@@ -254,7 +255,8 @@ def _register(stage_name: str, fixed: Image, moving: Image, f, m, start, before,
             R.SetMovingInitialTransform(before)
         R.SetInitialTransform(start, inPlace=True)
         scale = metric_magnitude(R, f_l, m_l, stage_name) if optimiser == "lbfgsb" else 1.0
-        set_optimiser(R, optimiser, learning_rate, iterations, scales=not large, metric_scale=scale, **tolerance)
+        set_optimiser(R, optimiser, learning_rate, iterations, scales=not large, metric_scale=scale,
+                      gradient_tolerance=gradient_tolerance)
         tracker.start_level(level, start.GetParameters())
         done_before = tracker.iterations
 
