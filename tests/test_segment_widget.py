@@ -189,6 +189,7 @@ def test_scores_follow_apply_and_undo(brain, tumour, seed_mm):
     assert row["dice"] == pytest.approx(expected["dice"]) and row["hausdorff95_mm"] == pytest.approx(
         expected["hausdorff95_mm"])
     assert f"{row['dice']:.3g}" in w.scores_html.value and "HD95 (mm)" in w.scores_html.value
+    assert "drawn over the input" in w.after_caption.value   # the label map is on the left, not in the right pane
     w.select("fill_holes")
     w.set(mode="slices")
     filled = w.apply(wait=True)

@@ -883,9 +883,9 @@ class ExplainWidget(Workbench):
         self.after.layout.display = "" if shown else "none"
         self._right_column.layout.display = "" if shown else "none"
 
-    def _caption(self, what: str) -> None:
+    def _caption(self, what: str, *, overlaid: bool = False) -> None:
         if not getattr(self, "_ready", False):
-            return super()._caption(what)
+            return super()._caption(what, overlaid=overlaid)
         for caption, key, tag in ((self.before_caption, self.left_picker.value, "A"),
                                   (self.after_caption, self.right_picker.value, "B")):
             if key in self.maps:

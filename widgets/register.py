@@ -981,9 +981,9 @@ class RegisterWidget(Workbench):
                               f"<table>{body}</table>{getattr(self, '_summary_extra', '')}</div>")
 
     # -------------------------------------------------------------- captions
-    def _caption(self, what: str) -> None:
+    def _caption(self, what: str, *, overlaid: bool = False) -> None:
         if not getattr(self, "_ready", False):
-            return super()._caption(what)
+            return super()._caption(what, overlaid=overlaid)
         fk, mk = html.escape(self._fixed_key), html.escape(self._moving_key)
         self.before_caption.value = (f"<b>fixed image</b> (<code>{fk}</code>) with the moving image drawn over "
                                      "it: choose how under the images")

@@ -390,13 +390,15 @@ class Workbench(widgets.VBox):
             self.panel.show_status(f"{panel.spec.title} finished ({self.recipe.steps[-1].id if self.recipe.steps else ''}); "
                                    "its outputs are in the session", "ok")
             return
+        overlaid = (not advances and image_out is not None and image_out.is_label
+                    and image_out.overlaps(self.before.image))
         if advances:
             # a chain: the result is what the next stage takes. Both panes show it until the
             # user changes something, rather than a preview of the stage applied a second time.
             panel.hold_preview()
             self.before.image = image_out
             self.after.image = image_out
-        elif image_out is not None and image_out.is_label and image_out.overlaps(self.before.image):
+        elif overlaid:
             self.before.set_labels(image_out, opacity=0.4)   # a segmentation: over its image
         elif image_out is not None:
             # e.g. a registered image or a saliency map, beside its inputs. The panes share
@@ -408,11 +410,11 @@ class Workbench(widgets.VBox):
         self._wire_inputs(panel)
         self._refresh_history()
         self._show_after_pane()
-        self._caption("result" if image_out is not None else "preview")
+        self._caption("result" if image_out is not None else "preview", overlaid=overlaid)
         if not advances:
             panel.request_preview()
 
-    def _caption(self, what: str) -> None:
+    def _caption(self, what: str, *, overlaid: bool = False) -> None:
         """Say what each pane shows: the input (which session value) and the preview or result."""
         spec = self.panel.spec
         key = next((k for k, v in self.session.items() if v is self.before.image), None)
@@ -421,8 +423,9 @@ class Workbench(widgets.VBox):
         if what == "result" and self.recipe.steps:
             step = self.recipe.steps[-1]
             title = self.specs[step.stage].title if step.stage in self.specs else step.stage
-            self.after_caption.value = (f"<b>result</b> of {html.escape(step.id)} "
-                                        f"({html.escape(title)}); change a parameter to preview the next step")
+            where = "drawn over the input, left" if overlaid else (
+                "change a parameter to preview the next step" if spec.preview is not None else "Apply runs it again")
+            self.after_caption.value = f"<b>result</b> of {html.escape(step.id)} ({html.escape(title)}): {where}"
         elif spec.preview is None:
             self.after_caption.value = "<b>result</b> (this stage has no live preview: Apply runs it)"
         else:
