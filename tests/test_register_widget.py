@@ -112,6 +112,13 @@ def test_run_updates_curve_and_overlay_live_then_summarises(widget, pair):
         return original(image, **kw)
 
     widget.before.set_second_image = spy
+    slow = widget.panel._on_live
+
+    def slow_live(values):  # a fast machine can end the run inside one throttle interval: pace it
+        time.sleep(0.01)
+        slow(values)
+
+    widget.panel._on_live = slow_live
     _run(widget, shrink_factors=(2, 1), iterations=60, samples=4000, learning_rate=0.5)
     during = [h for running, h in calls if running]
     assert len(during) >= 2, calls                 # the overlay changed while the optimiser ran
