@@ -123,6 +123,42 @@ def test_preview_overlays_the_region_and_follows_the_tolerance(brain, seed_mm):
     w.close()
 
 
+def _caption_of_preview(w) -> str:
+    w.panel.wait_preview()
+    assert w.panel.preview is not None, w.panel.message
+    return w.after._geometry["caption"]
+
+
+@pytest.mark.parametrize("stage", ["otsu_threshold", "connected_threshold", "fill_holes"])
+def test_preview_caption_names_a_slice_only_when_there_are_several(brain, seed_mm, stage):
+    """A picture with one slice (a radiograph, one DICOM slice: a volume one slice thick) gets no
+    "axial 1" over its preview; a volume keeps the plane and the slice number."""
+    index = int(np.rint(brain.flair.physical_to_index(seed_mm))[2])
+    corner = tuple(brain.flair.index_to_physical((0, 0, index)))     # the slice through the seed
+    one = Image(brain.flair.array[index:index + 1], brain.flair.spacing, corner, brain.flair.direction,
+                metadata=dict(brain.flair.metadata))
+    for image, caption in ((one, ""), (brain.flair, f"axial {index + 1}")):
+        w = SegmentWidget(image, debounce=0.0, stage="connected_threshold")
+        w.before.position = seed_mm
+        _click(w.before, "seeds", seed_mm)
+        if stage == "fill_holes":          # a label stage: previews over the scan's slice
+            w.set(tolerance=0.2)
+            w.apply(wait=True)
+        w.select(stage)
+        assert w.before.slice_index == (0 if image is one else index)
+        assert _caption_of_preview(w) == caption, (image.shape, stage)
+        assert w.panel.preview.metadata.get("plane") == "axial"         # the edge letters stay
+        w.close()
+
+
+def test_preview_caption_of_a_one_slice_dicom(shared):
+    ct = medlab.load(shared("tiny/CT_small.dcm"))
+    assert ct.shape[0] == 1
+    w = SegmentWidget(ct, debounce=0.0, stage="otsu_threshold")
+    assert _caption_of_preview(w) == "" and w.panel.preview.same_grid(w.after.image)
+    w.close()
+
+
 def test_manual_threshold_slider_is_on_the_image_scale(brain):
     w = _widget(brain, stage="threshold")
     lower = w.panel.controls["lower"]

@@ -219,13 +219,20 @@ def _slab(image: Image, plane: str, index: int | None, half: int) -> Image:
     start = np.zeros(3)
     start[axis] = k - half
     return Image(np.take(disp.array, idx, axis=2 - axis), disp.spacing, disp.index_to_physical(start),
-                 disp.direction, kind=image.kind, labels=image.labels, metadata=image.metadata)
+                 disp.direction, kind=image.kind, labels=image.labels,
+                 metadata=dict(image.metadata, slab_of=(plane, int(k))))
 
 
 def _middle_slice(slab: Image, plane: str, half: int) -> Image:
+    """Slice ``half`` of a :func:`_slab`, numbered as the volume's slice (the caption of a
+    preview pane reads "axial 12", not the slab's "axial 1")."""
     from medlab.render import extract_slice
 
-    return extract_slice(slab, plane, half)
+    cut = extract_slice(slab, plane, half)
+    of = cut.metadata.pop("slab_of", None)
+    if of is not None and of[0] == plane:
+        cut.metadata["slice_index"] = int(of[1])
+    return cut
 
 
 def _downsampled(image: Image, largest: int) -> Image:

@@ -7,7 +7,7 @@ import html
 
 from medlab.errors import ParameterError
 from medlab.image import Image
-from medlab.render import extract_slice
+from medlab.render import extract_slice, slice_count
 from medlab.stage import ImageInput, StageSpec
 
 from .panel import StagePanel, _middle_slice, _slab
@@ -15,6 +15,15 @@ from .panel import StagePanel, _middle_slice, _slab
 #: Colour (RGB) and marker of the point sets of the editing roles (the viewer's own table has
 #: none for them): a white brush, red crosses on pieces to remove.
 EDIT_ROLES = {"paint": ((240, 240, 240), "circle", "brush"), "remove": ((230, 50, 50), "cross", "remove")}
+
+
+def _unnumbered(image: Image | None) -> Image | None:
+    """``image`` without the slice number a cut records (``metadata["slice_index"]``), which the
+    viewer shows as the pane's caption; the plane stays (its edge letters)."""
+    if image is None or "slice_index" not in image.metadata:
+        return image
+    metadata = {k: v for k, v in image.metadata.items() if k != "slice_index"}
+    return image.with_array(image.array, metadata=metadata)
 
 
 def _is_label_input(spec: StageSpec, name: str | None) -> bool:
@@ -131,6 +140,28 @@ class _SegmentPanel(StagePanel):
         return 0
 
     def _preview_source(self):
+        shown, inputs, cut = self._slice_source()
+        if not self._flat_scan():
+            return shown, inputs, cut
+        # a picture with one slice (a radiograph, one DICOM slice): the preview pane names no
+        # slice ("axial 1" beside a 2D picture reads as if there were others)
+        primary = self.spec.primary
+        if inputs.get(primary) is shown:
+            inputs[primary] = _unnumbered(shown)
+        shown = _unnumbered(shown)
+        self._scan_cut = _unnumbered(self._scan_cut)
+        return shown, inputs, lambda out: _unnumbered(out if cut is None else cut(out))
+
+    def _flat_scan(self) -> bool:
+        """Whether the left viewer shows a picture with a single slice in its plane (2D, or a
+        volume one slice thick there)."""
+        v = self.viewer
+        image = getattr(v, "image", None)
+        if not isinstance(image, Image):
+            return False
+        return image.ndim == 2 or slice_count(image, v.plane) == 1
+
+    def _slice_source(self):
         labels, v = self.image, self.viewer
         scan = self._over_scan(labels)
         if scan is None or v is None or v.image is not scan or labels.ndim != 3:
