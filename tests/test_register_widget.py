@@ -127,7 +127,9 @@ def test_run_updates_curve_and_overlay_live_then_summarises(widget, pair):
     assert not result.cancelled and widget.transform is result.transform
     assert np.array_equal(widget.registered.array, result.registered.array)
     rows = dict(widget.summary_rows)
-    assert {"TRE before", "final metric", "iterations", "stop reason", "time", "TRE after"} <= set(rows)
+    assert {"final metric", "iterations", "stop reason", "time", "TRE after"} <= set(rows)
+    # no initial transform: the run starts from the images' centres aligned (the default initialisation)
+    assert "TRE before (from the geometry-centre initialisation)" in rows
     after = target_registration_error(result.transform, pair.landmarks, truth=pair.transform)
     assert f"mean {after.mean():.3f} mm" in rows["TRE after"] and after.mean() < 1.0
     assert "°" in widget.summary.value and "mm (x, y, z; LPS)" in widget.summary.value  # degrees and mm
@@ -197,6 +199,66 @@ def test_landmark_mode_alternates_viewers_and_reports_fre_and_tre(widget, pair):
     errors = widget.panel.outputs.errors
     assert np.allclose([r["error"] for r in errors.rows if r["point"] != "RMS"], [r["error"] for r in rows], atol=1e-3)
     assert "RMS FRE" in dict(widget.summary_rows) and "RMS TRE" in dict(widget.summary_rows)
+
+
+def _landmark_start(w, pair, noise_mm=1.5):
+    """Landmark registration on five pairs clicked with an error (seeded): step1.transform."""
+    clicked = pair.moving_landmarks[:5] + np.random.default_rng(1).normal(0, noise_mm, (5, 3))
+    w.select("landmark_register")
+    w.set(fixed_landmarks=[tuple(p) for p in pair.landmarks[:5]], moving_landmarks=[tuple(p) for p in clicked])
+    w.start()
+    w.wait()
+    assert "step1.transform" in w.session
+    return w.session["step1.transform"]
+
+
+def _initial(w) -> str:
+    return w._input_box("initial").value
+
+
+def test_initial_menu_offers_the_last_result_and_keeps_the_choice(widget, pair):
+    landmarks = _landmark_start(widget, pair)
+    # landmark pre-alignment, then a deformable run: it starts from the landmark fit
+    widget.select("bspline_register")
+    assert _initial(widget) == "step1.transform" and widget.panel.inputs["initial"] is landmarks
+    assert "starts from <code>step1.transform</code>, the landmark initialisation of step1" in widget.hint.value
+    # a rigid refinement from it; after Start the menu offers its result for the next (deformable) run
+    widget.select("linear_register")
+    assert _initial(widget) == "step1.transform"
+    _run(widget, shrink_factors=(2, 1), iterations=30, samples=4000)
+    assert widget.recipe.steps[-1].inputs["initial"] == "step1.transform"     # one recipe: landmarks → rigid
+    assert _initial(widget) == "step2.transform" and widget.panel.inputs["initial"] is widget.transform
+    widget.select("bspline_register")
+    assert _initial(widget) == "step2.transform"
+    # a choice made in the menu is kept when switching stages
+    widget._input_box("initial").value = "step1.transform"
+    widget.select("linear_register")
+    assert _initial(widget) == "step1.transform"
+    widget._input_box("initial").value = ""
+    widget.select("demons_register")
+    assert _initial(widget) == "" and widget.panel.inputs["initial"] is None
+
+
+def test_tre_before_is_that_of_the_landmark_initialisation(widget, pair):
+    landmarks = _landmark_start(widget, pair)
+    widget.select("linear_register")
+    tre = {name: target_registration_error(t, pair.landmarks, truth=pair.transform).mean()
+           for name, t in (("identity", sitk.Euler3DTransform()), ("landmarks", landmarks))}
+    assert tre["landmarks"] < 0.7 * tre["identity"]    # the pre-alignment already did most of the work
+    before = "TRE before (from the landmark initialisation of step1)"
+    _run(widget, shrink_factors=(2, 1), iterations=30, samples=4000)
+    rows = dict(widget.summary_rows)
+    assert rows[before].startswith(f"mean {tre['landmarks']:.3f} mm")
+    after = target_registration_error(widget.transform, pair.landmarks, truth=pair.transform).mean()
+    assert rows["TRE after"].startswith(f"mean {after:.3f} mm") and after < tre["landmarks"]
+    assert not any(k.startswith("TRE before") and k != before for k in rows)
+    # choosing no initial transform: "before" is the start of that run (the images' centres aligned)
+    widget._input_box("initial").value = ""
+    widget.set(initialisation="none")
+    _run(widget, shrink_factors=(2, 1), iterations=30, samples=4000)
+    rows = dict(widget.summary_rows)
+    assert rows["TRE before (no initial transform: the images as they lie in mm)"].startswith(
+        f"mean {tre['identity']:.3f} mm")
 
 
 def test_inputs_are_wired_by_name(pair):

@@ -448,6 +448,10 @@ class RegisterWidget(Workbench):
         self._throttle = _Throttle(live_interval)
         self._run_started: float | None = None
         self._alternating = False
+        # the session key of the transform the next run starts from (menu "initial"): the last
+        # result, or what the user chose there ("" for none); None until either happens
+        self._start_key: str | None = None
+        self._run_start: tuple[Transform, str] | None = None
         session: dict[str, Any] = {"fixed": fixed, "moving": moving}
         for name, lab in (("fixed_labels", fixed_labels), ("moving_labels", moving_labels)):
             if lab is not None:
@@ -585,9 +589,30 @@ class RegisterWidget(Workbench):
             pick = next((k for k in prefer if k in keys), None)
             if pick is not None and box.value != pick:
                 box.value = pick
+        self._offer_start(panel)
+
+    def _offer_start(self, panel: StagePanel) -> None:
+        """Menu "initial" shows the transform the next run starts from: the result just produced
+        (a landmark pre-alignment, a rigid result before a deformable run), or what the user chose
+        there, when this stage can start from it."""
+        if "initial" not in panel.spec.inputs or panel is not self.panel or not self._start_key:
+            return
+        box = next((b for b in self._inputs_box.children if "medlab-input-initial" in b._dom_classes), None)
+        key = self._start_key
+        if box is None or key not in [k for _, k in box.options] or box.value == key:
+            return
+        if panel.spec.name == "surface_register" and not _is_linear(self.session[key]):
+            return                       # ICP starts from a linear transform only: "(none)" stays
+        box.value = key
 
     def _input_chosen(self, name: str, key: str) -> None:
         super()._input_chosen(name, key)
+        if name == "initial" and "initial" in self.panel.spec.inputs:
+            self._start_key = key or ""
+            if getattr(self, "_ready", False):
+                self._hint_refresh()
+                if getattr(self, "_summary_title", "") == "Before registration":
+                    self._update_summary()      # "TRE before" is that of the new start
         value = self.session.get(key) if key else None
         if not isinstance(value, Image) or value.is_label:
             return                   # label maps (surface registration) leave the overlay as it is
@@ -625,6 +650,11 @@ class RegisterWidget(Workbench):
                     "fixed image follow the run; <b>Cancel</b> keeps the best transform so far.")
         else:
             text = f"Press <b>Start</b> to run {html.escape(spec.title.lower())}."
+        initial = self.panel._inputs.get("initial") if "initial" in spec.inputs else None
+        key = next((k for k, v in self.session.items() if v is initial), None) if initial is not None else None
+        if key is not None:
+            text += (f" It starts from <code>{html.escape(key)}</code>, the {html.escape(self._start_text(key))} "
+                     "(menu 'initial' above; '(none)' starts afresh).")
         self.hint.value = f"<span>{text}</span>"
 
     def _landmark_hint(self) -> str:
@@ -664,7 +694,13 @@ class RegisterWidget(Workbench):
             super()._applied(panel)
         finally:
             self.after = moving_view
+        result = _get(panel.outputs, "transform")
+        key = next((k for k, v in self.session.items() if v is result), None) if result is not None else None
+        if key is not None:                    # the next run (e.g. deformable) starts from this result
+            self._start_key = key
+            self._offer_start(self.panel)
         self._caption("result")
+        self._hint_refresh()
 
     def _run_state(self, panel: StagePanel, running: bool) -> None:
         if panel is not self.panel:
@@ -672,8 +708,9 @@ class RegisterWidget(Workbench):
         if running:
             self._run_started = time.perf_counter()
             self._run_seconds = None
+            self._run_start = self._start_of(panel)
             self.curve.series, self.curve.title = {}, "starting…"
-            rows = [r for r in self.summary_rows if r[0] == "TRE before"]
+            rows = self._before_rows(self._run_start)
             self._render_summary(rows, f"{panel.spec.title}: running (Cancel keeps the best transform so far)")
             return
         history = _get(panel.outputs, "history") or panel.live_values.get("history")
@@ -923,12 +960,51 @@ class RegisterWidget(Workbench):
         rows.append(("TRE now", f"mean {e.mean():.3f} mm, max {e.max():.3f} mm ({len(e)} targets)"))
         self._render_summary(rows, self._summary_title)
 
+    def _start_of(self, panel: StagePanel) -> tuple[Transform, str]:
+        """The transform a run of ``panel`` starts from (its initial transform, else its
+        initialisation, else the images as they lie), and how to name it."""
+        fixed, moving = (panel._inputs.get(n) for n in ("fixed", "moving"))
+        fixed = fixed if isinstance(fixed, Image) and not fixed.is_label else self.session[self._fixed_key]
+        moving = moving if isinstance(moving, Image) and not moving.is_label else self.session[self._moving_key]
+        initial = panel._inputs.get("initial") if "initial" in panel.spec.inputs else None
+        if isinstance(initial, Transform):
+            key = next((k for k, v in self.session.items() if v is initial), None)
+            return initial, f"from the {self._start_text(key)}"
+        mode = panel.params.get("initialisation")
+        if panel.spec.name == "linear_register" and mode in ("geometry", "moments"):
+            from medlab.register._common import to_float
+            from medlab.register.intensity import _start
+
+            start, _ = _start(panel.params.get("transform", "rigid"), to_float(fixed), to_float(moving), mode, None)
+            what = "geometry-centre initialisation" if mode == "geometry" else "centre-of-mass (moments) initialisation"
+            return Transform(start, name=what), f"from the {what}"
+        return _identity(fixed.ndim), "no initial transform: the images as they lie in mm"
+
+    def _start_text(self, key: str | None) -> str:
+        """What an initial transform is, from the step that made it."""
+        if key is None:
+            return "initial transform"
+        sid = key.split(".")[0]
+        step = next((s for s in self.recipe.steps if s.id == sid), None) if "." in key else None
+        if step is None:
+            return f"initial transform {key}"
+        if step.stage == "landmark_register":
+            return f"landmark initialisation of {sid}"
+        title = self.specs[step.stage].title if step.stage in self.specs else step.stage
+        return f"{title.lower()} result of {sid}"
+
+    def _before_rows(self, start: tuple[Transform, str] | None) -> list[tuple[str, str]]:
+        if self.targets is None or start is None:
+            return []
+        e0 = self._tre(start[0])
+        return [(f"TRE before ({start[1]})", f"mean {e0.mean():.3f} mm, max {e0.max():.3f} mm ({len(e0)} targets)")]
+
     def _update_summary(self, panel: StagePanel | None = None, *, cancelled: bool = False, failed: bool = False) -> None:
-        rows: list[tuple[str, str]] = []
+        """The summary of ``panel``'s run (``None``: before a run, with the TRE of the transform
+        the next run starts from)."""
         title = "Before registration"
-        if self.targets is not None:
-            e0 = self._tre(_identity(self.session[self._fixed_key].ndim))
-            rows.append(("TRE before", f"mean {e0.mean():.3f} mm, max {e0.max():.3f} mm ({len(e0)} targets)"))
+        start = self._run_start if panel is not None else (self._start_of(self.panel) if self.panel else None)
+        rows = self._before_rows(start)
         extra_html = ""
         if panel is not None:
             outputs = panel.outputs
@@ -1075,6 +1151,13 @@ def _foreground_points(fixed: Image, n: int = 500) -> np.ndarray:
     level = threshold_otsu(a[:: max(1, a.shape[0] // 32)])
     mask = fixed.with_array((a > level).astype(np.uint8), kind="label", labels=None)
     return sample_points(mask, n, seed=0)
+
+
+def _is_linear(value) -> bool:
+    """Whether a transform is affine (rigid, similarity, affine): what ICP can start from."""
+    from medlab.register.intensity import affine_parts
+
+    return isinstance(value, Transform) and affine_parts(value.sitk, value.dimension) is not None
 
 
 def _identity(ndim: int) -> Transform:
