@@ -217,6 +217,12 @@ def _initial(w) -> str:
 
 
 def test_initial_menu_offers_the_last_result_and_keeps_the_choice(widget, pair):
+    # landmarks clicked but not run: the next stage says how to start from them
+    widget.select("landmark_register")
+    widget.set(fixed_landmarks=[tuple(p) for p in pair.landmarks[:4]],
+               moving_landmarks=[tuple(p) for p in pair.moving_landmarks[:4]])
+    widget.select("linear_register")
+    assert _initial(widget) == "" and "landmark fit drawn over the fixed image is not a step yet" in widget.hint.value
     landmarks = _landmark_start(widget, pair)
     # landmark pre-alignment, then a deformable run: it starts from the landmark fit
     widget.select("bspline_register")

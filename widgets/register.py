@@ -17,8 +17,13 @@ What it adds to :class:`~medlab.widgets.workbench.Workbench` (and only that):
   for volumes whose resampling takes longer), without clearing the cell output.
 * **A result summary**: the transform's rotation (degrees) and translation (mm), the final
   metric, iterations, stop reason and time, folded voxels of a deformation, and the target
-  registration error when a true transform or true target positions are given. A cancelled
-  run keeps the best transform so far, and the summary says so.
+  registration error when a true transform or true target positions are given: before (at
+  the transform the optimiser starts from, named in the row: an initial transform such as a
+  landmark pre-alignment, or the initialisation) and after. A cancelled run keeps the best
+  transform so far, and the summary says so.
+* **Chained runs**: after a run, the menu *initial* of the next one shows the result just
+  produced (landmarks, then rigid, then deformable: each starts from the previous result, one
+  recipe); a transform chosen in that menu is kept across stages, and '(none)' starts afresh.
 * **Landmark mode** (the landmark stage): click a landmark in the fixed image, then the same
   one in the moving image (the widget switches between the two viewers); targets likewise.
   A table lists the pairs with the error of each: FRE for the landmarks the fit uses, TRE for
@@ -655,7 +660,16 @@ class RegisterWidget(Workbench):
         if key is not None:
             text += (f" It starts from <code>{html.escape(key)}</code>, the {html.escape(self._start_text(key))} "
                      "(menu 'initial' above; '(none)' starts afresh).")
+        elif "initial" in spec.inputs and self._unkept_landmark_fit():
+            text += (" The landmark fit drawn over the fixed image is not a step yet: press <b>Start</b> in landmark "
+                     "registration to keep it: it then becomes this run's initial transform.")
         self.hint.value = f"<span>{text}</span>"
+
+    def _unkept_landmark_fit(self) -> bool:
+        """Whether the overlay shows a landmark fit clicked but not run (so not in the session)."""
+        t = self.transform
+        return (t is not None and t.name.startswith("landmark") and t.name.endswith(" fit")
+                and not any(v is t for v in self.session.values()))
 
     def _landmark_hint(self) -> str:
         nf = len(self._points(self.before, "fixed_landmarks"))
