@@ -151,6 +151,36 @@ def test_auto_layer_is_the_last_convolutional_block(net3d, img3d):
     assert grad_cam.stage.params["layer"].spec()["options_from"] == "medlab.explain.candidate_layers"
 
 
+def test_auto_layer_skips_a_class_score_head_for_the_last_feature_block(img3d):
+    """A CAM-style head (1x1 convolution to the K class maps, then pooling) is the classifier at
+    each place, not features: "auto" is the block before it, as pytorch-grad-cam and MONAI users
+    pick the last block of the feature extractor; the head stays choosable by name."""
+    from medlab.explain import find_target_layer, resolve_model
+
+    x = _x(img3d)
+    for head in ("max_evidence", "lse_evidence"):
+        for k in (1, 2):
+            torch.manual_seed(0)
+            net = build_classifier(classifier_config("cnn_classifier", channels=[4, 6], convs_per_block=1,
+                                                     head=head, out_channels=k)).eval()
+            assert find_target_layer(resolve_model(net), x) == "features.block2.0", (head, k)
+            assert "head.evidence" in candidate_layers(net)
+    _, numbers = grad_cam(img3d, net, target_class=1, layer="head.evidence")
+    assert table_value(numbers, "layer") == "head.evidence"
+    # a last block that happens to have as many channels as classes, but 3x3x3 kernels: still features
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten()).eval()
+    assert find_target_layer(resolve_model(plain), x) == "2"
+
+
+def test_shipped_classifier_auto_layer_is_its_last_feature_block():
+    from medlab.explain import find_target_layer, resolve_model, tumour_classifier
+
+    net = resolve_model(tumour_classifier())
+    assert find_target_layer(net, torch.zeros(1, 1, 32, 64, 64)) == "features.block3.1"
+
+
 def test_grad_cam_pp_equals_monai(net3d, img3d):
     from monai.visualize import GradCAMpp
 
@@ -198,14 +228,25 @@ def test_occlusion_equals_monai_and_coarse_to_fine_is_exact_where_it_says(net3d,
     with torch.no_grad():
         p0 = float(net3d(x).softmax(1)[0, 1])
     s, numbers = occlusion(img3d, net3d, target_class=1, mask_size=8.0, overlap=0.5, refine=0.0, fill="mean",
-                           normalise="none", batch=16)
+                           normalise="none", batch=16, score="probability")
     assert table_value(numbers, "box (network voxels, tensor axes)") == "3 x 4 x 4"  # 8 mm / 3 mm rounds to 3
     # on an isotropic grid an 8 mm box is MONAI's 4 x 4 x 4 box: the same computation
     iso = medlab.Image(img3d.array, spacing=(2.0, 2.0, 2.0), origin=img3d.origin)
     s, numbers = occlusion(iso, net3d, target_class=1, mask_size=8.0, overlap=0.5, refine=0.0, fill="mean",
-                           normalise="none", batch=16)
+                           normalise="none", batch=16, score="probability")
     assert table_value(numbers, "box (network voxels, tensor axes)") == "4 x 4 x 4"
+    assert s.metadata["saliency"]["score"] == "probability"
     _close(p0 - s.array, monai_map)  # MONAI's map is the occluded probability itself
+    # the default follows the logit: MONAI with an identity activation computes the same
+    occ = OcclusionSensitivity(net3d, mask_size=box, n_batch=16, mode="mean_img", overlap=0.5, verbose=False,
+                               activate=lambda out: out)
+    monai_logit = occ(x)[0][0, 1].numpy()
+    with torch.no_grad():
+        f0 = float(net3d(x)[0, 1])
+    s, numbers = occlusion(iso, net3d, target_class=1, mask_size=8.0, overlap=0.5, refine=0.0, fill="mean",
+                           normalise="none", batch=16)
+    assert s.metadata["saliency"]["score"] == "logit" and table_value(numbers, "score followed") == "target logit"
+    _close(f0 - s.array, monai_logit)
     fine, numbers = occlusion(iso, net3d, target_class=1, mask_size=8.0, overlap=0.5, refine=0.3, fill="mean",
                               normalise="none", batch=16)
     exact_share = table_value(numbers, "share of voxels computed exactly")
@@ -365,6 +406,31 @@ def test_sanity_check_flags_a_map_that_ignores_the_model(net3d, img3d):
     assert table.rows[-1]["randomised"].startswith(f"{len(with_weights)} layers")  # all of them at the end
 
 
+def test_similarity_reports_signed_and_absolute_rank_correlation_as_adebayo():
+    from medlab.explain import spearman
+
+    a = np.linspace(-3.0, 4.0, 64).reshape(8, 8)
+    b = -a   # the same magnitudes, opposite signs
+    sim = medlab.explain.similarity(a, b)
+    assert sim["spearman"] == pytest.approx(-1.0) and sim["spearman_abs"] == pytest.approx(1.0)
+    assert sim["spearman_abs"] == pytest.approx(spearman(np.abs(a), np.abs(b)))
+
+
+def test_a_flagged_integrated_gradients_map_names_the_known_failure(net3d, img3d):
+    from skimage.filters import sobel
+
+    def edges(im, net):   # stands in for a model-blind map
+        return im.with_array(sobel(im.array))
+
+    edges.method = "integrated_gradients"
+    result = model_randomisation(img3d, net3d, edges, steps=1)
+    assert result.flagged and "Adebayo et al. (2018) found for Integrated Gradients" in result.verdict()
+    assert "spearman of |maps|" in result.table().rows[0]
+    from medlab.explain.sanity import explainer
+
+    assert explainer("integrated_gradients").method == "integrated_gradients"
+
+
 def test_label_randomisation_stage(net3d, img3d):
     torch.manual_seed(11)
     twin = build_classifier(classifier_config("cnn_classifier", channels=[4, 6], convs_per_block=1)).eval()
@@ -384,7 +450,27 @@ def test_deletion_and_insertion_curves_have_the_right_shape():
     assert deletion[0] > 0.9 and deletion[-1] < 0.1 and insertion[0] < 0.1 and insertion[-1] > 0.9
     assert table_value(numbers, "deletion AUC (lower is better)") < table_value(numbers, "deletion AUC, random order")
     assert table_value(numbers, "insertion AUC (higher is better)") > table_value(numbers, "deletion AUC (lower is better)")
+    assert table_value(numbers, "relative change of the target logit, top 5 % deleted") < 0
+    assert table_value(numbers, "score followed") == "target logit" and curves.y_label == "target logit"
+    curves, numbers = deletion_insertion(img, model, perfect, target_class=1, steps=10, baseline="zero", batch=11,
+                                         score="probability")
+    _, deletion = curves.series("deletion")
+    assert deletion[0] > 0.9 and deletion[-1] < 0.1 and 0 <= min(deletion) and max(deletion) <= 1
     assert table_value(numbers, "relative change of the target probability, top 5 % deleted") < 0
+
+
+def test_a_saturated_probability_ranks_nothing_and_the_logit_does():
+    """A confident one-logit classifier (the blob logit plus 60): its sigmoid is 1.0 in float32 whatever
+    is hidden, so occlusion of the probability is all zeros; the default, the logit, finds the blob."""
+    from medlab.explain import resolve_model
+
+    img, _ = _oblique_blob()
+    model = nn.Sequential(resolve_model(_blob_classifier()).module, _Pick(1), _Shift(60.0)).eval()
+    logit, numbers = occlusion(img, model, mask_size=12.0, refine=0.0, normalise="none")
+    prob, _ = occlusion(img, model, mask_size=12.0, refine=0.0, normalise="none", score="probability")
+    assert table_value(numbers, "target logit without occlusion") > 17
+    assert np.abs(prob.array).max() == 0.0 and np.abs(logit.array).max() > 1.0
+    assert prob.metadata["saliency"]["score"] == "probability" and logit.metadata["saliency"]["score"] == "logit"
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -488,6 +574,26 @@ def test_a_one_logit_classifier_explains_its_logit_and_refuses_class_one(img3d):
         grad_cam(img3d, ck, target_class=1)
 
 
+class _Pick(nn.Module):
+    """One class's logit as a one-output classifier."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x):
+        return x[:, self.index:self.index + 1]
+
+
+class _Shift(nn.Module):
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x):
+        return x + self.offset
+
+
 class _Scale(nn.Module):
     def __init__(self, factor: float):
         super().__init__()
@@ -508,6 +614,19 @@ def test_shipped_classifier_finds_a_held_out_tumour():
     s, numbers = grad_cam(image, model, tumour)
     assert s.metadata["saliency"]["class_name"] == "tumour" and table_value(numbers, "target probability") > 0.5
     assert table_value(numbers, "pointing game hit") is True
+
+
+def test_shipped_label_randomised_twin_is_the_same_network_knowing_nothing_of_tumours():
+    from medlab.explain import tumour_classifier
+
+    twin = tumour_classifier(random_labels=True)
+    model = tumour_classifier()
+    assert twin.config == model.config and twin.preprocessing == model.preprocessing
+    assert "--permute-labels" in twin.metrics["command"] and twin.metrics["training_labels"].startswith("shuffled")
+    # near chance on held-out phantoms (32 of them: 0.5 +- 0.09), unlike the shipped one
+    assert twin.metrics["held_out_accuracy"] <= 0.7 < model.metrics["held_out_accuracy"]
+    assert twin.state_dict.keys() == model.state_dict.keys()
+    assert any(not torch.equal(twin.state_dict[k], model.state_dict[k]) for k in model.state_dict)
 
 
 @pytest.mark.parametrize("name", ["medlab.explain", "medlab.explain.network", "medlab.explain.geometry",

@@ -64,6 +64,17 @@ def target_params() -> dict:
             "region_radius": Float(0.0, 200.0, 10.0, unit="mm", help="radius of the balls around the region points")}
 
 
+SCORES = ("logit", "probability")
+
+
+def score_param(what: str) -> dict:
+    """The ``score`` parameter of the methods that follow the target's value as the input changes."""
+    return {"score": Choice(SCORES, "logit", help=f"what {what} follows: the target logit (a class score, "
+                                                   "never saturated) or its probability (softmax, sigmoid for "
+                                                   "one output; 1.0 in float32 for a confident logit, where "
+                                                   "nothing can be ranked)")}
+
+
 def output_params(sign: str) -> dict:
     return {"sign": Choice(SIGNS, sign, help="positive: evidence for the target only; absolute: magnitude; "
                                              "signed: as computed (recorded in the map's metadata)"),
@@ -87,6 +98,7 @@ class Context:
     stage: str
     layer: str = ""
     rows: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)   # method-specific choices, recorded in the map's metadata
 
     @property
     def x(self):
@@ -217,7 +229,7 @@ def run_method(stage: str, method: str, compute: Callable[[Context], Any], image
             **norm, "layer": ctx.layer or None, "model": ctx.network.source,
             "network_grid": "the scan's own grid" if ctx.net_in.same_grid else
             f"{'x'.join(map(str, ctx.net_in.grid.size))} voxels of {'x'.join(f'{s:g}' for s in ctx.net_in.grid.spacing)} mm, resampled back (linear)",
-            "outside_network_view": outside}
+            "outside_network_view": outside, **ctx.info}
     saliency = image.with_array(arr, kind="intensity", metadata={"saliency": info, "units": "a.u."})
     rows = numbers(ctx, info, arr, mask) + ctx.rows
     return saliency, Table(rows, title=f"{method}: {ctx.target.description}")

@@ -21,7 +21,10 @@ def tumour_classifier(*, random_labels: bool = False):
     Parameters
     ----------
     random_labels : bool
-        The same network trained on shuffled labels, for the data randomisation test.
+        The same network, preprocessing and training data, trained on shuffled labels: the twin of
+        the data randomisation test (:func:`medlab.explain.data_randomisation_test`). Its
+        ``metrics`` record how much of its shuffled training labels it fitted
+        (``training_accuracy``) and its held-out accuracy (near chance: it knows nothing of tumours).
 
     Returns
     -------
@@ -33,6 +36,9 @@ def tumour_classifier(*, random_labels: bool = False):
     >>> ck = tumour_classifier()
     >>> ck.labels[0], ck.metrics["held_out_accuracy"] >= 0.9
     ('tumour', True)
+    >>> twin = tumour_classifier(random_labels=True)
+    >>> twin.config == ck.config, twin.metrics["training_labels"]
+    (True, 'shuffled (data randomisation)')
     """
     from ..outputs import Checkpoint
 

@@ -2,11 +2,16 @@
 
 The network-input voxels are ranked by the map (highest first; in 3D, voxels, not pixels).
 **Deletion** replaces the top fraction of voxels by a baseline and follows the target
-probability as the fraction grows from 0 to 1: a faithful map makes it fall fast (small area
-under the curve). **Insertion** starts from the baseline and puts the top voxels back: it
-should rise fast (large area). The same deletion in a random order is the reference a map must
-beat. The relative change of the target probability when the top ``fraction`` of voxels is
-deleted is reported too.
+as the fraction grows from 0 to 1: a faithful map makes it fall fast (small area under the
+curve). **Insertion** starts from the baseline and puts the top voxels back: it should rise fast
+(large area). The same deletion in a random order is the reference a map must beat. The
+relative change of the target when the top ``fraction`` of voxels is deleted is reported too.
+
+The target followed is the class **logit** by default (``score="logit"``; for a segmentation
+network the class's logits summed over the region), so the areas are in logit units × fraction;
+``score="probability"`` follows its softmax (sigmoid for one output), as Petsiuk et al. did, but
+a confident model's probability is 1.0 in float32 until the evidence is nearly gone, and the
+curves then measure rounding rather than the map. The choice is in the table.
 
 The map is resampled from the scan's grid onto the network input (linear); only network voxels
 inside the scan's footprint are ranked and changed. Ties (e.g. zeros of a Grad-CAM map) are
@@ -14,6 +19,8 @@ broken in a random order fixed by ``seed``, never by position.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -30,7 +37,7 @@ from ..stage import (
     progress,
     stage,
 )
-from ._common import prepare
+from ._common import prepare, score_param
 
 
 def _baseline(ctx, kind: str, blur_mm: float):
@@ -48,8 +55,9 @@ def _baseline(ctx, kind: str, blur_mm: float):
     return torch.from_numpy(arr.astype(np.float32))[None]
 
 
-def _curve(ctx, start, end, order: np.ndarray, fractions: np.ndarray, batch: int, desc: str) -> np.ndarray:
-    """Target probability of ``start`` with the first ``f * len(order)`` voxels taken from ``end``."""
+def _curve(ctx, start, end, order: np.ndarray, fractions: np.ndarray, batch: int, desc: str,
+           score: str = "logit") -> np.ndarray:
+    """The target (``score``) of ``start`` with the first ``f * len(order)`` voxels taken from ``end``."""
     import torch
 
     flat_start = start.reshape(start.shape[0], start.shape[1], -1)
@@ -63,7 +71,7 @@ def _curve(ctx, start, end, order: np.ndarray, fractions: np.ndarray, batch: int
             idx = torch.from_numpy(order[:k])
             xb[i, :, idx] = flat_end[0, :, idx]
         with torch.inference_mode():
-            out.append(ctx.target.probability(xb.reshape(len(chunk), *start.shape[1:])).double().numpy())
+            out.append(ctx.target.value(xb.reshape(len(chunk), *start.shape[1:]), score).double().numpy())
     return np.concatenate(out)
 
 
@@ -75,7 +83,7 @@ def _auc(x: np.ndarray, y: np.ndarray) -> float:
        image=ImageInput("intensity", help="the scan"), model=ModelInput(help="the model the map explains"),
        saliency=ImageInput("intensity", overlaps="image", help="the map (any explanation stage's output)"),
        mask=ImageInput("label", optional=True, overlaps="image", help="segmentation networks: the target region"),
-       target_class=Int(-1, 999, -1, help="class whose probability is followed; -1: the predicted class"),
+       target_class=Int(-1, 999, -1, help="class whose score is followed; -1: the predicted class"),
        region=Points(role="target", image="image", help="segmentation networks: the target region's points"),
        region_radius=Float(0.0, 200.0, 10.0, unit="mm", help="radius of the balls around the region points"),
        steps=Int(4, 200, 20, help="points on each curve (plus the start)"),
@@ -84,9 +92,10 @@ def _auc(x: np.ndarray, y: np.ndarray) -> float:
        fraction=Float(0.001, 0.9, 0.05, help="share of top voxels deleted for the relative score change"),
        batch=Int(1, 256, 8, help="images per forward pass"),
        seed=Int(0, 2**31 - 1, 0, help="order of tied voxels and of the random reference"),
+       **score_param("each curve"),
        outputs={"curves": CurveOut(), "numbers": TableOut()})
 def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, region=(), region_radius=10.0,
-                       steps=20, baseline="blur", blur_mm=10.0, fraction=0.05, batch=8, seed=0):
+                       steps=20, baseline="blur", blur_mm=10.0, fraction=0.05, batch=8, seed=0, score="logit"):
     """Deletion and insertion curves of a map, their areas, and a random-order reference.
 
     Parameters
@@ -102,16 +111,18 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     baseline : {'blur', 'mean', 'zero'}
         Deleted voxels take the value of a blurred copy (``blur_mm``), the mean, or 0.
     fraction : float
-        The relative change ``(p(top fraction deleted) - p(image)) / p(image)`` is reported.
+        The relative change ``(f(top fraction deleted) - f(image)) / |f(image)|`` is reported.
     batch, seed
+    score : {'logit', 'probability'}
+        What the curves follow (see the module docstring); recorded in the table.
 
     Returns
     -------
     curves : Curve
-        Series ``deletion``, ``insertion`` and ``deletion (random order)``: target probability
-        against the fraction of voxels changed.
+        Series ``deletion``, ``insertion`` and ``deletion (random order)``: the target (logit or
+        probability) against the fraction of voxels changed.
     numbers : Table
-        Areas under the curves, the probabilities at both ends, the relative change.
+        The score followed, areas under the curves, the target at both ends, the relative change.
 
     Examples
     --------
@@ -135,25 +146,28 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     fractions = np.linspace(0.0, 1.0, steps + 1)
     base = _baseline(ctx, baseline, blur_mm)
     x = ctx.x
-    deletion = _curve(ctx, x, base, order, fractions, batch, "deletion")
-    insertion = _curve(ctx, base, x, order, fractions, batch, "insertion")
-    reference = _curve(ctx, x, base, random_order, fractions, batch, "deletion (random order)")
-    p_top = float(_curve(ctx, x, base, order, np.array([fraction]), 1, "relative change")[0])
-    curves = Curve("deletion and insertion", x_label="fraction of voxels", y_label="target probability")
+    curve = partial(_curve, score=score)
+    deletion = curve(ctx, x, base, order, fractions, batch, "deletion")
+    insertion = curve(ctx, base, x, order, fractions, batch, "insertion")
+    reference = curve(ctx, x, base, random_order, fractions, batch, "deletion (random order)")
+    f_top = float(curve(ctx, x, base, order, np.array([fraction]), 1, "relative change")[0])
+    what = "target logit" if score == "logit" else "target probability"
+    curves = Curve("deletion and insertion", x_label="fraction of voxels", y_label=what)
     for name, ys in (("deletion", deletion), ("insertion", insertion), ("deletion (random order)", reference)):
         for f, p in zip(fractions, ys):
             curves.append(name, f, p)
-    p0 = float(deletion[0])
+    f0 = float(deletion[0])
     with torch.inference_mode():
-        p_base = float(ctx.target.probability(base)[0])
+        f_base = float(ctx.target.value(base, score)[0])
     rows = [{"quantity": "target", "value": ctx.target.description},
+            {"quantity": "score followed", "value": what},
             {"quantity": "deletion AUC (lower is better)", "value": _auc(fractions, deletion)},
             {"quantity": "insertion AUC (higher is better)", "value": _auc(fractions, insertion)},
             {"quantity": "deletion AUC, random order", "value": _auc(fractions, reference)},
-            {"quantity": "target probability, image", "value": p0},
-            {"quantity": "target probability, baseline", "value": p_base},
-            {"quantity": f"relative change of the target probability, top {100 * fraction:g} % deleted",
-             "value": (p_top - p0) / p0 if p0 > 0 else float("nan")},
+            {"quantity": f"{what}, image", "value": f0},
+            {"quantity": f"{what}, baseline", "value": f_base},
+            {"quantity": f"relative change of the {what}, top {100 * fraction:g} % deleted",
+             "value": (f_top - f0) / abs(f0) if f0 != 0 else float("nan")},
             {"quantity": "voxels ranked", "value": len(order)},
             {"quantity": "baseline", "value": baseline + (f" (Gaussian sigma {blur_mm:g} mm)" if baseline == "blur" else "")}]
     return curves, Table(rows, title="faithfulness: deletion and insertion")

@@ -498,7 +498,10 @@ def _forward(network: Network, x, *, graph: bool, named: str | None = None):
         for h in hooks:
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
-    if _alias(out, state["last"]):   # the last spatial output is the network's own (a segmentation network)
+    modules = dict(module.named_modules())
+    if _alias(out, state["last"]) or _class_score_map(modules, state["names"], out):
+        # the last spatial output is the network's own (a segmentation network), or the class-score
+        # map of a CAM-style head: the features before it are the last convolutional block
         names, tensor, version = state["prev_names"], state["prev"], state["prev_version"]
     else:
         names, tensor, version = state["names"], state["last"], state["version"]
@@ -507,6 +510,22 @@ def _forward(network: Network, x, *, graph: bool, named: str | None = None):
         seen.setdefault(auto, (tensor, version))
     kept = {n: t for n, (t, version) in seen.items() if t._version == version}
     return out, auto, kept
+
+
+def _class_score_map(modules: dict, names: list, out) -> bool:
+    """The last spatial output is a classifier's class-score map, not features: a 1×1(×1)
+    convolution to as many channels as the classifier has outputs, from which the output
+    (``[B, K]``) is only pooled, as in CAM-style heads (Zhou et al. 2016; medlab's
+    ``max_evidence``/``lse_evidence`` heads). It is the linear classifier applied at each place,
+    so Grad-CAM there weights K class maps, not feature channels; the field's "last
+    convolutional block" (pytorch-grad-cam's ``layer4[-1]``, MONAI's ``class_layers.relu``) is
+    the block before it."""
+    if not names or out.ndim != 2:
+        return False
+    m = modules.get(names[-1])   # the outermost module returning that tensor
+    inner = modules.get(names[0])
+    return any(_is_conv(c) and all(k == 1 for k in c.kernel_size) and c.out_channels == out.shape[1]
+               for c in (m, inner) if c is not None)
 
 
 def _alias(a, b) -> bool:
@@ -522,7 +541,9 @@ def _alias(a, b) -> bool:
 def find_target_layer(network: Network, x) -> str:
     """The last convolutional block: the last module in the forward pass that contains a
     convolution and outputs a spatial feature map (``[B, C, *spatial]`` with as many spatial
-    axes as ``x``), other than the network's own output. When several modules output the same
+    axes as ``x``), other than the network's own output and other than a classifier's
+    class-score map (a 1×1 convolution to the K class channels that are then only pooled: the
+    block before it is the last block of features, where Grad-CAM weights feature channels). When several modules output the same
     tensor (a block and the sequence that ends with it), the innermost is named.
 
     Raises

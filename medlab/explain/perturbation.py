@@ -1,19 +1,35 @@
 """Occlusion sensitivity, batched, with the mask size in mm and a coarse-to-fine pass.
 
-A box of the network input is replaced by a fill value, the target probability is measured,
-and each voxel gets the drop ``p(image) - mean p(occluded)`` over every box that covers it.
+A box of the network input is replaced by a fill value, the target is measured, and each voxel
+gets the drop ``f(image) - mean f(occluded)`` over every box that covers it. ``f`` is the target
+**logit** by default (the issue's target: a class logit, or a class's logits summed over a
+region); ``score="probability"`` follows its softmax (sigmoid for one output) instead, which a
+confident model saturates: in float32 a sigmoid of 16.65 or more is exactly 1.0 (at 12 it is
+1 - 6e-6), so a box moves it by rounding steps at most and the map ranks nothing. The choice is recorded in the map's metadata
+(``saliency.metadata["saliency"]["score"]``) and the table.
+
 The boxes are placed exactly as MONAI's ``OcclusionSensitivity`` places them (its
 sliding-window positions for the same box size and ``overlap``), so with ``refine=0`` the
-map is ``p(image)`` minus MONAI's map (MONAI reports the occluded probability itself, where
-*lower* means important; here higher means important, and nothing is flipped silently).
+map is ``f(image)`` minus MONAI's map (MONAI reports the occluded score itself, where *lower*
+means important; here higher means important, and nothing is flipped silently). MONAI's
+``activate`` chooses its score: the identity gives the logit, as here.
 
 Why not call MONAI: its map is computed through ``sliding_window_inference`` on every box,
 with one Python-level copy per box, and it only explains a class of a classifier. Here the
-occluded copies of a batch are filled in one tensor, and a **coarse-to-fine** pass first
-occludes non-overlapping boxes, then recomputes only the overlapping boxes that touch a place
-where the coarse drop is at least ``refine`` times the largest one. Voxels covered only by
-recomputed boxes are exact (equal to the full computation); the others keep the coarse value,
-which is below ``refine`` of the peak by construction. The table reports both shares.
+occluded copies of a batch are filled in one tensor. **Coarse-to-fine** (``refine`` > 0):
+
+1. occlude the non-overlapping boxes (the stride is the box): the coarse map;
+2. the *refined region* is where the coarse map's magnitude is at least ``refine`` times its
+   largest (``refine=0.5``: at least half the peak, the half-maximum convention of a
+   point-spread width); every overlapping box that covers a voxel of it is computed;
+3. voxels all of whose boxes were computed (the refined region and more) take the exact value,
+   equal to the full computation; the others keep the coarse value, which is below ``refine``
+   of the peak in magnitude (there the map differs from the full one; the benchmark reports
+   by how much).
+
+The table reports the boxes computed against the full computation and the share of voxels that
+are exact. The saving depends on the evidence being local: a map whose coarse values are all
+near its peak refines every box.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..stage import Choice, Float, Int, progress, stage
-from ._common import Context, inputs, output_params, outputs, run_method, target_params
+from ._common import Context, inputs, output_params, outputs, run_method, score_param, target_params
 
 
 def window_starts(shape, box, overlap: float) -> np.ndarray:
@@ -39,7 +55,7 @@ def window_starts(shape, box, overlap: float) -> np.ndarray:
     return np.stack([g.ravel() for g in grids], axis=1)
 
 
-def _probabilities(ctx: Context, starts: np.ndarray, box, fill: float, batch: int, desc: str) -> np.ndarray:
+def _scores(ctx: Context, starts: np.ndarray, box, fill: float, batch: int, desc: str, score: str) -> np.ndarray:
     import torch
 
     x = ctx.x
@@ -51,7 +67,7 @@ def _probabilities(ctx: Context, starts: np.ndarray, box, fill: float, batch: in
         for i, s in enumerate(chunk):
             xb[(i, slice(None), *[slice(int(a), int(a) + m) for a, m in zip(s, box)])] = fill
         with torch.inference_mode():
-            out[done:done + len(chunk)] = ctx.target.probability(xb).double().numpy()
+            out[done:done + len(chunk)] = ctx.target.value(xb, score).double().numpy()
         done += len(chunk)
     return out
 
@@ -66,38 +82,38 @@ def _accumulate(shape, starts, box, values):
     return total, count
 
 
-def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float):
-    """The occlusion map (probability drop) on the network input, and what was computed."""
+def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float, score: str = "logit"):
+    """The occlusion map (drop of the target ``score``) on the network input, what was computed,
+    and the image's own score (see the module docstring for the coarse-to-fine pass)."""
     x = ctx.x
     shape = tuple(int(s) for s in x.shape[2:])
     value = {"mean": float(x.mean()), "zero": 0.0, "minimum": float(x.min())}[fill]
-    p0 = ctx.target.base()[1]
+    f0 = ctx.target.base_value(score)
     fine = window_starts(shape, box, overlap)
     if refine <= 0:
-        probs = _probabilities(ctx, fine, box, value, batch, "occlusion")
-        total, count = _accumulate(shape, fine, box, probs)
-        return p0 - total / count, {"boxes computed": len(fine), "boxes in the full computation": len(fine),
-                                    "share of voxels computed exactly": 1.0}, p0
+        values = _scores(ctx, fine, box, value, batch, "occlusion", score)
+        total, count = _accumulate(shape, fine, box, values)
+        return f0 - total / count, {"boxes computed": len(fine), "boxes in the full computation": len(fine),
+                                    "share of voxels computed exactly": 1.0}, f0
     coarse = window_starts(shape, box, 0.0)
-    known = dict(zip(map(tuple, coarse), _probabilities(ctx, coarse, box, value, batch, "occlusion (coarse)")))
+    known = dict(zip(map(tuple, coarse), _scores(ctx, coarse, box, value, batch, "occlusion (coarse)", score)))
     total, count = _accumulate(shape, coarse, box, [known[tuple(s)] for s in coarse])
-    coarse_map = p0 - total / count
+    coarse_map = f0 - total / count
     peak = float(np.abs(coarse_map).max())
-    keep = []
-    for s in fine:
-        sl = tuple(slice(int(a), int(a) + m) for a, m in zip(s, box))
-        if peak > 0 and float(np.abs(coarse_map[sl]).max()) >= refine * peak:
-            keep.append(s)
+    region = np.abs(coarse_map) >= refine * peak if peak > 0 else np.zeros(shape, bool)
+    keep = [s for s in fine if region[tuple(slice(int(a), int(a) + m) for a, m in zip(s, box))].any()]
     todo = np.array([s for s in keep if tuple(s) not in known], dtype=int).reshape(-1, len(shape))
     if len(todo):
-        known.update(zip(map(tuple, todo), _probabilities(ctx, todo, box, value, batch, "occlusion (fine)")))
+        known.update(zip(map(tuple, todo), _scores(ctx, todo, box, value, batch, "occlusion (fine)", score)))
     keep = np.array(keep, dtype=int).reshape(-1, len(shape))
     total, done = _accumulate(shape, keep, box, [known[tuple(s)] for s in keep])
     _, needed = _accumulate(shape, fine, box, np.zeros(len(fine)))
     exact = (done == needed) & (done > 0)
-    out = np.where(exact, p0 - total / np.maximum(done, 1), coarse_map)
+    out = np.where(exact, f0 - total / np.maximum(done, 1), coarse_map)
     return out, {"boxes computed": len(known), "boxes in the full computation": len(fine),
-                 "share of voxels computed exactly": float(exact.mean())}, p0
+                 "overlapping boxes refined": f"{len(keep)} of {len(fine)}",
+                 "refined region (coarse |drop| >= refine x peak), share of voxels": float(region.mean()),
+                 "share of voxels computed exactly": float(exact.mean())}, f0
 
 
 def box_voxels(mask_size: float, spacing, shape) -> tuple[int, ...]:
@@ -105,7 +121,7 @@ def box_voxels(mask_size: float, spacing, shape) -> tuple[int, ...]:
     return tuple(int(min(max(round(mask_size / s), 1), n)) for s, n in zip(spacing, shape))
 
 
-def _occlusion(ctx: Context, mask_size: float, overlap: float, fill: str, batch: int, refine: float):
+def _occlusion(ctx: Context, mask_size: float, overlap: float, fill: str, batch: int, refine: float, score: str):
     import torch
 
     shape = tuple(ctx.x.shape[2:])
@@ -113,12 +129,15 @@ def _occlusion(ctx: Context, mask_size: float, overlap: float, fill: str, batch:
     if all(b == n for b, n in zip(box, shape)):
         raise ParameterError(f"{ctx.stage}: a {mask_size:g} mm box covers the whole network input "
                              f"({' x '.join(map(str, shape))} voxels); choose a smaller mask_size")
-    drop, info, p0 = occlusion_drop(ctx, box, overlap, fill, batch, refine)
+    drop, info, f0 = occlusion_drop(ctx, box, overlap, fill, batch, refine, score)
+    what = "target logit" if score == "logit" else "target probability"
+    ctx.info["score"] = score
     ctx.rows += [{"quantity": "box (network voxels, tensor axes)", "value": " x ".join(map(str, box))},
-                 {"quantity": "target probability without occlusion", "value": p0},
+                 {"quantity": "score followed", "value": what},
+                 {"quantity": f"{what} without occlusion", "value": f0},
                  *({"quantity": k, "value": v} for k, v in info.items()),
-                 {"quantity": "map", "value": "p(image) - mean p(occluded) over the boxes covering each voxel; "
-                                              "MONAI's OcclusionSensitivity reports p(image) minus this"}]
+                 {"quantity": "map", "value": f"f(image) - mean f(occluded) over the boxes covering each voxel, f the "
+                                              f"{what}; MONAI's OcclusionSensitivity reports f(image) minus this"}]
     return torch.from_numpy(drop.astype(np.float32))
 
 
@@ -128,16 +147,17 @@ def _occlusion(ctx: Context, mask_size: float, overlap: float, fill: str, batch:
                                           "int(box x (1 - overlap)) voxels"),
        fill=Choice(["mean", "zero", "minimum"], "mean", help="what an occluded box holds: the image's mean "
                                                             "(MONAI's mean_img), 0, or its minimum"),
-       refine=Float(0.0, 1.0, 0.1, help="coarse-to-fine: recompute overlapping boxes only where the coarse drop is "
-                                       "at least this share of the largest; 0: every box (exact everywhere)"),
+       refine=Float(0.0, 1.0, 0.5, help="coarse-to-fine: exact where the non-overlapping boxes' drop is at least "
+                                       "this share of the largest (0.5: half maximum), coarse elsewhere; "
+                                       "0: every box (exact everywhere, MONAI's map)"),
        batch=Int(1, 512, 32, help="occluded images per forward pass"),
-       **output_params("signed"), outputs=outputs())
+       **score_param("occlusion"), **output_params("signed"), outputs=outputs())
 def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_radius=10.0, mask_size=30.0,
-              overlap=0.5, fill="mean", refine=0.1, batch=32, sign="signed", normalise="max"):
-    """Occlusion sensitivity (Zeiler & Fergus 2014): how much the target probability drops when a
-    box of the image is hidden, on the scan's grid.
+              overlap=0.5, fill="mean", refine=0.5, batch=32, score="logit", sign="signed", normalise="max"):
+    """Occlusion sensitivity (Zeiler & Fergus 2014): how much the target logit (or probability)
+    drops when a box of the image is hidden, on the scan's grid.
 
-    Positive values: hiding the place lowers the probability (evidence for the target); negative:
+    Positive values: hiding the place lowers the target (evidence for it); negative:
     hiding it raises it. The box is ``mask_size`` mm along each axis of the network grid.
 
     Parameters
@@ -149,9 +169,14 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
     fill : {'mean', 'zero', 'minimum'}
         The occluded box's value, on the network input.
     refine : float
-        Coarse-to-fine threshold (0: compute every box).
+        Coarse-to-fine: voxels whose coarse (non-overlapping boxes) drop is at least this share of
+        the largest are computed exactly, the rest keep the coarse value (0: every box, exact
+        everywhere).
     batch : int
         Occluded copies per forward pass.
+    score : {'logit', 'probability'}
+        What is followed: the target logit (default) or its probability, which saturates at 1.0
+        for a confident model (recorded in ``metadata["saliency"]["score"]``).
 
     Other parameters, returns and geometry as :func:`medlab.explain.grad_cam`.
 
@@ -160,6 +185,6 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
     >>> saliency, numbers = occlusion(image, model, mask_size=20, refine=0)   # doctest: +SKIP
     """
     return run_method("occlusion", "Occlusion sensitivity",
-                      lambda ctx: _occlusion(ctx, mask_size, overlap, fill, batch, refine), image, model, mask,
+                      lambda ctx: _occlusion(ctx, mask_size, overlap, fill, batch, refine, score), image, model, mask,
                       target_class=target_class, region=region, region_radius=region_radius, sign=sign,
                       normalise=normalise)

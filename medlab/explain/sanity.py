@@ -10,13 +10,20 @@ A map that explains the *model* must change when the model's learned weights are
   about the task; :mod:`medlab.explain.train_classifier` makes one).
 
 Similarity between the original and each randomised map (on the scan's grid): Spearman rank
-correlation, SSIM (scikit-image, n-dimensional) and the Pearson correlation of HOG features
+correlation of the maps as computed (signed when the method's ``sign`` is ``"signed"``) and of
+their absolute values (Adebayo et al. report both: "with" and "without absolute value"), SSIM (scikit-image, n-dimensional) and the Pearson correlation of HOG features
 (scikit-image's ``hog``, 2D: computed per axial slice of a volume and concatenated, as
 Adebayo et al. compare 2D images). A map whose rank correlation with the original stays at or
 above ``threshold`` after full randomisation **barely changes**: it is flagged, in the table
 (its title and a column) and in the randomised map's metadata. A map that became constant
 (e.g. no positive Grad-CAM evidence left) has no rank correlation (NaN): it changed, and is not
 flagged.
+
+Adebayo et al. found that Integrated Gradients (and gradient ⊙ input, which it integrates)
+barely change under randomisation, most visibly in absolute value: the input's own structure
+multiplies every gradient, so the map keeps the image's edges whatever the weights. A flagged
+Integrated Gradients map says so in its verdict; it is a property of the method, not a fault of
+the run.
 """
 
 from __future__ import annotations
@@ -118,10 +125,21 @@ def hog_similarity(a, b) -> float:
 
 
 def similarity(a, b) -> dict[str, float]:
-    """Spearman rank correlation, SSIM and HOG similarity of two maps on one grid."""
+    """Spearman rank correlation of the maps (``spearman``) and of their absolute values
+    (``spearman_abs``, Adebayo et al.'s "absolute value" variant), SSIM and HOG similarity of two
+    maps on one grid."""
     if isinstance(a, Image) and isinstance(b, Image) and not a.same_grid(b):
         raise ParameterError("similarity: the two maps are on different grids; resample one onto the other first")
-    return {"spearman": spearman(a, b), "ssim": ssim(a, b), "hog": hog_similarity(a, b)}
+    return {"spearman": spearman(a, b), "spearman_abs": spearman(np.abs(_values(a)), np.abs(_values(b))),
+            "ssim": ssim(a, b), "hog": hog_similarity(a, b)}
+
+
+KNOWN_INSENSITIVE = {
+    "integrated_gradients": "as Adebayo et al. (2018) found for Integrated Gradients and gradient x input: the "
+                            "input multiplies every gradient, so the map keeps the image's structure whatever the "
+                            "weights. Do not read it as what the model learned",
+}
+"""Methods that Adebayo et al. found to fail model randomisation, with the reason given when flagged."""
 
 
 # ---------------------------------------------------------------------------- randomisation
@@ -197,6 +215,7 @@ class SanityResult:
     scores: list = field(default_factory=list)
     threshold: float = 0.5
     test: str = "model randomisation"
+    method: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -206,8 +225,10 @@ class SanityResult:
     def verdict(self) -> str:
         last = self.scores[-1]["spearman"] if self.scores else math.nan
         if self.flagged:
+            known = KNOWN_INSENSITIVE.get(self.method)
             return (f"FLAGGED: after {self.test} the map barely changes (rank correlation {last:.2f} >= "
-                    f"{self.threshold:g}): it does not depend on what the model learned")
+                    f"{self.threshold:g}): it does not depend on what the model learned"
+                    + (f"; {known}" if known else ""))
         if not math.isfinite(last):
             return f"passed: after {self.test} the map is constant (no evidence left)"
         return f"passed: after {self.test} the map changes (rank correlation {last:.2f} < {self.threshold:g})"
@@ -217,7 +238,8 @@ class SanityResult:
 
         rows = []
         for i, (what, s) in enumerate(zip(self.steps, self.scores), 1):
-            rows.append({"step": i, "randomised": what, "spearman": s["spearman"], "ssim": s["ssim"],
+            rows.append({"step": i, "randomised": what, "spearman": s["spearman"],
+                         "spearman of |maps|": s.get("spearman_abs", math.nan), "ssim": s["ssim"],
                          "hog": s["hog"], "barely changes": bool(math.isfinite(s["spearman"])
                                                                  and s["spearman"] >= self.threshold)})
         return Table(rows, title=self.verdict())
@@ -277,7 +299,7 @@ def model_randomisation(image: Image, model, explain: Explainer, *, steps: int =
     original = explain(image, network)
     x = network_input(image, network.input_record, source=network.source).tensor
     groups = cascade_groups(network.module, x, steps)
-    result = SanityResult(original, threshold=threshold)
+    result = SanityResult(original, threshold=threshold, method=getattr(explain, "method", ""))
     module = copy_module(network.module)
     done: list[str] = []
     from ..stage import progress
@@ -300,7 +322,8 @@ def data_randomisation(image: Image, model, random_label_model, explain: Explain
 
     original = explain(image, resolve_model(model))
     other = explain(image, resolve_model(random_label_model, "random_label_model"))
-    result = SanityResult(original, threshold=threshold, test="label randomisation")
+    result = SanityResult(original, threshold=threshold, test="label randomisation",
+                          method=getattr(explain, "method", ""))
     result.randomised.append(other)
     result.steps.append("the network trained on shuffled labels")
     result.scores.append(similarity(original, other))
@@ -349,6 +372,7 @@ def explainer(method: str, mask: Image | None = None, *, target_class: int = -1,
             fixed["layer"] = info["layer"]
         return saliency
 
+    explain.method = method   # a SanityResult names the method (and what is known about it) in its verdict
     return explain
 
 

@@ -116,9 +116,20 @@ class Target:
         with torch.no_grad():
             return self.module(x)
 
+    def value(self, x, score: str = "logit"):
+        """The target for a batch ``x`` as ``score`` says: ``"logit"`` (what :attr:`module`
+        returns, :meth:`score`) or ``"probability"`` (:meth:`probability`)."""
+        return self.probability(x) if score == "probability" else self.score(x)
+
+    def base_value(self, score: str = "logit") -> float:
+        """The image's own target as ``score`` says (from the forward pass already made)."""
+        return self.base()[1 if score == "probability" else 0]
+
     def probability(self, x):
         """The target as a probability: softmax (sigmoid for one output) of the class, averaged over
-        the region for dense outputs. What occlusion and deletion/insertion curves track."""
+        the region for dense outputs. Occlusion and deletion/insertion curves track it only when
+        asked (``score="probability"``): a confident logit (16.65 or more for a sigmoid) makes it 1.0 in
+        float32, and a saturated probability ranks nothing."""
         import torch
 
         with torch.no_grad():
