@@ -8,7 +8,8 @@ Tables, all from one run:
    for every method, the share of the positive map inside the tumour mask (energy-based
    pointing game; target >= 0.6 for Grad-CAM), pointing-game hits, and the Spearman rank
    correlation between the map and the map of the same model with *every* layer re-initialised
-   (target < 0.3), plus the same against the twin trained on shuffled labels when shipped.
+   (target < 0.3), of the signed maps and of their absolute values (as Adebayo et al.), plus the
+   same against the twin trained on shuffled labels (``tumour_classifier(random_labels=True)``).
    Each method runs with its declared defaults, for the predicted class; Integrated Gradients,
    SmoothGrad and occlusion on the first ``--slow-cases`` cases only (they cost tens of forward
    passes per map).
@@ -19,9 +20,10 @@ Tables, all from one run:
    ``grad_cam`` against captum's ``LayerGradCam`` and MONAI's ``GradCAM`` called directly on the
    same layer (``class_layers.relu``), with the largest difference of the maps.
 4. **Occlusion** against MONAI's ``OcclusionSensitivity`` at equal box and overlap (so equal
-   stride), ``mean_img`` fill and the same probability (sigmoid of one logit, softmax of two): MONAI, medlab computing every box
-   (``refine=0``, the same map), and medlab's coarse-to-fine default (``refine=0.1``), with time
-   and the largest difference to MONAI's map (overall, and where medlab says it is exact).
+   stride), ``mean_img`` fill, following the target logit (MONAI with an identity activation):
+   a tiny CNN and ``--occlusion-cases`` held-out tumour phantoms; MONAI, medlab computing every box
+   (``refine=0``, the same map), and medlab's coarse-to-fine default (``refine=0.5``), with time,
+   boxes computed, the exact share and the difference to the exhaustive map (where exact and elsewhere).
 
 Usage::
 
@@ -29,6 +31,7 @@ Usage::
     python benchmarks/bench_explain.py speed       # tables 3 and 4 only
     python benchmarks/bench_explain.py gradcam     # table 3 (occlusion: table 4)
     python benchmarks/bench_explain.py --cases 4   # fewer phantoms in table 1
+    python benchmarks/bench_explain.py layers --cases 6   # tables 1a and 1b: Grad-CAM per candidate layer
 
 Timings depend on what else runs on the machine: compare ratios within one run. torch runs
 on one thread here (on 2 shared cores, two threads were slower than one).
@@ -101,13 +104,12 @@ def _says_tumour(out) -> bool:
     return bool(out[0, 0] > 0) if out.shape[1] == 1 else int(out.argmax()) == 1
 
 
-def _activation(out):
-    import torch
-
-    return torch.sigmoid if out.shape[1] == 1 else partial(torch.softmax, dim=1)
-
-
 SLOW = ("integrated_gradients", "smoothgrad", "occlusion")
+
+
+ABSOLUTE = ("guided_grad_cam", "integrated_gradients", "smoothgrad")
+"""Methods whose default sign is ``absolute``: computed signed here, so that Spearman is reported both
+signed and of absolute values (Adebayo et al.); their energy is that of the absolute map (the default)."""
 
 
 def localisation_and_randomisation(model, cases, twin, *, faith_cases: int, slow_cases: int) -> None:
@@ -117,47 +119,99 @@ def localisation_and_randomisation(model, cases, twin, *, faith_cases: int, slow
 
     rows, faith = [], []
     for method in METHODS:
-        energies, hits, rhos, ssims, twin_rhos, flags, seconds = [], [], [], [], [], 0, []
+        energies, hits, rhos, rhos_abs, ssims, twin_rhos, twin_abs, flags, seconds = [], [], [], [], [], [], [], 0, []
         for k, (image, mask) in enumerate(cases[:slow_cases] if method in SLOW else cases):
-            explain = explainer(method, mask)
+            explain = explainer(method, mask, **({"sign": "signed"} if method in ABSOLUTE else {}))
             t = time.perf_counter()
             result = model_randomisation(image, model, explain, steps=1, seed=k)
             original = result.original
             seconds.append(time.perf_counter() - t)
-            numbers = {r["quantity"]: r["value"] for r in localisation_rows(original, mask)}
+            as_default = original.with_array(np.abs(original.array)) if method in ABSOLUTE else original
+            numbers = {r["quantity"]: r["value"] for r in localisation_rows(as_default, mask)}
             energies.append(numbers.get("energy in mask", 0.0))
             hits.append(bool(numbers.get("pointing game hit", False)))
             rhos.append(result.scores[-1]["spearman"])
+            rhos_abs.append(result.scores[-1]["spearman_abs"])
             ssims.append(result.scores[-1]["ssim"])
-            flags += result.flagged
+            # the flag of the stage: the default map's rank correlation (absolute for ABSOLUTE methods)
+            flags += (rhos_abs if method in ABSOLUTE else rhos)[-1] >= result.threshold
             if twin is not None:
-                twin_rhos.append(similarity(original, explain(image, _resolve(twin)))["spearman"])
+                sim = similarity(original, explain(image, _resolve(twin)))
+                twin_rhos.append(sim["spearman"])
+                twin_abs.append(sim["spearman_abs"])
             if k < faith_cases:
-                _, table = deletion_insertion(image, model, original, steps=10)
+                _, table = deletion_insertion(image, model, as_default, steps=10)
                 faith.append((method, table_value(table, "deletion AUC (lower is better)"),
                               table_value(table, "insertion AUC (higher is better)"),
-                              table_value(table, "deletion AUC, random order")))
-        finite = [r for r in rhos if math.isfinite(r)]
+                              table_value(table, "deletion AUC, random order"),
+                              table_value(table, "target logit, image")))
         rows.append((method, len(energies), float(np.mean(energies)), float(np.min(energies)),
-                     f"{sum(hits)}/{len(hits)}", float(np.mean(finite)) if finite else math.nan,
-                     float(np.max(finite)) if finite else math.nan, f"{len(rhos) - len(finite)}",
+                     f"{sum(hits)}/{len(hits)}", *_mean_max(rhos), *_mean_max(rhos_abs),
+                     f"{sum(not math.isfinite(r) for r in rhos)}",
                      float(np.nanmean(ssims)) if ssims else math.nan,
-                     float(np.nanmean(twin_rhos)) if twin_rhos else math.nan, f"{flags}/{len(energies)}",
+                     *(_mean_max(twin_rhos)[:1]), *(_mean_max(twin_abs)[:1]), f"{flags}/{len(energies)}",
                      float(np.median(seconds))))
         print(f"  {method}: done", flush=True)
     print("\nTable 1. Held-out tumour phantoms the classifier calls tumour: localisation (energy in the "
           "tumour mask, pointing game) and similarity to the map of the fully randomised model "
-          "(Spearman; a constant randomised map has none and is counted apart); label-randomised twin; "
-          "flagged = Spearman >= 0.5 after full randomisation; s = seconds for the original and the randomised map.\n")
+          "(Spearman of the signed maps and of their absolute values, as Adebayo et al.; a constant randomised "
+          "map has none and is counted apart); Spearman with the map of the label-randomised twin; "
+          "flagged = the default map's Spearman >= 0.5 after full randomisation; s = seconds for the original and "
+          "the randomised map.\n")
     _table(("method", "cases", "energy mean", "energy min", "pointing hits", "Spearman mean", "Spearman max",
-            "constant", "SSIM mean", "Spearman twin", "flagged", "s"), rows)
+            "|map| Spearman mean", "|map| Spearman max", "constant", "SSIM mean", "twin Spearman",
+            "twin |map| Spearman", "flagged", "s"), rows)
     if faith:
-        print(f"Table 2. Faithfulness on the first {faith_cases} cases (blurred baseline, 10 steps): mean AUCs.\n")
+        print(f"Table 2. Faithfulness on the first {faith_cases} cases (blurred baseline, 10 steps), following the "
+              "target logit (the default): mean AUCs in logit x fraction, and the image's logit.\n")
         agg = {}
-        for m, d, i, r in faith:
-            agg.setdefault(m, []).append((d, i, r))
-        _table(("method", "deletion AUC", "insertion AUC", "deletion AUC random order"),
+        for m, d, i, r, f0 in faith:
+            agg.setdefault(m, []).append((d, i, r, f0))
+        _table(("method", "deletion AUC", "insertion AUC", "deletion AUC random order", "logit of the image"),
                [(m, *np.mean(v, axis=0)) for m, v in agg.items()])
+
+
+def layer_choice(model, cases) -> None:
+    """Grad-CAM energy in the mask and randomised-model Spearman at each candidate layer, and how
+    the energy of the automatic layer's map grows when the mask is dilated (the map's resolution)."""
+    from scipy import ndimage
+
+    from medlab.explain import find_target_layer, grad_cam, resolve_model
+    from medlab.explain._common import localisation_rows
+    from medlab.explain.geometry import network_input
+    from medlab.explain.sanity import explainer, model_randomisation
+
+    net = resolve_model(model)
+    auto = find_target_layer(net, network_input(cases[0][0], net.input_record).tensor)
+    rows = []
+    for layer in ("features.block1", "features.block2", "features.block3", "head.evidence"):
+        energies, rhos = [], []
+        for k, (image, mask) in enumerate(cases):
+            result = model_randomisation(image, model, explainer("grad_cam", mask, layer=layer), steps=1, seed=k)
+            numbers = {r["quantity"]: r["value"] for r in localisation_rows(result.original, mask)}
+            energies.append(numbers.get("energy in mask", 0.0))
+            rhos.append(result.scores[-1]["spearman"])
+        finite = [r for r in rhos if math.isfinite(r)]
+        rows.append((layer + (f" (auto: {auto})" if auto.startswith(layer + ".") or auto == layer else ""),
+                     len(cases), float(np.mean(energies)), float(np.min(energies)),
+                     float(np.mean(finite)) if finite else math.nan, f"{len(rhos) - len(finite)}"))
+    print("Table 1a. Grad-CAM at each candidate layer of the shipped classifier (same held-out cases): energy in "
+          "the tumour mask, Spearman with the fully randomised model's map (constant maps counted apart).\n")
+    _table(("layer", "cases", "energy mean", "energy min", "Spearman mean", "constant"), rows)
+    grow = []
+    for image, mask in cases:
+        saliency, _ = grad_cam(image, model, mask)
+        a, m = np.clip(saliency.array, 0, None), np.asarray(mask.array) != 0
+        grow.append([float(a[ndimage.binary_dilation(m, iterations=i) if i else m].sum() / a.sum())
+                     for i in (0, 1, 2, 3)])
+    print(f"Table 1b. Energy of the automatic layer's map ({auto}) inside the tumour mask dilated by 0-3 scan "
+          "voxels (3 x 3 x 4 mm; the layer's voxel is 6 x 6 x 8 mm): mean over the cases.\n")
+    _table(("dilation (voxels)", "0", "1", "2", "3"), [("energy", *np.mean(grow, axis=0))])
+
+
+def _mean_max(values):
+    finite = [v for v in values if math.isfinite(v)]
+    return (float(np.mean(finite)), float(np.max(finite))) if finite else (math.nan, math.nan)
 
 
 def _resolve(model):
@@ -295,13 +349,12 @@ def _monai_occlusion(occ, x, c):
     return occ(x)[0][0, c].numpy()
 
 
-def occlusion_speed(model) -> None:
+def occlusion_speed(model, n_cases: int = 3, refine: float = 0.5) -> None:
     import torch
     from monai.visualize import OcclusionSensitivity
     from torch import nn
 
     from medlab import Image
-    from medlab.data import classification_set
     from medlab.explain import occlusion, table_value
     from medlab.explain.geometry import network_input
     from medlab.explain.network import resolve_model
@@ -313,18 +366,12 @@ def occlusion_speed(model) -> None:
     zz, yy, xx = np.mgrid[:32, :32, :32]
     blob += np.exp(-((zz - 12) ** 2 + (yy - 20) ** 2 + (xx - 15) ** 2) / 18.0) + 0.1
     net = resolve_model(model)
-    # The shipped classifier's tumour logits are 12-19: their probability is 1 in float32 and no box
-    # moves it, so every occlusion map of a tumour case is ~0 (both MONAI's and medlab's). The
-    # held-out phantom with the least saturated probability is the comparison that means something.
-    held_out = classification_set(n=8, seed=model.metrics["held_out_seed"])
-    with torch.no_grad():
-        logits = [float(net.module(network_input(held_out[i][0], net.input_record).tensor)[0, 0]) for i in range(8)]
-    pick = int(np.argmin(np.abs(logits)))
-    image = held_out[pick][0]
-    shipped = (f"shipped classifier, 64x64x32 held-out phantom {pick} (label {held_out[pick][1]}, logit "
-               f"{logits[pick]:.2f})")
-    setups = [("tiny CNN, 32^3", tiny, Image(blob), (16, 16, 16), 0.6),
-              (shipped, net.module, image, (12, 16, 16), 0.5)]
+    # held-out tumour phantoms the classifier calls tumour (logits 12-19): the target is the logit, which
+    # they do not saturate (their probability is 1.0 or within 1e-5 of it, where occlusion ranks nothing)
+    cases, _, _ = held_out_cases(model, n_cases)
+    setups = [("tiny CNN, 32^3", tiny, Image(blob), (16, 16, 16), 0.6)]
+    setups += [(f"shipped classifier, held-out tumour case {k}", net.module, image, (12, 16, 16), 0.5)
+               for k, (image, _) in enumerate(cases)]
     rows = []
     for name, module, img, box, overlap in setups:
         if module is tiny:
@@ -336,36 +383,46 @@ def occlusion_speed(model) -> None:
         with torch.no_grad():
             logits = module(x)
             c = int(logits.argmax())
-            p0 = float(_activation(logits)(logits)[0, c])
+            f0 = float(logits[0, c])
+        # activate=identity: MONAI's map is the occluded logit itself
         occ = OcclusionSensitivity(module, mask_size=box, n_batch=32, mode="mean_img", overlap=overlap, verbose=False,
-                                   activate=_activation(logits))
+                                   activate=lambda out: out)
         t_monai, out = _timed(partial(_monai_occlusion, occ, x, c), repeats=1)
-        rows.append((name, "MONAI OcclusionSensitivity (n_batch 32)", t_monai, 1.0, "–", "–", "–"))
-        for refine in (0.0, 0.1):
+        full = f0 - out
+        peak = float(np.abs(full).max())
+        rows.append((name, f"logit {f0:.2f}", "MONAI OcclusionSensitivity (n_batch 32)", t_monai, 1.0, "–", "–", "–",
+                     "–", "–"))
+        for r in (0.0, refine):
             t, (s, table) = _timed(partial(occlusion, img, model_in, target_class=c, mask_size=mm, overlap=overlap,
-                                           refine=refine, fill="mean", normalise="none", batch=32), repeats=1)
+                                           refine=r, fill="mean", normalise="none", batch=32), repeats=1)
             assert table_value(table, "box (network voxels, tensor axes)") == " x ".join(map(str, box))
-            mine = p0 - s.array
-            diff = np.abs(mine - out)
-            exact = diff <= 1e-5 * max(np.abs(out).max(), 1e-12)
-            rows.append((name, f"medlab occlusion refine={refine:g}", t, t_monai / t, float(diff.max()),
-                         table_value(table, "share of voxels computed exactly"),
-                         f"{table_value(table, 'boxes computed')}/{table_value(table, 'boxes in the full computation')}"))
-            if refine > 0:
-                rows.append((name, "  (where medlab says exact: max difference)", "–", "–",
-                             float(diff[exact].max()) if exact.any() else math.nan, float(exact.mean()), "–"))
-    print("Table 4. Occlusion at equal box (voxels, tensor axes) and overlap, mean-image fill, probability "
-          "(sigmoid of one logit, softmax of two) of the predicted class; difference = |MONAI map - (p(image) - medlab map)|.\n")
-    _table(("model and input", "implementation", "s", "speed-up vs MONAI", "max difference", "exact share", "boxes"),
-           rows)
+            assert table_value(table, "score followed") == "target logit"
+            diff = np.abs(s.array - full)
+            share = table_value(table, "share of voxels computed exactly")
+            exact = diff <= 1e-5 * max(peak, 1e-12)
+            elsewhere = ~exact
+            rows.append((name, "", f"medlab occlusion refine={r:g}", t, t_monai / t,
+                         f"{table_value(table, 'boxes computed')}/{table_value(table, 'boxes in the full computation')}",
+                         share, float(diff[exact].max() / peak) if exact.any() else math.nan,
+                         float(diff[elsewhere].max() / peak) if elsewhere.any() else 0.0,
+                         float(np.mean(exact[np.abs(full) >= 0.5 * peak]))))
+    print("Table 4. Occlusion at equal box (voxels, tensor axes) and overlap, mean-image fill, following the target "
+          "logit (MONAI with an identity activation); map = logit(image) - MONAI's map. Columns: boxes computed of "
+          "the full computation; share of voxels medlab reports exact; the largest difference to the exhaustive map "
+          "where it equals it (relative to the map's peak) and elsewhere; the share of the exhaustive map's voxels "
+          "at >= half its peak that are exact.\n")
+    _table(("model and input", "target", "implementation", "s", "speed-up vs MONAI", "boxes", "exact share",
+            "max diff exact / peak", "max diff elsewhere / peak", "exact share of >= half-peak voxels"), rows)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", default=["all"], help="all, quality, speed (= gradcam and occlusion)")
+    p.add_argument("what", nargs="*", default=["all"], help="all, quality, layers, speed (= gradcam and occlusion)")
     p.add_argument("--cases", type=int, default=None, help="at most this many held-out tumour cases in table 1")
     p.add_argument("--faith-cases", type=int, default=3)
     p.add_argument("--slow-cases", type=int, default=8, help="cases for integrated gradients, SmoothGrad, occlusion")
+    p.add_argument("--occlusion-cases", type=int, default=3, help="held-out tumour cases in table 4")
+    p.add_argument("--refine", type=float, default=0.5, help="coarse-to-fine threshold in table 4")
     args = p.parse_args(argv)
     import torch
 
@@ -384,10 +441,13 @@ def main(argv=None) -> int:
         cases, wrong, n = held_out_cases(model, args.cases)
         print(f"held-out set: {n} phantoms; tumour cases called tumour: {len(cases)} used, {wrong} missed\n", flush=True)
         localisation_and_randomisation(model, cases, twin, faith_cases=args.faith_cases, slow_cases=args.slow_cases)
+    if what & {"all", "layers"}:
+        cases, _, _ = held_out_cases(model, args.cases)
+        layer_choice(model, cases)
     if what & {"all", "speed", "gradcam"}:
         gradcam_speed(model)
     if what & {"all", "speed", "occlusion"}:
-        occlusion_speed(model)
+        occlusion_speed(model, args.occlusion_cases, args.refine)
     return 0
 
 

@@ -4941,6 +4941,12 @@ The classifier has **one output**, a logit: the evidence for "tumour" (positive:
 Its last layer, `head.evidence`, is a 1×1×1 convolution that turns the features into a tumour-evidence
 map at half the scan's resolution; the logit is a smooth maximum of that map.
 
+Which layer does Grad-CAM use? `layer="auto"` takes the **last convolutional block of features**,
+`features.block3.1` here, as pytorch-grad-cam and MONAI users pick the last block of the feature extractor
+(`layer4[-1]` of a ResNet, `class_layers.relu` of a DenseNet). `head.evidence` is not a feature block: it is
+the classifier applied at each place (one channel, the class), so medlab skips it; you can still ask for it
+by name (`layer="head.evidence"`), and `medlab.explain.candidate_layers(model)` lists every choice.
+
 Grad-CAM (Selvaraju et al., ICCV 2017) takes a convolutional layer's activations *A* (channels × space),
 the gradient of the chosen score with respect to them, averages the gradient over space into one weight
 per channel, and sums the channels with those weights: `ReLU(Σ_k w_k A_k)`. The result lives on the
@@ -4979,7 +4985,7 @@ print(f"largest difference medlab vs captum: {np.abs(medlab_map.array - by_hand)
 """),
     md("""
 **Exercise 1.** The map is made on the layer's grid and upsampled. How large, in millimetres, is one voxel
-of the layer `head.evidence` along (x, y, z)? Read it from the shapes printed above and the scan's
+of the layer `features.block3.1` (printed above) along (x, y, z)? Read it from the shapes printed above and the scan's
 spacing; put it in `my_voxel_mm`.
 """),
     code("""
@@ -5056,13 +5062,16 @@ check_failing(my_failing_map)
 ## 3. Faithfulness and localisation
 
 **Faithful** means the map ranks voxels by how much the model needs them. The **deletion curve** removes
-voxels in the map's order (most salient first) and follows the tumour probability: a faithful map makes
+voxels in the map's order (most salient first) and follows the tumour **logit**: a faithful map makes
 it fall fast (a small area under the curve). The **insertion curve** starts from a blank image and adds
-voxels back: it should rise fast. Both are compared with removing voxels in random order.
+voxels back: it should rise fast. Both are compared with removing voxels in random order. Why the logit
+and not the probability (`score="probability"` if you want it): this classifier's tumour logits are 12 to 19,
+and a sigmoid of 16.65 or more is exactly 1.0 in float32, so a probability curve would sit at 1 and rank
+nothing. The table of `deletion_insertion` says which score it followed.
 
 What "removed" means matters. The default baseline is a blurred copy of the scan, good for textures; but a
 blurred tumour is still a bright blob on FLAIR, so this classifier still sees it and every curve stays
-at 1. Here voxels are replaced by the **mean** intensity (`baseline="mean"`), which does erase a bright lesion.
+high. Here voxels are replaced by the **mean** intensity (`baseline="mean"`), which does erase a bright lesion.
 
 **Localisation** asks whether the map lands on the finding, here possible because the phantom's tumour
 is known: the share of the map's energy inside the tumour (energy-based pointing game) and whether the

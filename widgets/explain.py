@@ -23,7 +23,7 @@ What it adds to :class:`~medlab.widgets.workbench.Workbench` (and only that):
   randomised maps in two more linked viewers, one thumbnail per cascade step, the Spearman / SSIM
   / HOG similarity per step, and a red **FLAGGED** banner when the map barely changes. With
   ``random_label_model=`` the label-randomisation test runs too.
-* **Faithfulness**: deletion and insertion curves (target probability against the share of
+* **Faithfulness**: deletion and insertion curves (the target logit, the default score, against the share of
   voxels removed or restored in the map's order, with a random order as the reference) and
   their areas, for each shown map; with localisation (energy in the mask, pointing game, IoU)
   they fill one **numbers** table, A beside B.
@@ -623,7 +623,7 @@ class ExplainWidget(Workbench):
         self.faith_button = widgets.Button(
             description="Faithfulness", icon="line-chart", layout=widgets.Layout(width="auto"),
             tooltip="deletion and insertion curves of the shown maps: remove the voxels the map ranks "
-                    "highest first and follow the target probability")
+                    "highest first and follow the target logit")
         self.trust_cancel = widgets.Button(description="Cancel", icon="stop", disabled=True,
                                            layout=widgets.Layout(width="auto"))
         self.trust_progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0,
@@ -1128,7 +1128,7 @@ class ExplainWidget(Workbench):
             parts.append(widgets.VBox([widgets.HTML(
                 f"<b>{tag}</b> <code>{html.escape(key)}</code>: deletion AUC {d:.3f} (random order {r:.3f}), "
                 f"insertion AUC {i:.3f}<br><span style='opacity:.8'>{html.escape(verdict)}</span>"), plot]))
-        head = widgets.HTML("<b>Faithfulness</b> <span style='opacity:.8'>target probability as the voxels the map "
+        head = widgets.HTML("<b>Faithfulness</b> <span style='opacity:.8'>target logit as the voxels the map "
                             "ranks highest are removed (deletion: should fall fast) or restored (insertion: should "
                             "rise fast)</span>")
         self.faith_box.children = [head, widgets.HBox(parts, layout=widgets.Layout(flex_flow="row wrap"))]
@@ -1148,8 +1148,10 @@ class ExplainWidget(Workbench):
             if result is not None:
                 last = result.scores[-1]
                 rows += [{"quantity": f"{label}: verdict", "value": "FLAGGED" if result.flagged else "passed"},
-                         *({"quantity": f"{label}: {k} after the last step", "value": last[k]}
-                           for k in ("spearman", "ssim", "hog"))]
+                         *({"quantity": f"{label}: {k} after the last step", "value": last.get(k, math.nan)}
+                           for k in ("spearman", "spearman_abs", "ssim", "hog"))]
+                if result.flagged:   # why, and what is known about the method (Integrated Gradients)
+                    rows.append({"quantity": f"{label}: verdict in words", "value": result.verdict()})
         return Table(rows, title=key)
 
     def numbers_table(self) -> Table:
