@@ -123,6 +123,26 @@ def test_preview_overlays_the_region_and_follows_the_tolerance(brain, seed_mm):
     w.close()
 
 
+def test_switching_seeded_methods_keeps_the_seeds_clicked(brain, seed_mm):
+    """A seed clicked for region growing, then another seeded method chosen (first visit): the
+    switch works, the new method's seeds are armed on the viewer and it previews."""
+    w = _widget(brain)
+    w.before.position = seed_mm
+    _click(w.before, "seeds", seed_mm)
+    for name in ("confidence_connected", "neighbourhood_connected"):
+        w.select(name)
+        assert w.panel.spec.name == name and w.panel.error is None, w.panel.message
+        assert "seeds" in [d["name"] for d in w.before.point_sets]
+        assert (w.before.point_mode, w.before.active_set) == ("edit", "seeds")
+        _click(w.before, "seeds", seed_mm)
+        assert w.panel.params["seeds"] == (tuple(seed_mm),)
+        if name == "confidence_connected":       # (the neighbourhood needs a larger tolerance here)
+            assert _preview_voxels(w) > 0, (w.panel.preview_note.value, w.panel.message)
+    w.select("connected_threshold")                   # back: its seed is still there
+    assert w.panel.params["seeds"] == (tuple(seed_mm),) and w.before.point_set("seeds") == [list(seed_mm)]
+    w.close()
+
+
 def _caption_of_preview(w) -> str:
     w.panel.wait_preview()
     assert w.panel.preview is not None, w.panel.message

@@ -464,7 +464,10 @@ class StagePanel(widgets.VBox):
 
     def detach(self) -> None:
         """Stop following the viewer (when another panel takes over the same viewers); this
-        panel's own point sets leave the viewer (their points stay in the controls)."""
+        panel's own point sets leave the viewer (their points stay in the controls). Detached
+        already: nothing (a set of the same name may belong to the panel that took over)."""
+        if not self._active:
+            return
         self._active = False
         with self._lock:
             self._generation += 1  # drop any preview in flight

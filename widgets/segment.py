@@ -226,6 +226,11 @@ class SegmentWidget(LabelExport, Workbench):
     def select(self, name: str) -> StagePanel:
         """Show the panel of stage ``name`` (see :meth:`Workbench.select`), with seeds armed."""
         if name in self.specs and name not in self._panels:
+            if self.panel is not None:
+                # before the new panel binds the viewer: the old one takes its point sets away, and
+                # a 'seeds' set of the same name leaving must not reach the new panel (it failed with
+                # "no point set 'seeds'" when a seed was clicked before switching method)
+                self.panel.detach()
             panel = _SegmentPanel(self.specs[name], self.before, after=self.after, debounce=self._debounce,
                                   scan=lambda: self.image)
             panel.on_apply(self._applied)
