@@ -53,7 +53,8 @@ def classifier_config(network: str = "cnn_classifier", *, spatial_dims: int = 3,
         ``features.block{n}``; with ``head="max_evidence"`` a 1×1 convolution maps the features
         to one evidence map per class and the logit is its maximum over the image (no bias
         after pooling: a class is present where its evidence is positive), a
-        multiple-instance detector whose evidence map is its own Grad-CAM.
+        multiple-instance detector whose evidence map is its own Grad-CAM at
+        ``layer="head.evidence"`` (``"auto"`` picks the last feature block before it).
         ``densenet``: MONAI's ``DenseNet``. ``vit``: MONAI's ``ViT``
         with a classification token (explained by attention rollout).
     spatial_dims : {2, 3}
