@@ -266,23 +266,56 @@ def test_small_cases_batched_with_a_record_and_live_status_each(cohort, seg_reci
         assert len(result.results.query(f"case == 'sub{i}' and quantity == 'dice'")) == 1
     assert len(workers) == 1
     deadline = time.monotonic() + 10                                            # events travel apart from results
-    while len([e for e in events if e.get("status") == "done"]) < 3 and time.monotonic() < deadline:
+    while (len([e for e in events if e.get("status") == "done"]) < 3
+           or len({e["case"] for e in events if e.get("status") == "running"}) < N) and time.monotonic() < deadline:
         time.sleep(0.05)
     finished = [e["case"] for e in events if e.get("status") == "done"]         # sent as each case of a batch ends
     assert sorted(finished) == [c for c in run.futures[0].medlab_cases]          # (a lone case: its task's result)
+    # one event per case of a batch: the end of one announces the next as running (the watcher and
+    # the widget still see every case run), instead of a start and an end event each
+    sent = [msg for _, msg in client.get_events(run.topic)]
+    assert {m["case"] for m in sent if m.get("status") == "running"} == {"sub0", "sub3"}   # a task's first case
+    assert [m.get("next", {}).get("case") for m in sent if m["case"] in ("sub0", "sub1") and m["status"] == "done"] == [
+        "sub1", "sub2"]
+    assert {e["case"] for e in events if e.get("status") == "running"} == {f"sub{i}" for i in range(N)}
     with pytest.raises(ParameterError, match="batch must be a whole number"):
         CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "x", client, batch=0)
 
 
 def test_automatic_batches_after_a_timed_case(cohort, seg_recipe, client, tmp_path, monkeypatch):
-    from medlab.cohort import engine
+    from medlab.cohort import engine, task
 
     monkeypatch.setattr(engine, "BATCH_TARGET_S", 1e6)                         # every case counts as tiny
+    monkeypatch.setattr(task, "_computed_here", 0)                             # a fresh worker process
     run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client)
     run.start()
-    assert [len(f.medlab_cases) for f in run.futures] == [1]                    # one per worker thread, timed
+    assert [len(f.medlab_cases) for f in run.futures] == [1, 1]                 # two in flight per worker thread
     assert len(list(run.as_completed())) == N and run.finish().ok
-    assert [len(f.medlab_cases) for f in run.futures] == [1, 2, 1]             # then >= 2 tasks per thread
+    assert [len(f.medlab_cases) for f in run.futures] == [1, 1, 1, 1]          # the first was cold: one more alone
+    assert sorted(r["worker"]["cases_before"] for r in run.records.values()) == [0, 1, 2, 3]
+
+
+def _record(case: str, cpu_s: float, cases_before: int) -> dict:
+    return {"case": case, "run": "computed", "status": "done", "timings": {"cpu_s": cpu_s},
+            "worker": {"cases_before": cases_before}}
+
+
+def test_batch_size_from_warm_cases_only(cohort, seg_recipe, client, tmp_path):
+    """A worker's first case pays its imports and first calls (1 CPU-s here, for cases of 0.1):
+    batches sized from it held ~2 cases where ~15 were meant. It does not count."""
+    from medlab.cohort import engine
+
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client)
+    run.client = client
+    run._pending = [object()] * 200
+    run.records = {"a": _record("a", 1.0, 0)}                                   # cold: not a measure
+    assert run._batch_size() is None
+    run.records["b"] = _record("b", 0.1, 1)                                     # warm
+    assert run._batch_size() == int(engine.BATCH_TARGET_S // 0.1)
+    run.records.update(c=_record("c", 0.001, 5), d=_record("d", 0.001, 6))      # the median of warm cases
+    assert run._batch_size() == engine.MAX_BATCH
+    run._pending = [object()] * 5                                               # >= 2 tasks per worker thread
+    assert run._batch_size() == 3
 
 
 def test_a_batch_whose_task_failed_is_sent_again_case_by_case(cohort, seg_recipe, client, tmp_path, monkeypatch):

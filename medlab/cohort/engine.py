@@ -21,11 +21,12 @@ from .records import CASES_DIR, RECORD, _checksums, _same_work, read_record, rec
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
 
-BATCH_TARGET_S = 1.0
-"""Seconds of work one Dask task aims at when cases are small enough to batch (automatic
-``batch``): Dask's own cost per task (about 4 ms of CPU between client, scheduler and worker,
-measured with no-op tasks) is then well under 1 % of the task, instead of 4 % of a 0.1 s case."""
-MAX_BATCH = 16
+BATCH_TARGET_S = 1.5
+"""CPU seconds of work one Dask task aims at when cases are small enough to batch (automatic
+``batch``): Dask's own cost per task (measured 4-14 ms of CPU between client, scheduler and
+worker, and a result and its as-completed round trip) is then about 1 % of the task, instead
+of 5-15 % of a 0.1 s case."""
+MAX_BATCH = 32
 
 
 def local_cluster(workers: int | None = None, *, dashboard: bool = True):
@@ -92,8 +93,9 @@ class CohortRun:
     dashboard : bool
         Serve the Dask dashboard of a local cluster (on 127.0.0.1).
     batch : int, optional
-        Cases per Dask task. Default (None): automatic -- one case per task at first; once a
-        computed case tells how much CPU one takes, the rest go in batches of about
+        Cases per Dask task. Default (None): automatic -- one case per task at first (two in flight
+        per worker thread); once a case computed by a warm worker (not its first, which pays the
+        imports) tells how much CPU one takes, the rest go in batches of about
         :data:`BATCH_TARGET_S` CPU seconds (at most :data:`MAX_BATCH` cases, and never so large that
         a worker thread would get fewer than two tasks). Each case of a batch still has its
         own record, outputs, peak memory, live events and failure isolation; a batch whose
@@ -162,8 +164,8 @@ class CohortRun:
 
     # -- sending cases
     def _submit_more(self) -> None:
-        """Send queued cases: all at once with a fixed ``batch``; automatic: one case per free
-        worker thread until a computed case gives its time, then the rest in batches."""
+        """Send queued cases: all at once with a fixed ``batch``; automatic: single cases, two in
+        flight per worker thread, until a warm worker's case gives its time, then the rest in batches."""
         if self.cancelled:
             return
         if not self._pending:
@@ -172,8 +174,10 @@ class CohortRun:
             return
         size = self._batch_size()
         if size is None:
+            # two cases in flight per worker thread: the second is queued on the worker (no idle
+            # round trip between them) and is the first timed without the worker's warm-up
             busy = self._running()
-            for _ in range(max(0, self._slots() - busy)):
+            for _ in range(max(0, 2 * self._slots() - busy)):
                 if self._pending:
                     self._submit([self._pending.pop(0)])
             return
@@ -189,9 +193,12 @@ class CohortRun:
     def _batch_size(self) -> int | None:
         if self.batch is not None:
             return self.batch
-        # CPU seconds, not wall: Dask's cost per task is CPU, and a loaded machine stretches wall time
+        # CPU seconds, not wall: Dask's cost per task is CPU, and a loaded machine stretches wall time.
+        # Not a worker's first case: it includes the imports and first calls (0.4-1 CPU-s, several
+        # times a small case), which made batches of ~2 cases where ~10 were meant
         times = [r["timings"]["cpu_s"] for r in self.records.values()
-                 if r.get("run") == "computed" and r.get("status") == "done" and "cpu_s" in r.get("timings", {})]
+                 if r.get("run") == "computed" and r.get("status") == "done" and "cpu_s" in r.get("timings", {})
+                 and r.get("worker", {}).get("cases_before", 0) >= 1]
         if not times:
             return None
         per_case = max(statistics.median(times), 1e-3)
@@ -255,7 +262,7 @@ class CohortRun:
         if not isinstance(msg, dict) or msg.get("case") not in self.status:
             return
         row = self.status[msg["case"]]
-        if row.get("status") in ("done", "failed", "skipped") and msg.get("status") == "running":
+        if row.get("status") in ("done", "failed", "skipped", "cancelled") and msg.get("status") == "running":
             return  # a late event of a finished case
         for k in ("status", "step", "steps", "stage", "fraction", "message", "seconds", "peak_mb"):
             if k in msg:
@@ -264,7 +271,9 @@ class CohortRun:
             row["live"] = msg["live"]
         if self.on_event is not None:
             with contextlib.suppress(Exception):
-                self.on_event(dict(msg))
+                self.on_event({k: v for k, v in msg.items() if k != "next"})
+        if isinstance(msg.get("next"), dict):   # a batch's next case, announced with this one's end
+            self._on_event(msg["next"])
 
     def as_completed(self) -> Iterator[dict]:
         """Each case's record as it finishes (failed ones included; never raises for a case)."""
