@@ -13,7 +13,9 @@
      whole volumes in batches of two, Dice + cross-entropy, Adam, then
      ``sliding_window_inference`` (the script is :func:`plain_monai_training` below);
    * the same script with the MONAI spleen tutorial's sampling (``RandCropByPosNegLabeld``,
-     four patches of the tutorial's patch size per volume).
+     four patches of the tutorial's patch size per volume);
+   * the same again with the MONAI BraTS tutorial's normalisation (``NormalizeIntensityd``,
+     channel-wise z-scores, which the tutorial's settings use too) instead of percentiles.
 
    Scores: Dice per class (enhancing tumour, necrotic core, oedema) and of the whole tumour,
    by :func:`medlab.metrics.dice`, mean and minimum over the four test phantoms.
@@ -29,6 +31,7 @@ Usage::
 
     python benchmarks/bench_deep.py                # about 15 minutes on 2 idle cores
     python benchmarks/bench_deep.py --budget 60    # a shorter training budget
+    python benchmarks/bench_deep.py --contenders medlab,patches-zscore --no-inference
 
 The machine's cores may be shared: times are wall clock, and CPU seconds of this process are
 printed beside them; compare the rows of one run.
@@ -69,17 +72,22 @@ def medlab_training(train, test, budget: float, settings: dict) -> dict:
     result = train_segmenter(train.images, train.labels, classes=train.classes, channel_names=train.channels,
                              max_time=budget, **{**settings, "epochs": 10_000})
     seconds, cpu = time.monotonic() - t0, time.process_time() - c0
-    rows = [scores(deep_segment(*img[:1], result.model, *img[1:])[0].array, lab.array)
-            for img, lab in zip(test.images, test.labels)]
+
+    def segment(img) -> np.ndarray:
+        return deep_segment(*img[:1], result.model, *img[1:])[0].array
+
+    rows = [scores(segment(img), lab.array) for img, lab in zip(test.images, test.labels)]
     m = result.model.metrics
-    return {"rows": rows, "seconds": seconds, "cpu": cpu, "model": result.model,
+    return {"rows": rows, "seconds": seconds, "cpu": cpu, "model": result.model, "segment": segment,
             "note": f"{m['epochs_run']} epochs, best {m['epoch']}"}
 
 
-def plain_monai_training(train, test, budget: float, settings: dict, patches: bool = False) -> dict:
+def plain_monai_training(train, test, budget: float, settings: dict, patches: bool = False,
+                         zscore: bool = False) -> dict:
     """The peer: a plain MONAI script, same network, data and budget. Whole volumes in batches of
     two, or (``patches``) the MONAI spleen tutorial's sampling: ``RandCropByPosNegLabeld`` with the
-    tutorial's patch size, four patches per volume."""
+    tutorial's patch size, four patches per volume. Intensities: 0.5-99.5th percentiles to 0..1,
+    or (``zscore``) the MONAI BraTS tutorial's channel-wise z-scores."""
     import monai.transforms as mt
     import torch
     from monai.data import CacheDataset, DataLoader
@@ -95,7 +103,8 @@ def plain_monai_training(train, test, budget: float, settings: dict, patches: bo
         remap[value] = k
     data = [{"image": np.stack([c.array for c in img]).astype(np.float32), "label": remap[lab.array][None]}
             for img, lab in zip(train.images, train.labels)]
-    scale = mt.ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=True)
+    scale = (mt.NormalizeIntensityd("image", channel_wise=True) if zscore else
+             mt.ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=True))
     transform = scale
     if patches:
         patch = tuple(settings["patch_size"][::-1])
@@ -118,15 +127,16 @@ def plain_monai_training(train, test, budget: float, settings: dict, patches: bo
         epochs += 1
     seconds, cpu = time.monotonic() - t0, time.process_time() - c0
     net.eval()
-    rows = []
-    for img, lab in zip(test.images, test.labels):
-        x = np.stack([c.array for c in img]).astype(np.float32)
-        x = mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=True)(x)
+    roi = tuple(settings["patch_size"][::-1]) if patches else (64, 128, 128)
+
+    def segment(img) -> np.ndarray:
+        x = scale({"image": np.stack([c.array for c in img]).astype(np.float32)})["image"]
         with torch.no_grad():
-            roi = tuple(settings["patch_size"][::-1]) if patches else (64, 128, 128)
             logits = sliding_window_inference(torch.as_tensor(x)[None], roi, 1, net, overlap=0.25, mode="gaussian")
-        rows.append(scores(np.array([0, *CLASSES])[logits.argmax(1)[0].numpy()], lab.array))
-    return {"rows": rows, "seconds": seconds, "cpu": cpu, "note": f"{epochs} epochs"}
+        return np.array([0, *CLASSES])[logits.argmax(1)[0].numpy()]
+
+    rows = [scores(segment(img), lab.array) for img, lab in zip(test.images, test.labels)]
+    return {"rows": rows, "seconds": seconds, "cpu": cpu, "segment": segment, "note": f"{epochs} epochs"}
 
 
 # ----------------------------------------------------------------------------- inference overhead
@@ -211,10 +221,38 @@ def shipped_models() -> None:
               f"{row['precision']:.3f} | {int(pred.sum())} |")
 
 
+CONTENDERS = {
+    "medlab": ("medlab train_segmenter + deep_segment", medlab_training),
+    "volumes": ("plain MONAI script, whole volumes", plain_monai_training),
+    "patches": ("plain MONAI script, spleen-tutorial patches", partial(plain_monai_training, patches=True)),
+    "patches-zscore": ("plain MONAI script, spleen-tutorial patches, BraTS-tutorial z-scores",
+                       partial(plain_monai_training, patches=True, zscore=True)),
+}
+VALIDATION_SEEDS = range(200, 212)
+"""Phantoms for choosing settings (``--validation``): same generator as the training seeds 0-11,
+never the held-out test seeds 100-103."""
+
+
+def contender_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in CONTENDERS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"contenders: a comma-separated list of {', '.join(CONTENDERS)}; got {text!r}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=170.0, help="training wall-clock budget, seconds")
     parser.add_argument("--repeats", type=int, default=3, help="inference timing repeats")
+    parser.add_argument("--contenders", type=contender_names, default=list(CONTENDERS),
+                        help=f"trainings to run, comma-separated (default all: {','.join(CONTENDERS)})")
+    parser.add_argument("--validation", action="store_true",
+                        help=f"also score every trained network on validation phantoms (seeds "
+                             f"{VALIDATION_SEEDS.start}-{VALIDATION_SEEDS.stop - 1}): choose settings on these, "
+                             "not on the held-out test phantoms")
+    parser.add_argument("--no-inference", action="store_true", help="skip the inference-overhead timings")
+    parser.add_argument("--no-shipped", action="store_true", help="skip the shipped models' section")
     args = parser.parse_args()
 
     import torch
@@ -228,7 +266,7 @@ def main() -> None:
     header = ("| when | plain MONAI s | medlab s | overhead | label agreement | all runs plain / medlab |\n"
               "|---|---|---|---|---|---|")
     model = pretrained("brain_tumour") if "brain_tumour" in pretrained_models() else None
-    if model is not None:
+    if model is not None and not args.no_inference:
         print("## Inference overhead on a 128^3 volume (shipped brain_tumour network), at the start\n")
         print(header)
         print_overhead(inference_overhead(model, args.repeats), "start")
@@ -236,26 +274,39 @@ def main() -> None:
     t = time.monotonic()
     train = brain_tumour_cases(range(12), contrasts=("t1", "flair"))
     test = brain_tumour_cases(range(100, 104), contrasts=("t1", "flair"))
-    print(f"\n(phantoms made in {time.monotonic() - t:.1f} s: 12 training, 4 held-out test, 128 x 128 x 64)\n")
+    val = brain_tumour_cases(VALIDATION_SEEDS, contrasts=("t1", "flair")) if args.validation else None
+    print(f"\n(phantoms made in {time.monotonic() - t:.1f} s: 12 training, 4 held-out test"
+          f"{', 12 validation' if val else ''}, 128 x 128 x 64)\n")
+    settings = dict(BRAIN_SETTINGS)
     print(f"## Brain tumour U-Net on held-out phantoms, training budget {args.budget:.0f} s wall clock\n")
+    print(f"settings: {settings}\n")
     print("| contender | enhancing | necrotic core | oedema | whole tumour | train s (CPU s) | notes |")
     print("|---|---|---|---|---|---|---|")
-    settings = dict(BRAIN_SETTINGS)
-    for name, fn in (("medlab train_segmenter + deep_segment", medlab_training),
-                     ("plain MONAI script, whole volumes", plain_monai_training),
-                     ("plain MONAI script, spleen-tutorial patches", partial(plain_monai_training, patches=True))):
-        r = fn(train, test, args.budget, settings)
-        print(f"| {name} | {summary(r['rows'])} | {r['seconds']:.0f} ({r['cpu']:.0f}) | {r['note']} |", flush=True)
+    results = {}
+    for key in args.contenders:
+        name, fn = CONTENDERS[key]
+        r = results[key] = fn(train, test, args.budget, settings)
+        whole = ", ".join(f"{row['whole tumour']:.3f}" for row in r["rows"])
+        print(f"| {name} | {summary(r['rows'])} | {r['seconds']:.0f} ({r['cpu']:.0f}) | {r['note']}; "
+              f"whole per phantom {whole} |", flush=True)
+        if val is not None:
+            r["val"] = [scores(r["segment"](img), lab.array) for img, lab in zip(val.images, val.labels)]
         model = model or r.get("model")
-    print("\nDice: mean (minimum) over the 4 held-out phantoms. CPU s: this process, both threads.")
+    print("\nDice: mean (minimum) over the 4 held-out phantoms (seeds 100-103). CPU s: this process, both threads.")
+    if val is not None:
+        print(f"\n## The same networks on validation phantoms (seeds {val.seeds[0]}-{val.seeds[-1]})\n")
+        print("| contender | enhancing | necrotic core | oedema | whole tumour |\n|---|---|---|---|---|")
+        for key, r in results.items():
+            print(f"| {CONTENDERS[key][0]} | {summary(r['val'])} |")
 
-    shipped_models()
+    if not args.no_shipped:
+        shipped_models()
 
-    print("\n## Inference overhead on a 128^3 volume, again at the end\n")
-    print(header)
-    print_overhead(inference_overhead(model, args.repeats), "end")
+    if model is not None and not args.no_inference:
+        print("\n## Inference overhead on a 128^3 volume, again at the end\n")
+        print(header)
+        print_overhead(inference_overhead(model, args.repeats), "end")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-
 
 if __name__ == "__main__":
     main()

@@ -84,7 +84,10 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         The MONAI network; ``config`` sets its options (see :func:`network_config`).
     intensity : str or dict
         A preset of :data:`~medlab.deep.preprocessing.INTENSITY_PRESETS` (``"percentile"``
-        for MR, ``"ct_lung"`` for CT ...) or a MONAI intensity transform as a dict.
+        for MR, ``"ct_lung"`` for CT ...) or a MONAI intensity transform as a dict. Where the
+        target is the brightest tissue and its size varies (oedema on FLAIR), prefer
+        ``"zscore"``: a high percentile then depends on the lesion's size, and so does every
+        normalised intensity.
     spacing : 'median', None or sequence of float
         Voxel size of the network grid in mm (x, y, z): the training set's median, the image's
         own (None), or given.

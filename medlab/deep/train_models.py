@@ -30,10 +30,24 @@ WEIGHTS = Path(__file__).with_name("weights")
 
 BRAIN_SETTINGS: dict[str, Any] = {
     "config": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
-    "intensity": "percentile", "patch_size": [48, 48, 24], "batch_size": 2, "samples_per_image": 4,
-    "learning_rate": 3e-3, "validation": 2, "patience": 15, "augment": True, "seed": 0,
+    "intensity": "zscore", "patch_size": [48, 48, 24], "batch_size": 2, "samples_per_image": 4,
+    "learning_rate": 3e-3, "validation": 2, "patience": 40, "augment": True, "seed": 0,
 }
-"""The tutorial's training settings for the brain tumour U-Net (default phantom size)."""
+"""The tutorial's training settings for the brain tumour U-Net (default phantom size).
+
+Intensities are z-scored per image and channel (nnU-Net's and the MONAI BraTS tutorial's choice
+for MRI), not mapped from the 0.5th-99.5th percentiles: the oedema is the brightest tissue on
+FLAIR, so when it and the rim fill less than about 0.5 % of the image (a quarter of the phantoms) the 99.5th
+percentile falls on grey matter, oedema and enhancing rim are both clipped to 1 and grey matter
+moves from about 0.54 to 0.88. A network trained on the usual large oedemas then misses the
+small ones (whole-tumour Dice about 0.85 on them instead of 0.97; see benchmarks/RESULTS.md).
+Patience 40: with two validation cases the Dice is noisy, and patience 15 stopped a 3-minute
+run after 2 minutes at a worse model (chosen on validation phantoms, not the test ones)."""
+
+_SHIPPED_BRAIN = {"intensity": "percentile", "patience": 15}
+"""The shipped brain models were trained before the tutorial moved to z-scores and patience 40:
+kept here so this script still reproduces them (their cards record the settings they were
+trained with)."""
 
 _UNET = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1}
 
@@ -43,7 +57,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "cases": lambda seeds: brain_tumour_cases(seeds, contrasts=("t1", "flair"), bias=0.1),
         "data": "medlab.data.brain_mri(seed=s, contrasts=('t1', 'flair'), bias=0.1): 128 x 128 x 64, 1.5 x 1.5 x 2 mm",
         "train_seeds": list(range(16)), "test_seeds": list(range(1000, 1004)),
-        "settings": {**BRAIN_SETTINGS, "epochs": 80},
+        "settings": {**BRAIN_SETTINGS, **_SHIPPED_BRAIN, "epochs": 80},
         "whole": (7, 8, 9),
     },
     "brain_tumour_t1": {
@@ -51,7 +65,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "cases": lambda seeds: brain_tumour_cases(seeds, contrasts=("t1",), bias=0.1),
         "data": "medlab.data.brain_mri(seed=s, contrasts=('t1',), bias=0.1): 128 x 128 x 64, 1.5 x 1.5 x 2 mm",
         "train_seeds": list(range(16)), "test_seeds": list(range(1000, 1004)),
-        "settings": {**BRAIN_SETTINGS, "epochs": 40, "patience": 15},
+        "settings": {**BRAIN_SETTINGS, **_SHIPPED_BRAIN, "epochs": 40, "patience": 15},
         "whole": (7, 8, 9),
     },
     "lung_nodules": {
