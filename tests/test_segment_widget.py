@@ -129,11 +129,13 @@ def test_switching_seeded_methods_keeps_the_seeds_clicked(brain, seed_mm):
     w = _widget(brain)
     w.before.position = seed_mm
     _click(w.before, "seeds", seed_mm)
+    assert _preview_voxels(w) > 0 and w.after._labels_info != {}
     for name in ("confidence_connected", "neighbourhood_connected"):
         w.select(name)
         assert w.panel.spec.name == name and w.panel.error is None, w.panel.message
         assert "seeds" in [d["name"] for d in w.before.point_sets]
         assert (w.before.point_mode, w.before.active_set) == ("edit", "seeds")
+        assert w.after._labels_info == {}          # no region of the previous method under this one's name
         _click(w.before, "seeds", seed_mm)
         assert w.panel.params["seeds"] == (tuple(seed_mm),)
         if name == "confidence_connected":       # (the neighbourhood needs a larger tolerance here)

@@ -134,8 +134,8 @@ class _SegmentPanel(StagePanel):
         if self.error is not None and self._error_source in ("params", "preview") and not self.running:
             self.error = None
             self._set_status("", "info")
-        if self.after is not None and self.after.image is not None and self.preview is not None:
-            self.after.set_labels(None)       # no stale region once its seeds are gone
+        if self.after is not None and self.after.image is not None and getattr(self.after, "_labels_info", None):
+            self.after.set_labels(None)       # no stale region once its seeds are gone (or another method's)
         self.preview = None
         return 0
 
