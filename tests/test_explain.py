@@ -695,3 +695,23 @@ def test_a_layer_that_returns_a_tuple_is_refused_clearly(img3d):
             method(img3d, net, layer="block")
     s, numbers = grad_cam(img3d, net)                         # "auto" still finds the convolution inside
     assert table_value(numbers, "layer") == "block.conv" and np.isfinite(s.array).all()
+
+
+def test_auto_layer_head_rule_needs_a_pooled_head_and_falls_back_to_a_bare_cam(img3d):
+    """Hostile models for the class-score-head rule: a 1x1 bottleneck to as many channels as
+    classes by coincidence, followed by a linear layer, is features (the last block), and a bare
+    CAM (one 1x1 convolution, pooled) is its own last block instead of 'no convolutional layer'."""
+    from medlab.explain import find_target_layer, resolve_model
+
+    x = _x(img3d)
+    torch.manual_seed(0)
+    bottleneck = nn.Sequential(OrderedDict(conv=nn.Conv3d(1, 4, 3, padding=1), relu=nn.ReLU(),
+                                           squeeze=nn.Conv3d(4, 2, 1), relu2=nn.ReLU(),
+                                           pool=nn.AdaptiveAvgPool3d(1), flat=nn.Flatten(),
+                                           fc=nn.Linear(2, 2))).eval()
+    assert find_target_layer(resolve_model(bottleneck), x) == "squeeze"
+    cam = nn.Sequential(OrderedDict(evidence=nn.Conv3d(1, 2, 1), pool=nn.AdaptiveMaxPool3d(1),
+                                    flat=nn.Flatten())).eval()
+    assert find_target_layer(resolve_model(cam), x) == "evidence"
+    s, numbers = grad_cam(img3d, cam)
+    assert table_value(numbers, "layer") == "evidence" and np.isfinite(s.array).all()

@@ -500,9 +500,11 @@ def _forward(network: Network, x, *, graph: bool, named: str | None = None):
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
     modules = dict(module.named_modules())
-    if _alias(out, state["last"]) or _class_score_map(modules, state["names"], out):
+    if _alias(out, state["last"]) or (_class_score_map(modules, state["names"], state["last"], out)
+                                       and state["prev_names"]):
         # the last spatial output is the network's own (a segmentation network), or the class-score
-        # map of a CAM-style head: the features before it are the last convolutional block
+        # map of a CAM-style head: the features before it are the last convolutional block (a
+        # head with no block before it, a bare CAM, is its own last block)
         names, tensor, version = state["prev_names"], state["prev"], state["prev_version"]
     else:
         names, tensor, version = state["names"], state["last"], state["version"]
@@ -513,7 +515,7 @@ def _forward(network: Network, x, *, graph: bool, named: str | None = None):
     return out, auto, kept
 
 
-def _class_score_map(modules: dict, names: list, out) -> bool:
+def _class_score_map(modules: dict, names: list, scores, out) -> bool:
     """The last spatial output is a classifier's class-score map, not features: a 1×1(×1)
     convolution to as many channels as the classifier has outputs, from which the output
     (``[B, K]``) is only pooled, as in CAM-style heads (Zhou et al. 2016; medlab's
@@ -521,12 +523,26 @@ def _class_score_map(modules: dict, names: list, out) -> bool:
     so Grad-CAM there weights K class maps, not feature channels; the field's "last
     convolutional block" (pytorch-grad-cam's ``layer4[-1]``, MONAI's ``class_layers.relu``) is
     the block before it."""
-    if not names or out.ndim != 2:
+    import math
+
+    import torch
+
+    if not names or out.ndim != 2 or scores is None:
         return False
     m = modules.get(names[-1])   # the outermost module returning that tensor
     inner = modules.get(names[0])
-    return any(_is_conv(c) and all(k == 1 for k in c.kernel_size) and c.out_channels == out.shape[1]
-               for c in (m, inner) if c is not None)
+    if not any(_is_conv(c) and all(k == 1 for k in c.kernel_size) and c.out_channels == out.shape[1]
+               for c in (m, inner) if c is not None):
+        return False
+    # "only pooled": the output is the map's maximum, mean or log-mean-exp over space. A 1×1
+    # bottleneck that has as many channels as there are classes by coincidence, followed by more
+    # layers (a linear layer, a bias), is features and stays the last block.
+    with torch.no_grad():
+        flat, o = scores.detach().flatten(2).double(), out.detach().double()
+        if flat.shape[:2] != o.shape:
+            return False
+        pooled = (flat.amax(2), flat.mean(2), torch.logsumexp(flat, 2) - math.log(flat.shape[2]))
+        return any(torch.allclose(p, o, rtol=1e-4, atol=1e-5) for p in pooled)
 
 
 def _alias(a, b) -> bool:
