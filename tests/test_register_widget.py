@@ -322,6 +322,26 @@ def test_bad_inputs_are_refused(pair):
         RegisterWidget(pair.fixed, pair.moving, truth="identity")
     with pytest.raises(ParameterError, match="targets must be"):
         RegisterWidget(pair.fixed, pair.moving, truth=pair.transform, targets=[[1.0, 2.0]])
+    # targets with nothing to measure them against: the widget's own parameters named, not the library's
+    with pytest.raises(ParameterError, match="targets need truth .* or target_moving"):
+        RegisterWidget(pair.fixed, pair.moving, targets=pair.landmarks)
+
+
+def test_a_run_that_ends_while_another_stage_is_shown_is_summarised(widget, pair):
+    """Start a rigid run, switch to the deformable stage while it runs: its result becomes a step
+    and the summary says 'done' with its TRE, instead of 'running' staying on screen."""
+    linear = widget.select("linear_register")
+    widget.set(shrink_factors=(2, 1), iterations=30, samples=4000)
+    widget.start()
+    widget.select("bspline_register")
+    linear._apply_thread.join(60)
+    deadline = time.monotonic() + 10
+    while linear.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "step1.transform" in widget.session
+    assert widget._summary_title == "Linear registration: done", widget._summary_title
+    assert "TRE after" in dict(widget.summary_rows)
+    assert widget._input_box("initial").value == "step1.transform"
 
 
 def test_bad_parameters_are_shown_in_the_status_line(widget):

@@ -457,6 +457,7 @@ class RegisterWidget(Workbench):
         # result, or what the user chose there ("" for none); None until either happens
         self._start_key: str | None = None
         self._run_start: tuple[Transform, str] | None = None
+        self._run_panel: StagePanel | None = None      # the panel whose run the summary follows
         session: dict[str, Any] = {"fixed": fixed, "moving": moving}
         for name, lab in (("fixed_labels", fixed_labels), ("moving_labels", moving_labels)):
             if lab is not None:
@@ -717,9 +718,12 @@ class RegisterWidget(Workbench):
         self._hint_refresh()
 
     def _run_state(self, panel: StagePanel, running: bool) -> None:
-        if panel is not self.panel:
+        # a run ends where it started: the user may have switched stage meanwhile, and its result
+        # (already a step) is still summarised instead of "running" staying on screen
+        if panel is not (self.panel if running else self._run_panel):
             return
         if running:
+            self._run_panel = panel
             self._run_started = time.perf_counter()
             self._run_seconds = None
             self._run_start = self._start_of(panel)
@@ -1141,6 +1145,9 @@ def _truth(truth, targets, target_moving, fixed: Image):
         raise ParameterError(f"truth must be a medlab Transform or a SimpleITK transform; got {type(truth).__name__}")
     if target_moving is not None and targets is None:
         raise ParameterError("target_moving needs targets (the same points in the fixed image)")
+    if targets is not None and truth is None and target_moving is None:
+        raise ParameterError("targets need truth (the true transform) or target_moving (their true positions in "
+                             "the moving image) to measure the target registration error")
     if targets is None and truth is None:
         return None, None, None
     if targets is None:
