@@ -364,3 +364,23 @@ def test_throttle_runs_the_newest_job_at_most_at_its_rate():
     t.close()
     assert ran[-1] == 19 and len(ran) < 10
     assert all(b - a >= 0.09 for a, b in itertools.pairwise(stamps))
+
+
+def test_a_transform_of_another_dimension_is_no_initial_transform(widget):
+    """A 2D transform offered as 'initial' to a 3D pair is refused when chosen, naming the input,
+    instead of failing inside SimpleITK (or the TRE) at Start."""
+    widget.select("linear_register")
+    with pytest.raises(ParameterError, match="input 'initial': the transform is 2D but the images are 3D"):
+        widget.set_input("initial", Transform(sitk.Euler2DTransform(), name="2d"))
+    widget.session["flat"] = Transform(sitk.Euler2DTransform(), name="2d")
+    widget.select("bspline_register")
+    assert "flat" not in [k for _, k in widget._input_box("initial").options]
+
+
+def test_undo_forgets_the_undone_start(widget, pair):
+    """After undoing a run, neither the overlay nor the hint offer its transform any more."""
+    _run(widget, shrink_factors=(2,), iterations=10, samples=2000)
+    assert _initial(widget) == "step1.transform" and widget.transform is widget.session["step1.transform"]
+    widget.undo()
+    assert "step1.transform" not in widget.session and _initial(widget) == ""
+    assert widget.transform is None and "step1" not in widget.hint.value

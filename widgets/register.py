@@ -597,6 +597,37 @@ class RegisterWidget(Workbench):
                 box.value = pick
         self._offer_start(panel)
 
+    def _fits(self, inp, value) -> bool:
+        """As the workbench, and a transform fits only if it has the images' dimension (a 2D
+        transform offered to a 3D pair failed inside SimpleITK, or in the TRE, at Start)."""
+        fixed = getattr(self, "session", {}).get(self._fixed_key)
+        if isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim:
+            return False
+        return super()._fits(inp, value)
+
+    def set_input(self, name: str, key_or_value) -> None:
+        """As the workbench; a transform of another dimension than the images is refused by name."""
+        fixed = self.session.get(self._fixed_key)
+        value = self.session.get(key_or_value) if isinstance(key_or_value, str) else key_or_value
+        if isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim:
+            raise ParameterError(f"input {name!r}: the transform is {value.dimension}D but the images are "
+                                 f"{fixed.ndim}D; give a {fixed.ndim}D transform")
+        super().set_input(name, key_or_value)
+
+    def undo(self):
+        """As the workbench; the overlay, the hint and "TRE before" forget the undone step (its
+        transform stayed over the fixed image and the hint still offered it as the start)."""
+        image = super().undo()
+        if self.transform is not None and not any(v is self.transform for v in self.session.values()):
+            kept = [v for v in self.session.values() if isinstance(v, Transform)]
+            self.set_transform(kept[-1] if kept else None, source="last step kept after undo", now=True)
+        if self._start_key and self._start_key not in self.session:
+            self._start_key = None
+        self._hint_refresh()
+        if getattr(self, "_summary_title", "") == "Before registration":
+            self._update_summary()
+        return image
+
     def _offer_start(self, panel: StagePanel) -> None:
         """Menu "initial" shows the transform the next run starts from: the result just produced
         (a landmark pre-alignment, a rigid result before a deformable run), or what the user chose
