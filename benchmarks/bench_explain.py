@@ -22,7 +22,7 @@ Tables, all from one run:
 4. **Occlusion** against MONAI's ``OcclusionSensitivity`` at equal box and overlap (so equal
    stride), ``mean_img`` fill, following the target logit (MONAI with an identity activation):
    a tiny CNN and ``--occlusion-cases`` held-out tumour phantoms; MONAI, medlab computing every box
-   (``refine=0``, the same map), and medlab's coarse-to-fine default (``refine=0.5``), with time,
+   (``refine=0``, the same map), and medlab's opt-in coarse-to-fine approximation (``refine=0.5``), with time,
    boxes computed, the exact share and the difference to the exhaustive map (where exact and elsewhere).
 
 Usage::

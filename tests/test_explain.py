@@ -625,6 +625,7 @@ def test_shipped_label_randomised_twin_is_the_same_network_knowing_nothing_of_tu
     assert "--permute-labels" in twin.metrics["command"] and twin.metrics["training_labels"].startswith("shuffled")
     # near chance on held-out phantoms (32 of them: 0.5 +- 0.09), unlike the shipped one
     assert twin.metrics["held_out_accuracy"] <= 0.7 < model.metrics["held_out_accuracy"]
+    assert twin.metrics["training_accuracy"] == 1.0   # it memorised its shuffled labels (Adebayo et al.)
     assert twin.state_dict.keys() == model.state_dict.keys()
     assert any(not torch.equal(twin.state_dict[k], model.state_dict[k]) for k in model.state_dict)
 
