@@ -5,7 +5,9 @@ The network-input voxels are ranked by the map (highest first; in 3D, voxels, no
 as the fraction grows from 0 to 1: a faithful map makes it fall fast (small area under the
 curve). **Insertion** starts from the baseline and puts the top voxels back: it should rise fast
 (large area). The same deletion in a random order is the reference a map must beat. The
-relative change of the target when the top ``fraction`` of voxels is deleted is reported too.
+change of the target when the top ``fraction`` of voxels is deleted is reported too: in logit
+units for the logit (a logit has no scale to be relative to: near 0 a ratio explodes, at 0 it is
+undefined, and its sign flips with the class), relative for a probability.
 
 The target followed is the class **logit** by default (``score="logit"``; for a segmentation
 network the class's logits summed over the region), so the areas are in logit units × fraction;
@@ -75,6 +77,15 @@ def _curve(ctx, start, end, order: np.ndarray, fractions: np.ndarray, batch: int
     return np.concatenate(out)
 
 
+def _top_change(what: str, fraction: float, f_top: float, f0: float) -> dict:
+    """The table row of the change when the top ``fraction`` is deleted: absolute for a logit
+    (a ratio of logits explodes near 0 and is NaN at 0), relative for a probability (> 0)."""
+    if what == "target logit" or f0 <= 0:
+        return {"quantity": f"change of the {what}, top {100 * fraction:g} % deleted", "value": f_top - f0}
+    return {"quantity": f"relative change of the {what}, top {100 * fraction:g} % deleted",
+            "value": (f_top - f0) / f0}
+
+
 def _auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.trapezoid(y, x)) if hasattr(np, "trapezoid") else float(np.trapz(y, x))
 
@@ -111,7 +122,9 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     baseline : {'blur', 'mean', 'zero'}
         Deleted voxels take the value of a blurred copy (``blur_mm``), the mean, or 0.
     fraction : float
-        The relative change ``(f(top fraction deleted) - f(image)) / |f(image)|`` is reported.
+        The change of the target when this share of top voxels is deleted is reported:
+        ``f(top fraction deleted) - f(image)`` for the logit, relative to ``p(image)`` for the
+        probability.
     batch, seed
     score : {'logit', 'probability'}
         What the curves follow (see the module docstring); recorded in the table.
@@ -166,8 +179,7 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
             {"quantity": "deletion AUC, random order", "value": _auc(fractions, reference)},
             {"quantity": f"{what}, image", "value": f0},
             {"quantity": f"{what}, baseline", "value": f_base},
-            {"quantity": f"relative change of the {what}, top {100 * fraction:g} % deleted",
-             "value": (f_top - f0) / abs(f0) if f0 != 0 else float("nan")},
+            _top_change(what, fraction, f_top, f0),
             {"quantity": "voxels ranked", "value": len(order)},
             {"quantity": "baseline", "value": baseline + (f" (Gaussian sigma {blur_mm:g} mm)" if baseline == "blur" else "")}]
     return curves, Table(rows, title="faithfulness: deletion and insertion")

@@ -1,0 +1,42 @@
+"""Hostile input for medlab.explain's newer choices (the score followed, the automatic layer):
+results stay finite and meaningful where a naive formula gives NaN or explodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import medlab
+from medlab.explain import deletion_insertion, table_value
+
+
+class _Logit(nn.Module):
+    """One convolution, averaged, plus a fixed shift: the image's target logit is about ``shift``."""
+
+    def __init__(self, shift: float):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 3, padding=1)
+        self.shift = shift
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3, 4)) + self.shift
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e-7])
+def test_deletion_change_of_a_logit_near_zero_is_finite_and_in_logit_units(shift):
+    """A logit of 0 (or nearly) gave a NaN (or a ratio of millions) 'relative change': the logit
+    row is the change in logit units, the same whatever the logit's offset."""
+    torch.manual_seed(0)
+    img = medlab.Image(np.random.default_rng(0).random((8, 10, 12)).astype(np.float32))
+    model = _Logit(0.0).eval()
+    with torch.no_grad():
+        base = float(model(torch.from_numpy(np.array(img.array))[None, None]))
+    model.shift = shift - base                  # the image's logit is now `shift`
+    _, numbers = deletion_insertion(img, model, img, target_class=0, steps=4, baseline="zero")
+    change = table_value(numbers, "change of the target logit, top 5 % deleted")
+    assert np.isfinite(change) and abs(change) < 10
+    model.shift += 5.0                          # the same network 5 logits higher: the same change
+    _, numbers = deletion_insertion(img, model, img, target_class=0, steps=4, baseline="zero")
+    assert table_value(numbers, "change of the target logit, top 5 % deleted") == pytest.approx(change, abs=1e-5)
