@@ -40,3 +40,27 @@ def test_deletion_change_of_a_logit_near_zero_is_finite_and_in_logit_units(shift
     model.shift += 5.0                          # the same network 5 logits higher: the same change
     _, numbers = deletion_insertion(img, model, img, target_class=0, steps=4, baseline="zero")
     assert table_value(numbers, "change of the target logit, top 5 % deleted") == pytest.approx(change, abs=1e-5)
+
+
+class _LogNet(nn.Module):
+    """Takes the logarithm of its input: a zero baseline makes its logit -inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+
+    def forward(self, x):
+        return self.conv(torch.log(x)).mean((2, 3, 4))
+
+
+def test_a_baseline_the_model_cannot_take_is_named_instead_of_infinite_areas():
+    """Deletion towards zeros through a model taking log(x): the curves were inf and the table
+    reported infinite areas; now an ImageError names the baseline to change."""
+    from medlab import ImageError
+
+    torch.manual_seed(0)
+    img = medlab.Image((np.random.default_rng(1).random((8, 10, 12)) + 0.5).astype(np.float32))
+    with pytest.raises(ImageError, match="'zero' baseline .* choose another baseline"):
+        deletion_insertion(img, _LogNet().eval(), img, steps=4, baseline="zero")
+    _, numbers = deletion_insertion(img, _LogNet().eval(), img, steps=4, baseline="mean")
+    assert np.isfinite(table_value(numbers, "deletion AUC (lower is better)"))

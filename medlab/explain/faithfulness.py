@@ -172,6 +172,10 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     f0 = float(deletion[0])
     with torch.inference_mode():
         f_base = float(ctx.target.value(base, score)[0])
+    if not all(np.isfinite(v).all() for v in (deletion, insertion, reference, f_top, f_base)):
+        raise ImageError(f"deletion_insertion: {ctx.network.source} gives NaN or infinite {what}s once voxels take "
+                         f"the {baseline!r} baseline (areas would be NaN or infinite); choose another baseline "
+                         "('blur', 'mean' or 'zero') whose values the model accepts")
     rows = [{"quantity": "target", "value": ctx.target.description},
             {"quantity": "score followed", "value": what},
             {"quantity": "deletion AUC (lower is better)", "value": _auc(fractions, deletion)},
