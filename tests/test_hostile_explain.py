@@ -64,3 +64,24 @@ def test_a_baseline_the_model_cannot_take_is_named_instead_of_infinite_areas():
         deletion_insertion(img, _LogNet().eval(), img, steps=4, baseline="zero")
     _, numbers = deletion_insertion(img, _LogNet().eval(), img, steps=4, baseline="mean")
     assert np.isfinite(table_value(numbers, "deletion AUC (lower is better)"))
+
+
+def test_similarity_refuses_maps_it_cannot_compare():
+    """Maps of different shapes raised numpy's errors (HOG even compared them), and a NaN made the
+    rank correlation NaN, which the sanity verdict reads as 'the map became constant: passed'."""
+    from medlab import ParameterError
+    from medlab.explain.sanity import hog_similarity, similarity, spearman, ssim
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((16, 16)), rng.random((16, 17))
+    for f in (similarity, spearman, ssim, hog_similarity):
+        with pytest.raises(ParameterError, match="different shapes"):
+            f(a, b)
+    holed = a.copy()
+    holed[3, 4] = np.nan
+    for f in (similarity, spearman, ssim, hog_similarity):
+        with pytest.raises(ParameterError, match="NaN or infinite"):
+            f(holed, a)
+    with pytest.raises(ParameterError, match="2D or 3D"):
+        ssim(a[0], a[1])
+    assert spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)

@@ -50,6 +50,23 @@ def _values(a) -> np.ndarray:
     return np.asarray(a.array if isinstance(a, Image) else a, np.float64)
 
 
+def _pair(a, b, what: str, dims: tuple[int, ...] = (2, 3)) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps as float arrays, checked: one shape, 2D or 3D, finite (a NaN made the rank
+    correlation NaN, which reads as 'the map became constant: passed'; maps of different shapes
+    raised numpy's errors, or for HOG compared unrelated slices)."""
+    x, y = _values(a), _values(b)
+    if x.shape != y.shape:
+        raise ParameterError(f"{what}: the two maps have different shapes {x.shape} and {y.shape}; "
+                             "put them on one grid first")
+    if x.ndim not in dims or x.size == 0:
+        raise ParameterError(f"{what}: maps must be {' or '.join(f'{d}D' for d in dims)} and not empty; "
+                             f"got shape {x.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ParameterError(f"{what}: a map holds NaN or infinite values; an explanation stage never makes "
+                             "them: check where the map came from")
+    return x, y
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation of two maps over every voxel (NaN if either is constant).
 
@@ -61,7 +78,7 @@ def spearman(a, b) -> float:
     """
     from scipy.stats import spearmanr
 
-    x, y = _values(a).ravel(), _values(b).ravel()
+    x, y = (v.ravel() for v in _pair(a, b, "spearman", dims=(1, 2, 3)))
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     return float(spearmanr(x, y).statistic)
@@ -85,7 +102,7 @@ def ssim(a, b) -> float:
     """
     from skimage.metrics import structural_similarity
 
-    x, y = _scaled(_values(a)), _scaled(_values(b))
+    x, y = (_scaled(v) for v in _pair(a, b, "ssim"))
     win = min(7, *(s if s % 2 else s - 1 for s in x.shape))
     if win < 3:
         return math.nan
@@ -111,7 +128,7 @@ def hog_similarity(a, b) -> float:
     >>> round(hog_similarity(x, 2 * x), 6)
     1.0
     """
-    x, y = _scaled(_values(a)), _scaled(_values(b))
+    x, y = (_scaled(v) for v in _pair(a, b, "hog_similarity"))
     slices = [(x, y)] if x.ndim == 2 else list(zip(x, y))
     h, w = slices[0][0].shape
     cell = max(2, min(8, h // 4, w // 4))
