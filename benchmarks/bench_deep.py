@@ -79,7 +79,8 @@ def medlab_training(train, test, budget: float, settings: dict) -> dict:
     rows = [scores(segment(img), lab.array) for img, lab in zip(test.images, test.labels)]
     m = result.model.metrics
     return {"rows": rows, "seconds": seconds, "cpu": cpu, "model": result.model, "segment": segment,
-            "note": f"{m['epochs_run']} epochs, best {m['epoch']}"}
+            "note": f"{m['epochs_run']} epochs, best {m['epoch']}, {m['validations']} validations, "
+                    f"{m['optimiser_steps']} optimiser steps"}
 
 
 def plain_monai_training(train, test, budget: float, settings: dict, patches: bool = False,
@@ -96,7 +97,7 @@ def plain_monai_training(train, test, budget: float, settings: dict, patches: bo
     from monai.networks.nets import UNet
     from monai.utils import set_determinism
 
-    t0, c0, epochs = time.monotonic(), time.process_time(), 0
+    t0, c0, epochs, steps = time.monotonic(), time.process_time(), 0, 0
     set_determinism(0)
     remap = np.zeros(16, np.int64)
     for k, value in enumerate(CLASSES, 1):
@@ -124,6 +125,7 @@ def plain_monai_training(train, test, budget: float, settings: dict, patches: bo
             loss = loss_function(net(batch["image"]), batch["label"])
             loss.backward()
             optimiser.step()
+            steps += 1
         epochs += 1
     seconds, cpu = time.monotonic() - t0, time.process_time() - c0
     net.eval()
@@ -136,7 +138,7 @@ def plain_monai_training(train, test, budget: float, settings: dict, patches: bo
         return np.array([0, *CLASSES])[logits.argmax(1)[0].numpy()]
 
     rows = [scores(segment(img), lab.array) for img, lab in zip(test.images, test.labels)]
-    return {"rows": rows, "seconds": seconds, "cpu": cpu, "segment": segment, "note": f"{epochs} epochs"}
+    return {"rows": rows, "seconds": seconds, "cpu": cpu, "segment": segment, "note": f"{epochs} epochs, {steps} optimiser steps"}
 
 
 # ----------------------------------------------------------------------------- inference overhead

@@ -124,8 +124,8 @@ def test_training_publishes_curves_and_the_best_model_each_epoch(cases):
     assert epochs == [1, 2, 3]
     assert [len(v["history"].series("training")[0]) for v in seen][-1] == 3
     assert set(result.dice.series_names) == {"enhancing tumour", "necrotic core", "oedema", "mean"}
-    best_epoch = int(np.argmax(result.dice.series("mean")[1])) + 1
-    assert result.model.metrics["epoch"] == best_epoch
+    xs, ys = result.dice.series("mean")
+    assert result.model.metrics["epoch"] == xs[int(np.argmax(ys))]
     assert all(isinstance(v["model"], Checkpoint) for v in seen)
 
 
@@ -158,6 +158,94 @@ def test_bad_training_input_is_refused(cases):
         train_segmenter([nan, *cases.images[1:]], cases.labels, classes=cases.classes)
     with pytest.raises(ParameterError, match="validation"):
         train_segmenter(cases.images, cases.labels, classes=cases.classes, validation=3)
+
+
+class _FakeClock:
+    """A clock that moves only when told: one epoch takes 1 s, one validation 2 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def slow_validation(monkeypatch):
+    """train_segmenter on a fake clock where validating takes twice as long as an epoch;
+    ``scores`` (if set) replace the validation Dice, in order; the validated epochs are recorded."""
+    from medlab.deep import train as train_module
+
+    clock, state = _FakeClock(), {"scores": None, "validated": []}
+    epoch, validate = train_module._Loop._epoch, train_module._Loop._validate
+
+    def fake_epoch(self, *args, **kwargs):
+        clock.now += 1.0
+        return epoch(self, *args, **kwargs)
+
+    def fake_validate(self, n):
+        clock.now += 2.0
+        state["validated"].append(n)
+        score, per_class, loss = validate(self, n)
+        if state["scores"] is not None:
+            score = state["scores"][len(state["validated"]) - 1]
+        return score, per_class, loss
+
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module._Loop, "_epoch", fake_epoch)
+    monkeypatch.setattr(train_module._Loop, "_validate", fake_validate)
+    return state
+
+
+def test_auto_val_interval_validates_less_often_when_validation_is_slow(cases, slow_validation):
+    seen = []
+    with progress_to(None, publish=lambda stage, values: seen.append(values["epoch"])):
+        result = train_segmenter(cases.images, cases.labels, classes=cases.classes, seed=0,
+                                 **{**FAST, "epochs": 30, "patience": 100})
+    # validation takes 2 s, so "auto" waits for 6 x 2 = 12 s of training: epochs 1, 13, 25 and the last
+    assert slow_validation["validated"] == [1, 13, 25, 30]
+    assert seen == list(range(1, 31))                                    # published every epoch
+    assert result.history.series("training")[0] == list(range(1, 31))   # training loss every epoch
+    assert result.history.series("validation")[0] == [1, 13, 25, 30]
+    xs, ys = result.dice.series("mean")
+    assert xs == [1, 13, 25, 30]
+    assert result.model.metrics["epoch"] == xs[int(np.argmax(ys))]        # the best validated model
+    assert result.model.metrics["dice_mean"] == round(max(ys), 4)
+    assert result.model.metrics["validations"] == 4 and result.model.metrics["epochs_run"] == 30
+    assert result.model.metrics["optimiser_steps"] == 30 * 2
+
+
+def test_val_interval_every_n_epochs_and_patience_counts_epochs(cases, slow_validation):
+    result = train_segmenter(cases.images, cases.labels, classes=cases.classes, seed=0,
+                             **{**FAST, "epochs": 7, "val_interval": 3})
+    assert slow_validation["validated"] == [1, 3, 6, 7]   # the first, every third, the last
+    slow_validation["validated"].clear()
+    slow_validation["scores"] = [0.1, 0.5, 0.4, 0.45, 0.3, 0.2, 0.2]
+    result = train_segmenter(cases.images, cases.labels, classes=cases.classes, seed=0,
+                             **{**FAST, "epochs": 50, "val_interval": 2, "patience": 4})
+    # best at epoch 2; the first validation at least 4 epochs later (epoch 6) stops the run
+    assert slow_validation["validated"] == [1, 2, 4, 6]
+    assert result.model.metrics["epoch"] == 2 and result.model.metrics["epochs_run"] == 6
+
+
+def test_training_time_budget_ends_with_a_validation(cases, slow_validation):
+    result = train_segmenter(cases.images, cases.labels, classes=cases.classes, seed=0,
+                             **{**FAST, "epochs": 1000, "max_time": 8.5})
+    # epoch 1 (1 s) + validation (2 s), then epochs until the clock passes 8.5 s: 6 more, validated
+    assert slow_validation["validated"] == [1, 7]
+    assert result.model.metrics["epochs_run"] == 7
+    slow_validation["validated"].clear()
+    result = train_segmenter(cases.images, cases.labels, classes=cases.classes, seed=0,
+                             **{**FAST, "epochs": 1000, "max_time": 2.5})
+    # time runs out while epoch 1 is validated: no further epoch, no further validation
+    assert slow_validation["validated"] == [1] and result.model.metrics["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "often", None, "AUTO", 10**6])
+def test_bad_val_interval_is_refused(cases, bad):
+    with pytest.raises(ParameterError, match="val_interval must be 'auto' or a whole number of epochs"):
+        train_segmenter(cases.images, cases.labels, classes=cases.classes, val_interval=bad, **{
+            k: v for k, v in FAST.items() if k != "val_interval"})
 
 
 # ------------------------------------------------------------------ inference geometry

@@ -47,6 +47,10 @@ DEFAULT_PATCH = {3: (48, 48, 24), 2: (128, 128)}
 """Training patch (and sliding window) size in voxels, (x, y[, z]): small enough for about two
 optimiser steps per second on two CPU cores, large enough to hold a brain tumour with its oedema
 at 1.5 x 1.5 x 2 mm."""
+AUTO_VALIDATION_RATIO = 6.0
+"""With ``val_interval="auto"``, validate once training since the last validation has taken at least
+this many times as long as that validation: validation then takes at most about 1/7 (14 %) of
+the time, and the rest goes to optimiser steps."""
 
 
 def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[Image], *,
@@ -55,8 +59,8 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
                     spacing: str | Sequence[float] | None = "median", patch_size: Sequence[int] | None = None,
                     epochs: int = 40, batch_size: int = 2, samples_per_image: int = 4,
                     learning_rate: float = 3e-3, validation: float = 0.2, patience: int = 10,
-                    max_time: float | None = None, augment: bool = True, channel_names: Sequence[str] | None = None,
-                    seed: int = 0, threads: int | None = None) -> Result:
+                    val_interval: int | str = "auto", max_time: float | None = None, augment: bool = True,
+                    channel_names: Sequence[str] | None = None, seed: int = 0, threads: int | None = None) -> Result:
     """Train a MONAI segmentation network; returns the best checkpoint and the learning curves.
 
     Each image is normalised (a MONAI intensity transform), resampled onto the network grid
@@ -64,10 +68,11 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     every epoch draws random patches centred on background and on each class equally often
     (MONAI ``RandCropByLabelClassesd``: a small necrotic core is seen as often as a large
     oedema), with intensity jitter and left-right flips if ``augment``. The loss is Dice + cross-entropy
-    (MONAI ``DiceCELoss``), the optimiser Adam. After each epoch the held-out validation
-    images are segmented whole (sliding window) and scored with :func:`medlab.metrics.dice`;
-    the checkpoint with the best mean validation Dice is kept, and training stops early when
-    it has not improved for ``patience`` epochs.
+    (MONAI ``DiceCELoss``), the optimiser Adam. After the first epoch, then every
+    ``val_interval`` epochs (by default as often as keeps validation near a seventh of the time)
+    and after the last, the held-out validation images are segmented whole (sliding window)
+    and scored with :func:`medlab.metrics.dice`; the checkpoint with the best mean validation
+    Dice is kept, and training stops early when it has not improved for ``patience`` epochs.
 
     Parameters
     ----------
@@ -104,7 +109,19 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         Fraction (below 1) or number of the cases held out for validation; 0 for none (the
         last epoch is then kept).
     patience : int
-        Stop after this many epochs without a better validation Dice.
+        Stop after this many *epochs* (not validations) since the epoch of the best validation
+        Dice; checked when the network is validated, so a run stops at the first validation at
+        least ``patience`` epochs after the best.
+    val_interval : int or 'auto'
+        Validate after the first epoch, then after every ``val_interval``-th epoch (MONAI's
+        ``val_interval``), and always after the last one (``epochs`` reached or ``max_time``
+        out). ``"auto"``: after an epoch when training since the last validation took at least
+        :data:`AUTO_VALIDATION_RATIO` (6) times as long as that validation, so validation
+        costs at most about 14 % of the time (segmenting the validation images whole is slow
+        against one epoch of small patches). Which epochs ``"auto"`` validates depends on the
+        machine's speed, and so may the chosen checkpoint: give an integer (1 = every epoch)
+        for a reproducible run. The curves get a training loss every epoch and validation
+        points at the validated epochs.
     max_time : float, optional
         Stop training when this many seconds have passed since the call (data preparation
         included), then validate once more. A run stopped by time is not reproducible (where
@@ -128,8 +145,10 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     Result
         ``model`` (:class:`~medlab.outputs.Checkpoint` with the best weights; its
         ``metrics`` hold the validation Dice per class, the epoch, the seed and the training
-        time), ``history`` (:class:`~medlab.outputs.Curve` of training and validation loss per
-        epoch) and ``dice`` (validation Dice per class and mean per epoch).
+        time, and after the run ``epochs_run``, ``validations`` and ``optimiser_steps``),
+        ``history`` (:class:`~medlab.outputs.Curve` of training loss per epoch and validation
+        loss per validated epoch) and ``dice`` (validation Dice per class and mean per
+        validated epoch).
 
     Raises
     ------
@@ -156,6 +175,7 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
     classes = _check_classes(classes, [lab for _, lab in cases])
     _check_numbers(epochs=epochs, batch_size=batch_size, samples_per_image=samples_per_image,
                    learning_rate=learning_rate, patience=patience, max_time=max_time, seed=seed, threads=threads)
+    _check_val_interval(val_interval)
     ndim = cases[0][0][0].ndim
     n_channels = len(cases[0][0])
     cfg = network_config(network, spatial_dims=ndim, in_channels=n_channels, out_channels=len(classes) + 1,
@@ -180,8 +200,8 @@ def train_segmenter(images: Sequence[Image | Sequence[Image]], labels: Sequence[
         loop = _Loop(net, cfg, prep, classes, [data[i] for i in train_idx], [data[i] for i in val_idx],
                      batch_size=batch_size, samples_per_image=samples_per_image, learning_rate=learning_rate,
                      augment=augment, seed=seed)
-        return loop.run(epochs=epochs, patience=patience, n_cases=(len(train_idx), len(val_idx)), start=start,
-                        deadline=None if max_time is None else start + max_time)
+        return loop.run(epochs=epochs, patience=patience, val_interval=val_interval,
+                        n_cases=(len(train_idx), len(val_idx)), start=start, deadline=None if max_time is None else start + max_time)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -212,28 +232,46 @@ class _Loop:
         self.best: Checkpoint | None = None
         self.best_score = -math.inf
         self.best_epoch = 0
+        self.validations = 0
+        self.steps = 0
 
-    def run(self, *, epochs, patience, n_cases, start: float, deadline: float | None) -> Result:
+    def run(self, *, epochs, patience, val_interval, n_cases, start: float, deadline: float | None) -> Result:
         steps_per_epoch = len(self.loader)
         epoch = 0
+        trained = 0.0          # training seconds since the last validation
+        last_validation = 0.0  # how long the last validation took
         try:
             for epoch in range(1, epochs + 1):
+                t0 = time.monotonic()
                 train_loss = self._epoch(epoch, epochs, steps_per_epoch, deadline)
+                t1 = time.monotonic()
+                trained += t1 - t0
                 self.history.append("training", epoch, train_loss)
-                score, per_class, val_loss = self._validate(epoch)
-                elapsed = time.monotonic() - start
-                if score > self.best_score + 1e-6 or self.best is None:
-                    self.best_score, self.best_epoch = score, epoch
-                    self.best = self._checkpoint(epoch, per_class, val_loss, train_loss, elapsed, n_cases)
-                log.info("epoch %d: training loss %.4f%s", epoch, train_loss,
-                         f", validation Dice {score:.4f}" if self.val else "")
+                out_of_time = deadline is not None and t1 >= deadline
+                last = epoch == epochs or out_of_time
+                if last or _due(epoch, val_interval, trained, last_validation):
+                    score, per_class, val_loss = self._validate(epoch)
+                    last_validation, trained = time.monotonic() - t1, 0.0
+                    self.validations += 1
+                    elapsed = time.monotonic() - start
+                    if score > self.best_score + 1e-6 or self.best is None:
+                        self.best_score, self.best_epoch = score, epoch
+                        self.best = self._checkpoint(epoch, per_class, val_loss, train_loss, elapsed, n_cases)
+                    log.info("epoch %d: training loss %.4f%s", epoch, train_loss,
+                             f", validation Dice {score:.4f}" if self.val else "")
+                    stop = self.val and epoch - self.best_epoch >= patience
+                    # time ran out while validating: that was the last validation
+                    out_of_time = deadline is not None and time.monotonic() >= deadline
+                else:
+                    log.info("epoch %d: training loss %.4f", epoch, train_loss)
+                    stop = False
                 publish(history=self.history, dice=self.dice, model=self.best, epoch=epoch)
                 report(epoch / epochs, f"epoch {epoch}/{epochs}")
-                if self.val and epoch - self.best_epoch >= patience:
+                if stop:
                     log.info("early stop: no better validation Dice for %d epochs", patience)
                     break
-                if deadline is not None and time.monotonic() >= deadline:
-                    log.info("stopped after %.0f s (max_time)", elapsed)
+                if out_of_time:
+                    log.info("stopped after %.0f s (max_time)", time.monotonic() - start)
                     break
         except (Cancelled, KeyboardInterrupt) as exc:
             # Ctrl-C (the notebook's stop button) stays a KeyboardInterrupt, but like Cancel it
@@ -246,6 +284,8 @@ class _Loop:
                                 "exception's .result (sys.last_value.result in a notebook)", epoch, self.best_epoch)
             raise
         self.best.metrics["epochs_run"] = epoch
+        self.best.metrics["validations"] = self.validations
+        self.best.metrics["optimiser_steps"] = self.steps
         self.best.metrics["training_seconds"] = round(time.monotonic() - start, 1)
         return Result({"model": self.best, "history": self.history, "dice": self.dice}, stage="train_segmenter")
 
@@ -261,6 +301,7 @@ class _Loop:
             loss = self.loss(self.net(x), y)
             loss.backward()
             self.optimiser.step()
+            self.steps += 1
             total, n = total + float(loss.detach()), n + 1
             report((epoch - 1 + (i + 1) / steps_per_epoch) / epochs, f"epoch {epoch}/{epochs}")
         return total / max(n, 1)
@@ -469,6 +510,24 @@ def _check_numbers(**values) -> None:
     mt = values["max_time"]
     if mt is not None and (isinstance(mt, (bool, np.bool_)) or not isinstance(mt, numbers.Real) or not mt > 0):
         raise ParameterError(f"max_time must be a positive number of seconds or None; got {mt!r}")
+
+
+def _due(epoch: int, val_interval: int | str, trained: float, last_validation: float) -> bool:
+    """Whether to validate after this (not last) epoch; ``trained``: training seconds since the last validation."""
+    if epoch == 1:
+        return True  # the live Dice curve starts at once, and Cancel has a model to keep
+    if val_interval == "auto":
+        return trained >= AUTO_VALIDATION_RATIO * last_validation
+    return epoch % val_interval == 0
+
+
+def _check_val_interval(val_interval) -> None:
+    if val_interval == "auto" and isinstance(val_interval, str):
+        return
+    if isinstance(val_interval, (bool, np.bool_)) or not isinstance(val_interval, (int, np.integer)) \
+            or not 1 <= val_interval <= 100000:
+        raise ParameterError(f"val_interval must be 'auto' or a whole number of epochs in [1, 100000]; "
+                             f"got {val_interval!r}")
 
 
 def _check_patch(patch_size, ndim: int, divisor: int) -> list[int]:
