@@ -384,3 +384,14 @@ def test_undo_forgets_the_undone_start(widget, pair):
     widget.undo()
     assert "step1.transform" not in widget.session and _initial(widget) == ""
     assert widget.transform is None and "step1" not in widget.hint.value
+
+
+def test_tre_before_follows_the_initialisation_chosen_before_a_run(widget):
+    """'TRE before' is that of the run's start: choosing 'moments' (or 'none') before Start is
+    shown at once; it stayed 'geometry-centre' until the run began."""
+    widget.select("linear_register")
+    assert any(k.startswith("TRE before (from the geometry-centre") for k, _ in widget.summary_rows)
+    widget.set(initialisation="moments")
+    assert any(k.startswith("TRE before (from the centre-of-mass (moments)") for k, _ in widget.summary_rows)
+    widget.set(initialisation="none")
+    assert any(k.startswith("TRE before (no initial transform") for k, _ in widget.summary_rows)

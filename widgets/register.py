@@ -569,6 +569,9 @@ class RegisterWidget(Workbench):
             panel.on_apply(self._applied)
             panel.outputs_view.on_use = self._use_output
             panel.observe(lambda ch, p=panel: self._safely(lambda: self._run_state(p, ch["new"])), "running")
+            for n in ("initialisation", "transform"):      # they choose where a run starts: "TRE before"
+                if n in panel.controls:
+                    panel.controls[n].observe(lambda _ch, p=panel: self._safely(lambda: self._start_changed(p)))
             self._panels[name] = panel
         panel = super().select(name)
         if getattr(self, "_ready", False):
@@ -641,6 +644,12 @@ class RegisterWidget(Workbench):
         if panel.spec.name == "surface_register" and not _is_linear(self.session[key]):
             return                       # ICP starts from a linear transform only: "(none)" stays
         box.value = key
+
+    def _start_changed(self, panel: StagePanel) -> None:
+        """Before a run, "TRE before" follows the initialisation chosen (it stayed that of the
+        geometry centres when 'moments' was chosen)."""
+        if panel is self.panel and not panel.running and getattr(self, "_summary_title", "") == "Before registration":
+            self._update_summary()
 
     def _input_chosen(self, name: str, key: str) -> None:
         super()._input_chosen(name, key)
