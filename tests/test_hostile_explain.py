@@ -85,3 +85,15 @@ def test_similarity_refuses_maps_it_cannot_compare():
     with pytest.raises(ParameterError, match="2D or 3D"):
         ssim(a[0], a[1])
     assert spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)
+
+
+def test_random_labels_takes_a_bool_only():
+    """random_labels='False' (a string from a form or a config file) silently loaded the twin
+    trained on shuffled labels."""
+    from medlab import ParameterError
+    from medlab.explain import tumour_classifier
+
+    for bad in ("False", 0, None):
+        with pytest.raises(ParameterError, match="random_labels must be True or False"):
+            tumour_classifier(random_labels=bad)
+    assert tumour_classifier(random_labels=False).metrics.get("training_labels") != "shuffled (data randomisation)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..errors import ReadError
+from ..errors import ParameterError, ReadError
 
 _FILES = {False: "tumour_classifier.pt", True: "tumour_classifier_random_labels.pt"}
 
@@ -42,7 +42,9 @@ def tumour_classifier(*, random_labels: bool = False):
     """
     from ..outputs import Checkpoint
 
-    name = _FILES[bool(random_labels)]
+    if not isinstance(random_labels, bool):   # "False" (a string from a form or a config) loaded the twin
+        raise ParameterError(f"random_labels must be True or False; got {random_labels!r}")
+    name = _FILES[random_labels]
     path = resources.files(__package__).joinpath(name)
     if not path.is_file():
         raise ReadError(f"the shipped checkpoint {name} is missing from medlab.explain: reinstall medlab, or "
