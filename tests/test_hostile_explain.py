@@ -97,3 +97,18 @@ def test_random_labels_takes_a_bool_only():
         with pytest.raises(ParameterError, match="random_labels must be True or False"):
             tumour_classifier(random_labels=bad)
     assert tumour_classifier(random_labels=False).metrics.get("training_labels") != "shuffled (data randomisation)"
+
+
+def test_coarse_to_fine_without_overlap_is_the_full_map_and_says_so():
+    """With overlap=0 the coarse boxes are every box: the map is exact everywhere; it was
+    reported exact only where refined (and any box computed is used, not only refined ones)."""
+    from medlab.explain import occlusion
+    from medlab.explain.network import build_classifier, classifier_config
+
+    torch.manual_seed(0)
+    net = build_classifier(classifier_config("cnn_classifier", channels=[4, 6], convs_per_block=1)).eval()
+    img = medlab.Image(np.random.default_rng(1).random((12, 16, 20)).astype(np.float32), spacing=(2.0, 2.0, 3.0))
+    full, _ = occlusion(img, net, mask_size=8, overlap=0.0, refine=0.0, normalise="none")
+    quick, numbers = occlusion(img, net, mask_size=8, overlap=0.0, refine=0.5, normalise="none")
+    assert table_value(numbers, "share of voxels computed exactly") == 1.0
+    np.testing.assert_allclose(quick.array, full.array, atol=1e-6)

@@ -111,13 +111,16 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
     todo = np.array([s for s in keep if tuple(s) not in known], dtype=int).reshape(-1, len(shape))
     if len(todo):
         known.update(zip(map(tuple, todo), _scores(ctx, todo, box, value, batch, "occlusion (fine)", score)))
-    keep = np.array(keep, dtype=int).reshape(-1, len(shape))
-    total, done = _accumulate(shape, keep, box, [known[tuple(s)] for s in keep])
+    n_refined = len(keep)
+    # every overlapping box computed counts, refined or coarse (with overlap 0 the coarse boxes
+    # are all of them, and the map is exact everywhere)
+    done_boxes = np.array([s for s in fine if tuple(s) in known], dtype=int).reshape(-1, len(shape))
+    total, done = _accumulate(shape, done_boxes, box, [known[tuple(s)] for s in done_boxes])
     _, needed = _accumulate(shape, fine, box, np.zeros(len(fine)))
     exact = (done == needed) & (done > 0)
     out = np.where(exact, f0 - total / np.maximum(done, 1), coarse_map)
     return out, {"boxes computed": len(known), "boxes in the full computation": len(fine),
-                 "overlapping boxes refined": f"{len(keep)} of {len(fine)}",
+                 "overlapping boxes refined": f"{n_refined} of {len(fine)}",
                  "refined region (coarse |drop| >= refine x peak), share of voxels": float(region.mean()),
                  "share of voxels computed exactly": float(exact.mean())}, f0
 
