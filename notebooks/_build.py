@@ -1045,8 +1045,9 @@ plt.show()
 
 `train_segmenter` normalises every image (here z-scores: mean 0, standard deviation 1), puts it on
 the network's grid (patient axes, the cases' median voxel size), draws random patches around tumour
-and background voxels, and minimises Dice + cross-entropy with Adam. After each epoch it segments the validation cases
-whole and keeps the weights with the best Dice. Like every medlab stage it **publishes** its curves
+and background voxels, and minimises Dice + cross-entropy with Adam. Every few epochs (as often as keeps
+this under about a seventh of the time: `val_interval="auto"`) and after the last, it segments the
+validation cases whole and keeps the weights with the best Dice. Like every medlab stage it **publishes** its curves
 while it runs: a live view plots them here (in the segment widget, Cancel keeps the best so far).
 
 Why z-scores and not the 0.5th–99.5th percentiles? On FLAIR the oedema is the brightest tissue: when
