@@ -377,6 +377,24 @@ def test_a_transform_of_another_dimension_is_no_initial_transform(widget):
     assert "flat" not in [k for _, k in widget._input_box("initial").options]
 
 
+def test_surface_registration_is_offered_linear_initial_transforms_only(pair):
+    """ICP starts from a rigid/similarity/affine transform: a B-spline result is not in its menu
+    (chosen there, Start failed with 'icp: the initial transform must be linear')."""
+    w = RegisterWidget(pair.fixed, pair.moving, fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels,
+                       debounce=0.0)
+    try:
+        w.select("bspline_register")
+        _run(w, iterations=2, shrink_factors=(2,))
+        w.select("linear_register")
+        assert _initial(w) == "step1.transform"            # a deformable result can start a linear run
+        w.select("surface_register")
+        assert "step1.transform" not in [k for _, k in w._input_box("initial").options]
+        with pytest.raises(MedlabError, match="cannot take session value 'step1.transform'"):
+            w.set_input("initial", "step1.transform")
+    finally:
+        w.close()
+
+
 def test_undo_forgets_the_undone_start(widget, pair):
     """After undoing a run, neither the overlay nor the hint offer its transform any more."""
     _run(widget, shrink_factors=(2,), iterations=10, samples=2000)

@@ -606,6 +606,10 @@ class RegisterWidget(Workbench):
         fixed = getattr(self, "session", {}).get(self._fixed_key)
         if isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim:
             return False
+        panel = getattr(self, "panel", None)
+        if (isinstance(value, Transform) and panel is not None and panel.spec.name == "surface_register"
+                and inp is panel.spec.inputs.get("initial") and not _is_linear(value)):
+            return False            # ICP starts from a linear transform only (it failed at Start)
         return super()._fits(inp, value)
 
     def set_input(self, name: str, key_or_value) -> None:
