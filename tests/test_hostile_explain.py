@@ -112,3 +112,26 @@ def test_coarse_to_fine_without_overlap_is_the_full_map_and_says_so():
     quick, numbers = occlusion(img, net, mask_size=8, overlap=0.0, refine=0.5, normalise="none")
     assert table_value(numbers, "share of voxels computed exactly") == 1.0
     np.testing.assert_allclose(quick.array, full.array, atol=1e-6)
+
+
+class _DictNet(nn.Module):
+    """Returns its logits in a dict (as some model zoos do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return {"logits": self.conv(x).mean((2, 3, 4))}
+
+
+def test_a_model_returning_a_dict_is_refused_clearly():
+    """A dict output raised a bare AttributeError ('dict' object has no attribute 'data_ptr')
+    from the automatic layer search, before the check that names what medlab.explain needs."""
+    from medlab import ImageError
+    from medlab.explain import grad_cam, integrated_gradients, occlusion
+
+    img = medlab.Image(np.random.default_rng(0).random((8, 10, 12)).astype(np.float32))
+    for method, kw in ((grad_cam, {}), (integrated_gradients, {}), (occlusion, {"mask_size": 8})):
+        with pytest.raises(ImageError, match=r"returned dict.*needs class scores \[batch, classes\]"):
+            method(img, _DictNet().eval(), **kw)

@@ -500,6 +500,8 @@ def _forward(network: Network, x, *, graph: bool, named: str | None = None):
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
     modules = dict(module.named_modules())
+    if not isinstance(out, torch.Tensor):   # a dict or None: the caller names what it needs
+        return out, None, {}
     if _alias(out, state["last"]) or (_class_score_map(modules, state["names"], state["last"], out)
                                        and state["prev_names"]):
         # the last spatial output is the network's own (a segmentation network), or the class-score
