@@ -548,3 +548,12 @@ def test_every_error_is_a_medlab_error(pair):
                  lambda: fit_landmark_transform([[0, 0, 0]] * 4, [[0, 0, 0]] * 4)):
         with pytest.raises(MedlabError):
             call()
+
+
+def test_demons_refuses_an_initial_transform_of_another_dimension(pair):
+    from medlab.outputs import Transform
+    from medlab.register import demons_register
+
+    two_d = Transform(sitk.TranslationTransform(2, (1.0, 0.0)))
+    with pytest.raises(ImageError, match="initial is a 2D transform"):   # was SimpleITK's bare RuntimeError
+        demons_register(pair.fixed, pair.moving, two_d, iterations=2, shrink_factors=(1,))

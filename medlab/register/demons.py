@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from ..errors import ImageError
 from ..outputs import Curve, Transform
 from ..stage import (
     Bool,
@@ -145,6 +146,9 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
     import SimpleITK as sitk
 
     check_pair(fixed, moving, "demons_register")
+    if initial is not None and initial.dimension != fixed.ndim:
+        raise ImageError(f"demons_register: initial is a {initial.dimension}D transform for {fixed.ndim}D images; "
+                         "give a transform of the images' dimension (or none)")
     started = time.perf_counter()
     f = to_float(fixed)
     before = None if initial is None else initial.sitk
@@ -193,8 +197,6 @@ def demons_register(fixed, moving, initial=None, *, variant="diffeomorphic", ite
             try:
                 new = filt.Execute(f_l, m_l, field)
             except RuntimeError as exc:
-                from ..errors import ImageError
-
                 tracker.raise_kept()
                 raise ImageError(f"demons_register: SimpleITK demons failed: {str(exc).strip().splitlines()[-1]}") from None
             value = filt.GetMetric()
