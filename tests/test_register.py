@@ -557,3 +557,19 @@ def test_demons_refuses_an_initial_transform_of_another_dimension(pair):
     two_d = Transform(sitk.TranslationTransform(2, (1.0, 0.0)))
     with pytest.raises(ImageError, match="initial is a 2D transform"):   # was SimpleITK's bare RuntimeError
         demons_register(pair.fixed, pair.moving, two_d, iterations=2, shrink_factors=(1,))
+
+
+@pytest.mark.parametrize("background", [-1000.0, "zero-mean"])
+def test_moments_initialisation_finds_the_object_with_negative_intensities(background):
+    # CT in HU or z-scored MR: ITK's intensity-weighted centroid went 0.5 mm the wrong way on the
+    # first and 6.7e7 mm away on the second; the object over its background moved 5 mm along x
+    from medlab.register.intensity import _start
+
+    a = np.full((40, 60, 60), -1000.0, np.float32)
+    a[10:30, 20:45, 15:40] = 40.0
+    if background == "zero-mean":
+        a -= a.mean()
+    fixed = medlab.Image(a)
+    moving = medlab.Image(np.roll(a, 5, axis=2))
+    t, _ = _start("translation", fixed.to_sitk(), moving.to_sitk(), "moments", None)
+    assert np.allclose(t.GetOffset(), (5.0, 0.0, 0.0), atol=1e-6)

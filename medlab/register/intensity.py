@@ -165,10 +165,24 @@ def _start(kind: str, fixed, moving, initialisation: str, initial):
         return t, None
     mode = (sitk.CenteredTransformInitializerFilter.GEOMETRY if initialisation == "geometry"
             else sitk.CenteredTransformInitializerFilter.MOMENTS)
+    if initialisation == "moments":
+        # ITK weights each voxel by its intensity: with negative values (CT in HU, z-scored MR) the
+        # "centre of mass" can land metres away (1.2e9 mm on a zero-mean image). Weigh by the
+        # intensity above the image's minimum: the centroid of the object over its background.
+        fixed, moving = _above_minimum(fixed), _above_minimum(moving)
     if kind == "translation":
         e = sitk.CenteredTransformInitializer(fixed, moving, _new_transform("rigid", dim), mode).Downcast()
         return sitk.TranslationTransform(dim, e.GetTranslation()), None
     return sitk.CenteredTransformInitializer(fixed, moving, t, mode).Downcast(), None
+
+
+def _above_minimum(image):
+    """``image`` minus its minimum (a SimpleITK image, float)."""
+    import SimpleITK as sitk
+
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    return sitk.Cast(image, sitk.sitkFloat64) - stats.GetMinimum()
 
 
 def bspline_mesh(image: Image, spacing_mm: float) -> list[int]:
