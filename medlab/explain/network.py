@@ -562,13 +562,15 @@ def find_target_layer(network: Network, x) -> str:
     convolution and outputs a spatial feature map (``[B, C, *spatial]`` with as many spatial
     axes as ``x``), other than the network's own output and other than a classifier's
     class-score map (a 1×1 convolution to the K class channels that are then only pooled: the
-    block before it is the last block of features, where Grad-CAM weights feature channels). When several modules output the same
-    tensor (a block and the sequence that ends with it), the innermost is named.
+    block before it is the last block of features, where Grad-CAM weights feature channels).
+    When several modules output the same tensor (a block and the sequence that ends with it),
+    the innermost is named. A vision transformer's only such layer is its patch embedding, which
+    is what this returns for MONAI's ViT: attention rollout explains a transformer better.
 
     Raises
     ------
     ParameterError
-        The model has no such layer (e.g. a transformer: use attention rollout).
+        The model has no such layer (e.g. a network of linear layers only).
     """
     _, name = forward_with_layers(network, x)
     if name is None:
