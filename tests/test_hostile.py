@@ -712,3 +712,17 @@ def test_viewer_set_point_set_refuses_text_by_name():
     with pytest.raises(ParameterError, match="seeds"):
         v.set_point_set("seeds", "abc")
     assert v.point_set("seeds") == []
+
+
+def test_viewer_point_sets_take_xy_on_a_2d_image_and_refuse_it_on_a_volume():
+    from medlab.widgets import Viewer
+
+    flat = Viewer(medlab.Image(np.zeros((20, 30), np.float32)))
+    flat.add_point_set("seeds")
+    flat.set_point_set("seeds", [[3.0, 4.0]])       # was kept as a 2-number point the viewer drew nowhere
+    assert flat.point_set("seeds") == [[3.0, 4.0, 0.0]]
+    v = Viewer(medlab.data.brain_mri(seed=0, size=(24, 24, 12)).t1)
+    v.add_point_set("seeds")
+    with pytest.raises(ParameterError, match="x, y, z"):
+        v.set_point_set("seeds", [[3.0, 4.0]])
+    assert v.point_set("seeds") == []

@@ -784,6 +784,12 @@ class Viewer(anywidget.AnyWidget):
             pts = [[float(c) for c in p] for p in points]
         except (TypeError, ValueError):
             raise ParameterError(f"points of {name!r} must be a list of (x, y, z) in mm; got {str(points)[:80]}") from None
+        image = getattr(self, "image", None)
+        if image is not None and image.ndim == 2:   # a 2D image is shown as one slice at z = 0
+            pts = [p + [0.0] if len(p) == 2 else p for p in pts]
+        if any(len(p) != 3 for p in pts):
+            raise ParameterError(f"points of {name!r} must be (x, y, z) in mm (or (x, y) on a 2D image); "
+                                 f"got {str(points)[:80]}")
         self.point_sets = [{**d, "points": pts} if d["name"] == name else d for d in self.point_sets]
 
     @traitlets.observe("point_sets", "active_set")
