@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -726,3 +727,27 @@ def test_viewer_point_sets_take_xy_on_a_2d_image_and_refuse_it_on_a_volume():
     with pytest.raises(ParameterError, match="x, y, z"):
         v.set_point_set("seeds", [[3.0, 4.0]])
     assert v.point_set("seeds") == []
+
+
+def test_cancel_and_ctrl_c_inside_simpleitk_print_no_traceback(capsys):
+    # SimpleITK prints what a Python command raises (through sys.excepthook) before it becomes a
+    # RuntimeError: every Cancel put a 'Cancelled' traceback in the notebook's output
+    from medlab.stage import execute_sitk, progress_to
+
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled), progress_to(lambda f, m: None, cancel=cancel):
+        execute_sitk(sitk.SmoothingRecursiveGaussianImageFilter(), img)
+
+    def interrupt(fraction, message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), progress_to(interrupt):
+        execute_sitk(sitk.SmoothingRecursiveGaussianImageFilter(), img)
+    assert "Traceback" not in capsys.readouterr().err
+    try:                                      # an exception of anyone else still reaches the hook
+        raise ValueError("not ours")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    assert "not ours" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from ..errors import Cancelled, GeometryError, ImageError
 from ..image import Image
 from ..outputs import Curve, Transform, grid_of
 from ..stage import publish, report
+from ..stage.context import quiet_in_sitk
 
 METRICS = ("mattes_mi", "joint_histogram_mi", "correlation", "mean_squares")
 METRIC_NAMES = {"mattes_mi": "Mattes MI", "joint_histogram_mi": "joint-histogram MI",
@@ -299,10 +300,10 @@ class Tracker:
         def run() -> None:
             try:
                 callback()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - raised again, marked
                 if not isinstance(exc, Cancelled):
                     self.error = exc
-                raise
+                raise quiet_in_sitk(exc)
         return run
 
     def raise_kept(self) -> None:

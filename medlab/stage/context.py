@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -177,6 +178,25 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
             cb(min((i + 1) / total, 1.0), desc)
 
 
+def quiet_in_sitk(exc: BaseException) -> BaseException:
+    """Mark ``exc``, raised inside a SimpleITK command, so that SimpleITK does not print it.
+
+    SimpleITK prints whatever a Python command raises (``PyErr_Print``, through
+    ``sys.excepthook``) before turning it into a RuntimeError, so every Cancel printed a
+    ``Cancelled`` traceback into the notebook. medlab raises the kept exception again after
+    ``Execute`` returns, so nothing is lost by not printing it there.
+    """
+    exc.__medlab_in_sitk__ = True
+    hook = sys.excepthook
+    if not getattr(hook, "__medlab_quiet__", False):
+        def quiet(kind, value, tb, _previous=hook):
+            if not getattr(value, "__medlab_in_sitk__", False):
+                _previous(kind, value, tb)
+        quiet.__medlab_quiet__ = True
+        sys.excepthook = quiet
+    return exc
+
+
 def execute_sitk(filt, *inputs, iterations: int | None = None):
     """Run a SimpleITK filter with progress reported and cancellation honoured.
 
@@ -193,7 +213,7 @@ def execute_sitk(filt, *inputs, iterations: int | None = None):
         if ev is not None and ev.is_set():
             state["cancelled"] = True
             filt.Abort()
-            raise Cancelled("cancelled by the user")  # SimpleITK turns this into a RuntimeError
+            raise quiet_in_sitk(Cancelled("cancelled by the user"))  # SimpleITK turns this into a RuntimeError
 
     def kept(callback):
         """SimpleITK turns whatever a command raises into a RuntimeError: keep what it was (a
@@ -201,11 +221,11 @@ def execute_sitk(filt, *inputs, iterations: int | None = None):
         def command():
             try:
                 callback()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - raised again, marked
                 if not isinstance(exc, Cancelled):
                     state["error"] = exc
                     filt.Abort()
-                raise
+                raise quiet_in_sitk(exc)
         return command
 
     def on_progress():
