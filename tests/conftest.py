@@ -27,3 +27,15 @@ def shared_file(relpath: str) -> Path:
 def shared():
     """``shared("ct_abdomen/example_ct_sm.nii.gz")`` -> Path, skipping/failing as above."""
     return shared_file
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module's tests: the machine's cores are shared, one thread is
+    faster under load, and results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

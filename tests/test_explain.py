@@ -35,20 +35,13 @@ from medlab.outputs import Checkpoint
 from medlab.recipe import Recipe
 
 TOL = 1e-5
-pytestmark = [  # notices from captum and MONAI called directly below, about their own mechanics
+pytestmark = [
+    pytest.mark.usefixtures("torch_one_thread"),
+    # notices from captum and MONAI called directly below, about their own mechanics
     pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients"),
     pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations"),
     pytest.mark.filterwarnings("ignore:Using a non-tuple sequence for multidimensional indexing"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the machine's cores are shared: one thread is faster under load, and results do not depend on it
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _close(a, b, tol=TOL):

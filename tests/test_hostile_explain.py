@@ -11,14 +11,7 @@ from torch import nn
 import medlab
 from medlab.explain import deletion_insertion, table_value
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the machine's cores are shared: one thread is faster under load, and results do not depend on it
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class _Logit(nn.Module):

@@ -603,8 +603,7 @@ class RegisterWidget(Workbench):
     def _fits(self, inp, value) -> bool:
         """As the workbench, and a transform fits only if it has the images' dimension (a 2D
         transform offered to a 3D pair failed inside SimpleITK, or in the TRE, at Start)."""
-        fixed = getattr(self, "session", {}).get(self._fixed_key)
-        if isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim:
+        if self._other_dimension(value):
             return False
         panel = getattr(self, "panel", None)
         if (isinstance(value, Transform) and panel is not None and panel.spec.name == "surface_register"
@@ -614,12 +613,17 @@ class RegisterWidget(Workbench):
 
     def set_input(self, name: str, key_or_value) -> None:
         """As the workbench; a transform of another dimension than the images is refused by name."""
-        fixed = self.session.get(self._fixed_key)
         value = self.session.get(key_or_value) if isinstance(key_or_value, str) else key_or_value
-        if isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim:
+        if self._other_dimension(value):
+            ndim = self.session[self._fixed_key].ndim
             raise ParameterError(f"input {name!r}: the transform is {value.dimension}D but the images are "
-                                 f"{fixed.ndim}D; give a {fixed.ndim}D transform")
+                                 f"{ndim}D; give a {ndim}D transform")
         super().set_input(name, key_or_value)
+
+    def _other_dimension(self, value) -> bool:
+        """Whether ``value`` is a transform of another dimension than the images."""
+        fixed = getattr(self, "session", {}).get(self._fixed_key)
+        return isinstance(value, Transform) and isinstance(fixed, Image) and value.dimension != fixed.ndim
 
     def undo(self):
         """As the workbench; the overlay, the hint and "TRE before" forget the undone step (its
