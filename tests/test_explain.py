@@ -244,7 +244,9 @@ def test_occlusion_equals_monai_and_coarse_to_fine_is_exact_where_it_says(net3d,
                               normalise="none", batch=16)
     exact_share = table_value(numbers, "share of voxels computed exactly")
     assert table_value(numbers, "boxes computed") < table_value(numbers, "boxes in the full computation")
-    same = np.isclose(fine.array, s.array, rtol=0, atol=1e-6 * np.abs(s.array).max())
+    # the same box's logit computed in another batch by incremental inference differs by float rounding
+    # (about 1e-8 here, on a logit of 0.33 whose largest drop is 1e-3): 1e-5 of the peak
+    same = np.isclose(fine.array, s.array, rtol=0, atol=1e-5 * np.abs(s.array).max())
     assert same.mean() >= exact_share - 1e-9 and exact_share > 0
     peak = np.unravel_index(np.argmax(s.array), s.shape)
     assert same[peak]  # the strongest place is always refined

@@ -61,20 +61,27 @@ def window_starts(shape, box, overlap: float) -> np.ndarray:
     return np.stack([g.ravel() for g in grids], axis=1)
 
 
-def _scores(ctx: Context, starts: np.ndarray, box, fill: float, batch: int, desc: str, score: str) -> np.ndarray:
+def _scores(ctx: Context, engine, starts: np.ndarray, box, fill: float, batch: int, desc: str,
+            score: str) -> np.ndarray:
+    """The target ``score`` with each box filled, ``batch`` boxes per pass: through ``engine``
+    (:class:`~medlab.explain.incremental.IncrementalOcclusion`, exact) or, without one, a full
+    forward pass of every occluded copy."""
     import torch
 
     x = ctx.x
     out = np.empty(len(starts), np.float64)
-    chunks = [starts[i:i + batch] for i in range(0, len(starts), batch)]
-    done = 0
-    for chunk in progress(chunks, total=len(chunks), desc=desc):
-        xb = x.repeat(len(chunk), *[1] * (x.ndim - 1))
-        for i, s in enumerate(chunk):
-            xb[(i, slice(None), *[slice(int(a), int(a) + m) for a, m in zip(s, box)])] = fill
-        with torch.inference_mode():
-            out[done:done + len(chunk)] = ctx.target.value(xb, score).double().numpy()
-        done += len(chunk)
+    chunks = [np.arange(i, min(i + batch, len(starts))) for i in range(0, len(starts), batch)]
+    plan = engine.plan(starts, box) if engine is not None and len(starts) else None
+    for rows in progress(chunks, total=len(chunks), desc=desc):
+        if plan is not None:
+            value = ctx.target.value_of_output(engine.outputs(starts, box, fill, plan=plan, rows=rows), score)
+        else:
+            xb = x.repeat(len(rows), *[1] * (x.ndim - 1))
+            for i, s in enumerate(starts[rows]):
+                xb[(i, slice(None), *[slice(int(a), int(a) + m) for a, m in zip(s, box)])] = fill
+            with torch.inference_mode():
+                value = ctx.target.value(xb, score)
+        out[rows] = value.double().numpy()
     return out
 
 
@@ -88,21 +95,26 @@ def _accumulate(shape, starts, box, values):
     return total, count
 
 
-def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float, score: str = "logit"):
+def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float, score: str = "logit",
+                   incremental: bool = True):
     """The occlusion map (drop of the target ``score``) on the network input, what was computed,
-    and the image's own score (see the module docstring for the coarse-to-fine pass)."""
+    and the image's own score (see the module docstring for the coarse-to-fine pass).
+    ``incremental=False`` runs every occluded copy through the whole network (same map)."""
     x = ctx.x
     shape = tuple(int(s) for s in x.shape[2:])
     value = {"mean": float(x.mean()), "zero": 0.0, "minimum": float(x.min())}[fill]
     f0 = ctx.target.base_value(score)
     fine = window_starts(shape, box, overlap)
+    engine = _engine(ctx) if incremental else None
+    how = _how(engine, fine, box)
     if refine <= 0:
-        values = _scores(ctx, fine, box, value, batch, "occlusion", score)
+        values = _scores(ctx, engine, fine, box, value, batch, "occlusion", score)
         total, count = _accumulate(shape, fine, box, values)
         return f0 - total / count, {"boxes computed": len(fine), "boxes in the full computation": len(fine),
-                                    "share of voxels computed exactly": 1.0}, f0
+                                    "share of voxels computed exactly": 1.0, **how}, f0
     coarse = window_starts(shape, box, 0.0)
-    known = dict(zip(map(tuple, coarse), _scores(ctx, coarse, box, value, batch, "occlusion (coarse)", score)))
+    known = dict(zip(map(tuple, coarse), _scores(ctx, engine, coarse, box, value, batch, "occlusion (coarse)",
+                                                 score)))
     total, count = _accumulate(shape, coarse, box, [known[tuple(s)] for s in coarse])
     coarse_map = f0 - total / count
     peak = float(np.abs(coarse_map).max())
@@ -110,7 +122,7 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
     keep = [s for s in fine if region[tuple(slice(int(a), int(a) + m) for a, m in zip(s, box))].any()]
     todo = np.array([s for s in keep if tuple(s) not in known], dtype=int).reshape(-1, len(shape))
     if len(todo):
-        known.update(zip(map(tuple, todo), _scores(ctx, todo, box, value, batch, "occlusion (fine)", score)))
+        known.update(zip(map(tuple, todo), _scores(ctx, engine, todo, box, value, batch, "occlusion (fine)", score)))
     n_refined = len(keep)
     # every overlapping box computed counts, refined or coarse (with overlap 0 the coarse boxes
     # are all of them, and the map is exact everywhere)
@@ -122,7 +134,29 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
     return out, {"boxes computed": len(known), "boxes in the full computation": len(fine),
                  "overlapping boxes refined": f"{n_refined} of {len(fine)}",
                  "refined region (coarse |drop| >= refine x peak), share of voxels": float(region.mean()),
-                 "share of voxels computed exactly": float(exact.mean())}, f0
+                 "share of voxels computed exactly": float(exact.mean()), **how}, f0
+
+
+def _engine(ctx: Context):
+    """Incremental inference for the context's model and image (exact; see
+    :mod:`medlab.explain.incremental`)."""
+    from .incremental import IncrementalOcclusion
+
+    return IncrementalOcclusion(ctx.network.module, ctx.x)
+
+
+def _how(engine, starts: np.ndarray, box) -> dict:
+    """A table row saying how far the incremental part reaches for these boxes."""
+    if engine is None:
+        return {"incremental inference": "off: every occluded copy through the whole network"}
+    plan = engine.plan(starts, box)
+    n = len(engine.layers)
+    if plan.stop == 0:
+        why = ("the model is not a chain of layers" if n == 1 else
+               f"its first layer ({type(engine.layers[0]).__name__}) is not local")
+        return {"incremental inference": f"none ({why}): every occluded copy through the whole network"}
+    nxt = f", then {type(engine.layers[plan.stop]).__name__} and the rest in full" if plan.stop < n else ""
+    return {"incremental inference": f"layers 1-{plan.stop} of {n} recomputed on the changed region only{nxt}"}
 
 
 def box_voxels(mask_size: float, spacing, shape) -> tuple[int, ...]:

@@ -133,13 +133,19 @@ class Target:
         import torch
 
         with torch.no_grad():
-            out = _first(self.module.model(x))
-            prob = out.sigmoid() if out.shape[1] == 1 else out.softmax(1)
-            p = prob[:, self.class_index]
-            if not self.dense:
-                return p
-            r = self.region
-            return (p * r).flatten(1).sum(1) / r.sum()
+            return self.value_of_output(self.module.model(x), "probability")
+
+    def value_of_output(self, out, score: str = "logit"):
+        """The target (``[B]``) as ``score`` says from a model output (or its tuple) that was
+        computed elsewhere, e.g. by incremental inference: what :meth:`value` gives for the input."""
+        out = _first(out)
+        if score != "probability":
+            return self.of_output(out)
+        prob = out.sigmoid() if out.shape[1] == 1 else out.softmax(1)
+        p = prob[:, self.class_index]
+        if not self.dense:
+            return p
+        return (p * self.region).flatten(1).sum(1) / self.region.sum()
 
 
 def _make_module(model, class_index: int, region):
