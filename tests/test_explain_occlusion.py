@@ -106,6 +106,7 @@ def test_engine_outputs_equal_the_model_on_occluded_copies():
     assert torch.equal(inc.acts[0], x)   # the in-place ReLU left the image's activations alone
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # torch's, full forward
 def test_two_d_cnn_with_max_pool_ceil_mode_and_same_padding():
     torch.manual_seed(2)
     net = nn.Sequential(

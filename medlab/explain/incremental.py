@@ -205,6 +205,7 @@ class IncrementalOcclusion:
                 self.kinds.append(window)
         self.acts = acts            # acts[i]: the input of layer i, for the local layers and the one after
         self._padded: dict = {}
+        self._plans: dict = {}
 
     @property
     def local_layers(self) -> int:
@@ -214,6 +215,12 @@ class IncrementalOcclusion:
     def plan(self, corners: np.ndarray, box) -> Plan:
         """The steps for boxes with these corners (``[n, d]``, network voxels) and size."""
         lo = np.asarray(corners, np.int64).reshape(-1, self.nd)
+        key = (lo.tobytes(), tuple(int(b) for b in box))
+        if key not in self._plans:
+            self._plans = {key: self._plan(lo, box)}   # the last one: a call asks for the same boxes twice
+        return self._plans[key]
+
+    def _plan(self, lo: np.ndarray, box) -> Plan:
         hi = lo + np.asarray(box, np.int64)
         region_lo, size = lo.copy(), tuple(int(b) for b in box)
         steps, stop = [], 0
