@@ -208,3 +208,12 @@ def test_map_keeps_the_scans_geometry():
     assert np.allclose(np.ravel(s.direction), np.ravel(image.direction))
     assert table_value(numbers, "incremental inference").startswith("layers 1-")
     assert np.abs(s.array).max() > 0
+
+
+def test_incremental_examples_run():
+    import doctest
+
+    import medlab.explain.incremental as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
