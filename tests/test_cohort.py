@@ -300,22 +300,52 @@ def _record(case: str, cpu_s: float, cases_before: int) -> dict:
             "worker": {"cases_before": cases_before}}
 
 
-def test_batch_size_from_warm_cases_only(cohort, seg_recipe, client, tmp_path):
-    """A worker's first case pays its imports and first calls (1 CPU-s here, for cases of 0.1):
-    batches sized from it held ~2 cases where ~15 were meant. It does not count."""
-    from medlab.cohort import engine
+def _planned(client, seg_recipe, cohort, tmp_path, sizes: dict[str, int], rate: float, slots: int = 2):
+    from types import SimpleNamespace
 
     run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client)
-    run.client = client
-    run._pending = [object()] * 200
-    run.records = {"a": _record("a", 1.0, 0)}                                   # cold: not a measure
-    assert run._batch_size() is None
-    run.records["b"] = _record("b", 0.1, 1)                                     # warm
-    assert run._batch_size() == int(engine.BATCH_TARGET_S // 0.1)
-    run.records.update(c=_record("c", 0.001, 5), d=_record("d", 0.001, 6))      # the median of warm cases
-    assert run._batch_size() == engine.MAX_BATCH
-    run._pending = [object()] * 5                                               # >= 2 tasks per worker thread
-    assert run._batch_size() == 3
+    run._slots = lambda: slots
+    run._pending = [SimpleNamespace(id=k) for k in sizes]
+    run._bytes = dict(sizes)
+    return run._plan(rate)
+
+
+def test_cpu_per_byte_from_warm_cases_only(cohort, seg_recipe, client, tmp_path):
+    """A worker's first case pays its imports and first calls (1 CPU-s here, for cases of 0.1):
+    batches sized from it held ~2 cases where ~15 were meant. It does not count."""
+    run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", client)
+    run._bytes = {"sub0": 1000, "sub1": 1000, "sub2": 4000}
+    run.records = {"sub0": _record("sub0", 1.0, 0)}                             # cold: not a measure
+    assert run._cpu_per_byte() is None
+    run.records["sub1"] = _record("sub1", 0.1, 1)                               # warm
+    assert run._cpu_per_byte() == pytest.approx(1e-4)
+    run.records["sub2"] = _record("sub2", 0.2, 2)                               # the median of warm cases, per byte
+    assert run._cpu_per_byte() == pytest.approx(0.75e-4)
+    assert run._input_bytes(run.cases[3]) == (cohort / "images" / "sub3.nii.gz").stat().st_size   # the input, not the truth
+
+
+def test_plan_sends_large_cases_first_then_batches_that_shrink_at_the_end(cohort, seg_recipe, client, tmp_path):
+    """The benchmark's cohort lists its real CT after 200 small phantoms: sent last, it kept one
+    worker busy alone (two workers ran 1.3x one worker). Large cases now go first, alone, and the
+    last batches are small, so the workers end together."""
+    from medlab.cohort import engine
+
+    sizes = {f"p{i}": 1000 for i in range(200)} | {"ct": 30_000, "mr": 12_000}   # 0.1 s a phantom at this rate
+    chunks = _planned(client, seg_recipe, cohort, tmp_path, sizes, rate=1e-4)
+    ids = [[c.id for c in chunk] for chunk in chunks]
+    assert ids[:2] == [["ct"], ["mr"]]                                          # largest first, alone
+    assert [c for chunk in ids[2:] for c in chunk] == [f"p{i}" for i in range(200)]   # the rest in listed order
+    costs = [0.1 * len(chunk) for chunk in ids[2:]]
+    assert max(costs) <= engine.BATCH_TARGET_S + 1e-9 and costs[0] == pytest.approx(engine.BATCH_TARGET_S)
+    assert costs == sorted(costs, reverse=True) and costs[-1] <= engine.SMALLEST_TASK_S
+    left = sum(costs)
+    for cost in costs:                                                           # never more than a share of what is left
+        assert cost <= max(left / 4, engine.SMALLEST_TASK_S) + 1e-9
+        left -= cost
+    tiny = _planned(client, seg_recipe, cohort, tmp_path, {f"p{i}": 1 for i in range(500)}, rate=1e-6)
+    assert max(len(c) for c in tiny) == engine.MAX_BATCH
+    few = _planned(client, seg_recipe, cohort, tmp_path, {f"p{i}": 1000 for i in range(5)}, rate=1e-4)
+    assert [len(c) for c in few] == [2, 2, 1]                                    # not below SMALLEST_TASK_S (0.2-0.25 s)
 
 
 def test_a_batch_whose_task_failed_is_sent_again_case_by_case(cohort, seg_recipe, client, tmp_path, monkeypatch):
@@ -456,6 +486,25 @@ def test_worker_killed_mid_run(cohort, seg_recipe, tmp_path):
     again = run_cohort(seg_recipe, folder, tmp_path / "out", workers=1, dashboard=False, progress=False)
     assert again.counts["skipped"] == 10
     assert not [p for p in (tmp_path / "out" / CASES_DIR).iterdir() if p.name.startswith(".")]  # leftovers cleaned
+
+
+@pytest.mark.slow
+def test_local_workers_keep_glibcs_allocator_thresholds(monkeypatch):
+    """Dask's worker default MALLOC_TRIM_THRESHOLD_=65536 made every array of a case a fresh
+    mapping, zero-filled page by page (135,000 page faults for 60 small cases, 3x the system
+    CPU); local medlab workers get glibc's own converged thresholds instead."""
+    from medlab.cohort.engine import WORKER_MALLOC, local_cluster
+
+    for name in WORKER_MALLOC:          # absent before (Dask copies them into os.environ: restored after)
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    client, cluster = local_cluster(1, dashboard=False)
+    try:
+        seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
+    finally:
+        client.close()
+        cluster.close()
+    assert seen == {k: str(v) for k, v in WORKER_MALLOC.items()}
 
 
 @contextlib.contextmanager

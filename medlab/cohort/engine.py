@@ -4,7 +4,6 @@ live per-case status, failures isolated, cancel, and the tables at the end."""
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import os
 import secrets
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import MedlabError, ParameterError, WriteError
-from .cases import _as_recipe, list_cases
+from .cases import _as_recipe, _files_below, list_cases
 from .records import CASES_DIR, RECORD, _checksums, _same_work, read_record, recipe_hash
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
@@ -27,6 +26,25 @@ BATCH_TARGET_S = 1.5
 worker, and a result and its as-completed round trip) is then about 1 % of the task, instead
 of 5-15 % of a 0.1 s case."""
 MAX_BATCH = 32
+SMALLEST_TASK_S = 0.25
+"""The last tasks of a run shrink towards this many CPU seconds (guided self-scheduling,
+Polychronopoulos & Kuck 1987): a worker that finishes early then waits at most about this long
+for the others, instead of a whole :data:`BATCH_TARGET_S` batch (7 % of a 20 s run on two
+workers), and Dask's cost per task is still under 10 % of it."""
+
+
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
+"""glibc allocator settings of local workers: the state glibc's own dynamic thresholds reach in a
+plain Python process (a freed block of up to 32 MiB raises the mmap threshold to its size and the
+trim threshold to twice that), i.e. what a plain loop over the cases gets. Dask's default for
+workers, ``MALLOC_TRIM_THRESHOLD_=65536``, returns every freed block to the kernel at once and
+(any setting does) freezes the dynamic thresholds, so each array of a case was mapped afresh and
+zero-filled page by page: a worker running the plain loop took 135,000 page faults and 0.38-0.44
+system CPU-s for 60 small cases, against 10-30 and 0.12-0.15 with these (user CPU 5.1-5.2 s
+either way; resident memory 201 against 207 MB). Arrays above 32 MiB are still mapped and
+returned when freed. Variables already in the environment win (Dask's rule), including a
+``MALLOC_TRIM_THRESHOLD_`` left in ``os.environ`` by an earlier default Dask cluster in the
+same process."""
 
 
 def local_cluster(workers: int | None = None, *, dashboard: bool = True):
@@ -55,7 +73,9 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
     # profiler (a dashboard tab cohort users rarely open) and with slower monitors (the memory
     # limit still applies, checked every second) it fell to 0.011-0.019 CPU-s per second.
     quiet = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
-             "distributed.admin.tick.interval": "200ms", "distributed.worker.memory.monitor-interval": "1s"}
+             "distributed.admin.tick.interval": "200ms", "distributed.worker.memory.monitor-interval": "1s",
+             "distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                                                     **WORKER_MALLOC}}
     with dask.config.set(quiet):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0" if dashboard else None,
@@ -129,6 +149,7 @@ class CohortRun:
         self.futures: list = []
         self.batch = None if batch is None else int(batch)
         self._pending: list = []  # cases not yet sent to Dask
+        self._bytes: dict[str, int] = {}  # input bytes per case id (cost estimate)
         self._suspects: list = []  # cases whose worker died, to try again alone at the end
         self._tried_alone: set[str] = set()
         self._read: set = set()  # keys of the futures whose result was read
@@ -165,24 +186,29 @@ class CohortRun:
     # -- sending cases
     def _submit_more(self) -> None:
         """Send queued cases: all at once with a fixed ``batch``; automatic: single cases, two in
-        flight per worker thread, until a warm worker's case gives its time, then the rest in batches."""
+        flight per worker thread, until a warm worker's case gives its time, then the rest as
+        planned by :meth:`_plan`."""
         if self.cancelled:
             return
         if not self._pending:
             if self._suspects and not self._running():
                 self._submit([self._suspects.pop(0)])   # one at a time, the cluster otherwise idle
             return
-        size = self._batch_size()
-        if size is None:
-            # two cases in flight per worker thread: the second is queued on the worker (no idle
-            # round trip between them) and is the first timed without the worker's warm-up
-            busy = self._running()
-            for _ in range(max(0, 2 * self._slots() - busy)):
-                if self._pending:
-                    self._submit([self._pending.pop(0)])
-            return
-        while self._pending:
-            chunk, self._pending = self._pending[:size], self._pending[size:]
+        if self.batch is not None:
+            chunks = [self._pending[i:i + self.batch] for i in range(0, len(self._pending), self.batch)]
+        else:
+            rate = self._cpu_per_byte()
+            if rate is None:
+                # two cases in flight per worker thread: the second is queued on the worker (no idle
+                # round trip between them) and is the first timed without the worker's warm-up
+                busy = self._running()
+                for _ in range(max(0, 2 * self._slots() - busy)):
+                    if self._pending:
+                        self._submit([self._pending.pop(0)])
+                return
+            chunks = self._plan(rate)
+        self._pending = []
+        for chunk in chunks:
             self._submit(chunk)
 
     def _running(self) -> int:
@@ -190,20 +216,56 @@ class CohortRun:
         worker holding its result dies (a case killing workers), and is never done again."""
         return sum(not f.done() and f.key not in self._read for f in self.futures)
 
-    def _batch_size(self) -> int | None:
-        if self.batch is not None:
-            return self.batch
-        # CPU seconds, not wall: Dask's cost per task is CPU, and a loaded machine stretches wall time.
-        # Not a worker's first case: it includes the imports and first calls (0.4-1 CPU-s, several
-        # times a small case), which made batches of ~2 cases where ~10 were meant
-        times = [r["timings"]["cpu_s"] for r in self.records.values()
+    def _input_bytes(self, case) -> int:
+        """Bytes on disk of a case's inputs (a folder: all its files), the estimate of its cost."""
+        if case.id not in self._bytes:
+            total = 0
+            for source in case.inputs.values():
+                path = Path(source.path)
+                with contextlib.suppress(OSError):
+                    total += (sum(f.stat().st_size for f in _files_below(path)) if path.is_dir()
+                              else path.stat().st_size)
+            self._bytes[case.id] = max(total, 1)
+        return self._bytes[case.id]
+
+    def _cpu_per_byte(self) -> float | None:
+        """CPU seconds per input byte of the cases warm workers computed (median), or None yet.
+
+        CPU seconds, not wall: Dask's cost per task is CPU, and a loaded machine stretches wall
+        time. Not a worker's first case: it includes the imports and first calls (0.4-1 CPU-s,
+        several times a small case), which made batches of ~2 cases where ~10 were meant."""
+        rates = [r["timings"]["cpu_s"] / self._input_bytes(self._by_id[c]) for c, r in self.records.items()
                  if r.get("run") == "computed" and r.get("status") == "done" and "cpu_s" in r.get("timings", {})
-                 and r.get("worker", {}).get("cases_before", 0) >= 1]
-        if not times:
-            return None
-        per_case = max(statistics.median(times), 1e-3)
-        spread = math.ceil(len(self._pending) / (2 * self._slots()))  # >= 2 tasks per worker thread
-        return max(1, min(int(BATCH_TARGET_S // per_case), MAX_BATCH, spread))
+                 and r.get("worker", {}).get("cases_before", 0) >= 1 and c in self._by_id]
+        return max(statistics.median(rates), 1e-12) if rates else None
+
+    def _plan(self, rate: float) -> list[list]:
+        """The pending cases as Dask tasks, from each case's estimated CPU (``rate`` x its input bytes).
+
+        * Cases of at least half :data:`BATCH_TARGET_S` go first, one per task, largest first
+          (longest-processing-time first): a large case sent last kept one worker busy alone (the
+          real CT of the benchmark after 200 small phantoms: two workers ran 1.3x one).
+        * The rest, in their listed order, in batches of about :data:`BATCH_TARGET_S` (at most
+          :data:`MAX_BATCH` cases), shrinking towards :data:`SMALLEST_TASK_S` as the work left
+          runs out: each batch holds at most the work left / (2 x worker threads), so every worker
+          thread gets at least two tasks and the run ends on small ones (guided self-scheduling).
+        """
+        cost = {c.id: rate * self._input_bytes(c) for c in self._pending}
+        large = sorted((c for c in self._pending if cost[c.id] >= BATCH_TARGET_S / 2), key=lambda c: -cost[c.id])
+        small = [c for c in self._pending if cost[c.id] < BATCH_TARGET_S / 2]
+        chunks = [[c] for c in large]
+        left, slots, i = sum(cost[c.id] for c in small), self._slots(), 0
+        while i < len(small):
+            aim = min(BATCH_TARGET_S, max(left / (2 * slots), SMALLEST_TASK_S))
+            chunk, spent = [small[i]], cost[small[i].id]
+            i += 1
+            while i < len(small) and len(chunk) < MAX_BATCH and spent + cost[small[i].id] <= aim * (1 + 1e-9):
+                chunk.append(small[i])
+                spent += cost[small[i].id]
+                i += 1
+            chunks.append(chunk)
+            left -= spent
+        return chunks
 
     def _slots(self) -> int:
         """Worker threads of the cluster (at least 1: a cluster still scaling up may have none)."""
