@@ -217,3 +217,24 @@ def test_incremental_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("box", [(1, 1), (2, 3), (15, 1), (3, 19)])
+def test_changes_that_vanish_and_whole_axis_boxes(box):
+    """A 1x1 stride-2 convolution never reads odd voxels: a box there changes nothing further on;
+    a ceil_mode pooling and a dilated strided convolution read past the last voxel."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 1, stride=2), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1),
+                        nn.MaxPool2d(2, ceil_mode=True), nn.Conv2d(3, 2, 2, stride=3, dilation=2), nn.Flatten(),
+                        nn.Linear(2, 2)).eval()
+    x = torch.rand(1, 1, 15, 19)
+    starts = window_starts((15, 19), box, 0.5)
+    inc = IncrementalOcclusion(net, x, max_share=1.0)
+    assert inc.plan(starts, box).stop == 5
+    copies = x.repeat(len(starts), 1, 1, 1)
+    for i, s in enumerate(starts):
+        copies[(i, slice(None), *[slice(int(a), int(a) + m) for a, m in zip(s, box)])] = 7.0
+    with torch.no_grad():
+        want = net(copies)
+    got = inc.outputs(starts, box, 7.0)
+    assert torch.allclose(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
