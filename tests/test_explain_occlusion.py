@@ -186,7 +186,7 @@ def test_dense_chain_reaches_the_output_and_refine_composes():
     assert info["boxes computed"] < info["boxes in the full computation"]
 
 
-def test_hooked_model_runs_in_full():
+def test_hooked_model_and_a_box_too_large_run_in_full():
     net = _tiny3d()
     handle = net[0].register_forward_hook(lambda m, i, o: o * 1.0)
     try:
@@ -194,6 +194,10 @@ def test_hooked_model_runs_in_full():
         assert inc.local_layers == 0 and inc.layers == [net]
     finally:
         handle.remove()
+    image = _blob((10, 12, 14), (5, 6, 7))
+    fast, full, info = _maps(image, net, (9, 11, 13), overlap=0.5, batch=3, target_class=1)
+    _same(fast, full)
+    assert info["incremental inference"].startswith("none (the box changes more than 80% of the first layer)")
 
 
 def test_map_keeps_the_scans_geometry():

@@ -164,8 +164,12 @@ def _how(engine, starts: np.ndarray, box) -> dict:
     plan = engine.plan(starts, box)
     n = len(engine.layers)
     if plan.stop == 0:
-        why = ("the model is not a chain of layers" if n == 1 else
-               f"its first layer ({type(engine.layers[0]).__name__}) is not local")
+        if n == 1:
+            why = "the model is not a chain of layers, or has forward hooks"
+        elif engine.local_layers == 0:
+            why = f"its first layer ({type(engine.layers[0]).__name__}) is not local"
+        else:
+            why = f"the box changes more than {engine.max_share:.0%} of the first layer"
         return {"incremental inference": f"none ({why}): every occluded copy through the whole network"}
     nxt = f", then {type(engine.layers[plan.stop]).__name__} and the rest in full" if plan.stop < n else ""
     return {"incremental inference": f"layers 1-{plan.stop} of {n} recomputed on the changed region only{nxt}"}
