@@ -115,9 +115,11 @@ class CohortRun:
     batch : int, optional
         Cases per Dask task. Default (None): automatic -- one case per task at first (two in flight
         per worker thread); once a case computed by a warm worker (not its first, which pays the
-        imports) tells how much CPU one takes, the rest go in batches of about
-        :data:`BATCH_TARGET_S` CPU seconds (at most :data:`MAX_BATCH` cases, and never so large that
-        a worker thread would get fewer than two tasks). Each case of a batch still has its
+        imports) tells how much CPU a byte of input takes, the rest are planned from each case's
+        input bytes: large cases first, one per task, then batches of about
+        :data:`BATCH_TARGET_S` CPU seconds (at most :data:`MAX_BATCH` cases) that shrink towards
+        :data:`SMALLEST_TASK_S` as the work left runs out, so the workers finish together
+        (see :meth:`CohortRun._plan`). Each case of a batch still has its
         own record, outputs, peak memory, live events and failure isolation; a batch whose
         worker died is sent again one case per task, and a case whose own task then dies is tried
         once more alone at the end (Dask also blames healthy cases queued beside it), so a case
@@ -247,8 +249,11 @@ class CohortRun:
           real CT of the benchmark after 200 small phantoms: two workers ran 1.3x one).
         * The rest, in their listed order, in batches of about :data:`BATCH_TARGET_S` (at most
           :data:`MAX_BATCH` cases), shrinking towards :data:`SMALLEST_TASK_S` as the work left
-          runs out: each batch holds at most the work left / (2 x worker threads), so every worker
-          thread gets at least two tasks and the run ends on small ones (guided self-scheduling).
+          runs out: each batch holds at most the work left / (2 x worker threads) (guided
+          self-scheduling), so the run ends on small tasks and the workers finish together.
+
+        The input bytes are a rough estimate (a compressed file holds more voxels per byte);
+        it only orders the cases and sizes the batches, so a wrong one costs time, never a result.
         """
         cost = {c.id: rate * self._input_bytes(c) for c in self._pending}
         large = sorted((c for c in self._pending if cost[c.id] >= BATCH_TARGET_S / 2), key=lambda c: -cost[c.id])
