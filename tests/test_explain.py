@@ -170,8 +170,11 @@ def test_auto_layer_skips_a_class_score_head_for_the_last_feature_block(img3d):
 def test_shipped_classifier_auto_layer_is_its_last_feature_block():
     from medlab.explain import find_target_layer, resolve_model, tumour_classifier
 
-    net = resolve_model(tumour_classifier())
-    assert find_target_layer(net, torch.zeros(1, 1, 32, 64, 64)) == "features.block3.1"
+    model = tumour_classifier()
+    net = resolve_model(model)
+    assert find_target_layer(net, torch.zeros(1, 1, 32, 64, 64)) == "features.block3.0"
+    # every block at full resolution: the map Grad-CAM weights is on the network input's own grid
+    assert model.config["downsample"] == 0 and net.size_multiple == 1
 
 
 def test_grad_cam_pp_equals_monai(net3d, img3d):
@@ -609,6 +612,18 @@ def test_shipped_classifier_finds_a_held_out_tumour():
     s, numbers = grad_cam(image, model, tumour)
     assert s.metadata["saliency"]["class_name"] == "tumour" and table_value(numbers, "target probability") > 0.5
     assert table_value(numbers, "pointing game hit") is True
+
+
+def test_train_classifier_default_design_is_the_shipped_one_and_options_replace_it():
+    from medlab.explain import tumour_classifier
+    from medlab.explain.network import classifier_config
+    from medlab.explain.train_classifier import NETWORK, train
+
+    shipped = tumour_classifier().config
+    assert classifier_config("cnn_classifier", out_channels=1, **NETWORK) == shipped   # the plain command retrains it
+    pooled = train(n_train=2, n_test=2, epochs=1, size=(16, 16, 8), spacing=(12.0, 12.0, 16.0), log=lambda *a: None,
+                   network={"downsample": 1, "convs_per_block": 2})
+    assert {**shipped, "downsample": 1, "convs_per_block": 2} == pooled.config
 
 
 def test_shipped_label_randomised_twin_is_the_same_network_knowing_nothing_of_tumours():
