@@ -4946,10 +4946,11 @@ def show(pictures, titles, width=4.2):
 
 The classifier has **one output**, a logit: the evidence for "tumour" (positive: it calls a tumour).
 Its last layer, `head.evidence`, is a 1×1×1 convolution that turns the features into a tumour-evidence
-map at half the scan's resolution; the logit is a smooth maximum of that map.
+map on the network's own 3 × 3 × 4 mm grid (this classifier never pools); the logit is a smooth maximum
+of that map.
 
 Which layer does Grad-CAM use? `layer="auto"` takes the **last convolutional block of features**,
-`features.block3.1` here, as pytorch-grad-cam and MONAI users pick the last block of the feature extractor
+`features.block3.0` here, as pytorch-grad-cam and MONAI users pick the last block of the feature extractor
 (`layer4[-1]` of a ResNet, `class_layers.relu` of a DenseNet). `head.evidence` is not a feature block: it is
 the classifier applied at each place (one channel, the class), so medlab skips it; you can still ask for it
 by name (`layer="head.evidence"`), and `medlab.explain.candidate_layers(model)` lists every choice.
@@ -4958,6 +4959,8 @@ Grad-CAM (Selvaraju et al., ICCV 2017) takes a convolutional layer's activations
 the gradient of the chosen score with respect to them, averages the gradient over space into one weight
 per channel, and sums the channels with those weights: `ReLU(Σ_k w_k A_k)`. The result lives on the
 **layer's grid**, so it is upsampled (trilinear) to the network input, then mapped back to the scan.
+Many networks pool, so their last block's grid is coarse (a ResNet's is 32 times coarser than its input);
+this one keeps full resolution, and the upsampling does nothing here.
 `target_class=-1` (the default) explains the predicted class; for a one-logit model it is that logit,
 the evidence for tumour, whatever the model predicts.
 """),
@@ -4991,32 +4994,43 @@ print(f"largest difference medlab vs captum: {np.abs(medlab_map.array - by_hand)
       f"(map values up to {np.abs(by_hand).max():.3g})")
 """),
     md("""
-**Exercise 1.** The map is made on the layer's grid and upsampled. How large, in millimetres, is one voxel
-of the layer `features.block3.1` (printed above) along (x, y, z)? Read it from the shapes printed above and the scan's
-spacing; put it in `my_voxel_mm`.
+**Exercise 1.** A voxel of the layer's map responds only to the part of the scan it sees, its
+*receptive field*: the map cannot separate a tumour from its surroundings more finely than that. The layer
+`features.block3.0` comes after three 3×3×3 convolutions and no pooling; each convolution widens the field
+by one voxel on every side. How wide is the field, in millimetres, along (x, y, z)? The scan's spacing is
+printed above. Put it in `my_field_mm`; the check measures the field with a gradient.
 """),
     code("""
-layer_voxel = tuple(float(s * n / m) for s, n, m in zip(image.spacing, x.shape[2:][::-1], layer_map.shape[2:][::-1]))
+# the receptive field, measured: which input voxels change one voxel (the centre) of the layer's output
+probe = x.clone().requires_grad_(True)
+kept = {}
+hook = layer.register_forward_hook(lambda module, inputs, output: kept.setdefault("out", output))
+net.module(probe)
+hook.remove()
+kept["out"][(0, slice(None)) + tuple(n // 2 for n in kept["out"].shape[2:])].sum().backward()
+reach = np.argwhere(probe.grad[0, 0].numpy() != 0)                  # (z, y, x) indices the voxel depends on
+field_voxels = (reach.max(0) - reach.min(0) + 1)[::-1]                # x, y, z
+field_mm = tuple(float(v) for v in field_voxels * np.array(image.spacing))
 
-def check_voxel_mm(answer):
+def check_field_mm(answer):
     try:
         answer = tuple(float(a) for a in answer)
     except (TypeError, ValueError):
         return print("✗ give three numbers (x, y, z) in mm")
     if len(answer) != 3:
         print("✗ give three numbers, one per axis (x, y, z)")
-    elif np.allclose(answer, layer_voxel):
-        print(f"✓ right: {layer_voxel} mm, twice the scan's {image.spacing}: one 2× pooling before the layer, so "
-              "the map cannot be sharper than that before upsampling")
+    elif np.allclose(answer, field_mm):
+        print(f"✓ right: {field_mm} mm, {tuple(int(v) for v in field_voxels)} voxels. The tumours here are 30-65 mm across, so a voxel lit "
+              "for 'tumour' has the tumour in view. A pooled version of this classifier saw 63 mm a side and "
+              "lit the rim around the tumour too: Grad-CAM can only be as sharp as what a voxel sees")
     elif np.allclose(answer, image.spacing):
-        print("✗ that is the scan's own voxel: the layer comes after a 2x max pooling, so its voxels are larger")
+        print("✗ that is one voxel: each 3×3×3 convolution adds one voxel on every side, three times")
     else:
-        print(f"✗ not quite: compare the layer's grid {tuple(layer_map.shape[2:])} (z, y, x) with the input's "
-              f"{tuple(x.shape[2:])} and scale the spacing")
+        print(f"✗ not quite: count the voxels (1 + 2 per convolution) and multiply by the spacing {image.spacing}")
 
-my_voxel_mm = (6.0, 6.0, 8.0)
-check_voxel_mm(my_voxel_mm)
-""", tags=["exercise"], wrong_answers=["(3.0, 3.0, 4.0)", "(12.0, 12.0, 16.0)", "'big'"]),
+my_field_mm = (21.0, 21.0, 28.0)
+check_field_mm(my_field_mm)
+""", tags=["exercise"], wrong_answers=["(3.0, 3.0, 4.0)", "(63.0, 63.0, 84.0)", "'big'"]),
     md("""
 ## 2. A map can look right and mean nothing: the sanity check, live
 
@@ -5098,7 +5112,7 @@ import pandas as pd
 display(pd.DataFrame(rows).round(3))
 show([slice_figure(image, heat=saliency, labels=tumour, planes=("axial",), size=260),
       slice_figure(image, heat=ig, labels=tumour, planes=("axial",), size=260)],
-     ["Grad-CAM (coarse, on the layer's grid)", "Integrated Gradients (voxel-sharp, noisier)"])
+     ["Grad-CAM (the last block's map)", "Integrated Gradients (per voxel, noisier)"])
 """),
     md("""
 ## 4. A 3D map on the original scan, whatever its grid
