@@ -171,6 +171,10 @@ class IncrementalOcclusion:
     max_share : float
         The incremental part stops before a layer whose changed region would exceed this share
         of the layer's voxels.
+    group : int
+        Boxes recomputed together. Small groups keep a group's regions in the CPU's cache: on the
+        shipped classifier 8 boxes at a time ran 1.1-2x faster than 32 (benchmarks/RESULTS.md);
+        a model that runs in full from the input keeps the caller's batches.
 
     Examples
     --------
@@ -187,12 +191,13 @@ class IncrementalOcclusion:
     (True, 2)
     """
 
-    def __init__(self, model, x, max_share: float = 0.8):
+    def __init__(self, model, x, max_share: float = 0.8, group: int = 8):
         import torch
 
         self.layers = [model] if _hooked(model) else chain_layers(model)
         self.nd = x.ndim - 2
         self.max_share = float(max_share)
+        self.group = max(int(group), 1)
         self.kinds: list = []
         acts = [x]
         with torch.inference_mode():
@@ -284,6 +289,10 @@ class IncrementalOcclusion:
 
         plan = plan or self.plan(corners, box)
         rows = np.arange(len(corners)) if rows is None else np.asarray(rows)
+        if plan.stop > 0 and len(rows) > self.group:
+            parts = [self.outputs(corners, box, fill, plan, rows[i:i + self.group])
+                     for i in range(0, len(rows), self.group)]
+            return torch.cat([p[0] if isinstance(p, (tuple, list)) else p for p in parts])
         x = self.acts[0]
         with torch.inference_mode():
             region = torch.full((len(rows), x.shape[1], *[int(b) for b in box]), float(fill), dtype=x.dtype)
