@@ -278,6 +278,24 @@ def print_table(rows: list[tuple], _counts: dict) -> None:
           "peak resident memory over its cases, from the case records)")
 
 
+def print_summary(rows: list[tuple]) -> None:
+    """Per runner, the median and range over the passes of its ratios to the loop of the same pass
+    (this machine's run-to-run spread is +-15 %, as large as the gaps measured)."""
+    by_runner: dict[str, list[tuple[float, float]]] = {}
+    for label, _n, name, wall, cpu, r, t_seq, c_seq in rows:
+        if r is not None and label.startswith("pass"):
+            key = name.split(", ", 1)[1].split(" (automatic batches")[0] + (" (automatic batches)" if "automatic" in name else "")
+            by_runner.setdefault(key, []).append((t_seq / wall, cpu / c_seq))
+    if not by_runner or len(next(iter(by_runner.values()))) < 2:
+        return
+    print("\n| runner (205-case passes) | cases/min vs loop: median (range) | CPU vs loop: median (range) |")
+    print("|---|---|---|")
+    for key, v in by_runner.items():
+        speed, cpu = sorted(a for a, _ in v), sorted(b for _, b in v)
+        print(f"| {key} | {statistics.median(speed):.2f}× ({speed[0]:.2f}–{speed[-1]:.2f}) | "
+              f"{statistics.median(cpu):.2f}× ({cpu[0]:.2f}–{cpu[-1]:.2f}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=200, help="phantom cases (default 200)")
@@ -302,6 +320,7 @@ def main() -> None:
         big = make_cohort(tmp / "big", args.big_cases, size=(96, 96, 48), real=False)
         rows += timing_rows(f"{args.big_cases} × 96×96×48", recipe, big, tmp / "big_runs")
         print_table(rows, {"pass": n, "big": len(big)})
+        print_summary(rows)
         # the fault test, through the command line
         recipe_path = tmp / "recipe.json"
         recipe.save(recipe_path)
