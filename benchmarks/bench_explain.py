@@ -174,6 +174,7 @@ def localisation_and_randomisation(model, cases, twin, *, faith_cases: int, slow
 def layer_choice(model, cases) -> None:
     """Grad-CAM energy in the mask and randomised-model Spearman at each candidate layer, and how
     the energy of the automatic layer's map grows when the mask is dilated (the map's resolution)."""
+    import torch
     from scipy import ndimage
 
     from medlab.explain import find_target_layer, grad_cam, resolve_model
@@ -182,7 +183,15 @@ def layer_choice(model, cases) -> None:
     from medlab.explain.sanity import explainer, model_randomisation
 
     net = resolve_model(model)
-    auto = find_target_layer(net, network_input(cases[0][0], net.input_record).tensor)
+    x = network_input(cases[0][0], net.input_record).tensor
+    auto = find_target_layer(net, x)
+    kept = {}
+    hook = dict(net.module.named_modules())[auto].register_forward_hook(lambda m, i, o: kept.setdefault("out", o))
+    with torch.no_grad():
+        net.module(x)
+    hook.remove()
+    layer_voxel = " x ".join(f"{s * n / m:g}" for s, n, m in zip(cases[0][0].spacing, x.shape[2:][::-1],
+                                                                   kept["out"].shape[2:][::-1]))
     rows = []
     for layer in ("features.block1", "features.block2", "features.block3", "head.evidence"):
         energies, rhos = [], []
@@ -205,7 +214,7 @@ def layer_choice(model, cases) -> None:
         grow.append([float(a[ndimage.binary_dilation(m, iterations=i) if i else m].sum() / a.sum())
                      for i in (0, 1, 2, 3)])
     print(f"Table 1b. Energy of the automatic layer's map ({auto}) inside the tumour mask dilated by 0-3 scan "
-          "voxels (3 x 3 x 4 mm; the layer's voxel is 6 x 6 x 8 mm): mean over the cases.\n")
+          f"voxels (3 x 3 x 4 mm; the layer's voxel is {layer_voxel} mm): mean over the cases.\n")
     _table(("dilation (voxels)", "0", "1", "2", "3"), [("energy", *np.mean(grow, axis=0))])
 
 
