@@ -2223,7 +2223,8 @@ LIMITATIONS = (
     "brain1 MRI of 03_segmentation_classic the same method leaks). The seed and the tolerance were chosen with "
     "the truth at hand. The shipped U-Net and classifier were trained on phantoms from the same generator: they are "
     "teaching models, not diagnostic ones, and their scores here say nothing about real scans. Grad-CAM shows where "
-    "the last convolutional features raised the score, at their coarse resolution: it is not a segmentation, and "
+    "the last convolutional features raised the score, no sharper than what each of their voxels sees (21 × 21 × 28 "
+    "mm of the scan for this classifier): it is not a segmentation, and "
     "the sanity check only says whether it depends on the trained weights. No number here is a clinical measurement.")
 
 report = Report("Brain tumour MRI: case study", subtitle=f"medlab {medlab.__version__}, phantom seed {SEED}, "
@@ -2274,7 +2275,8 @@ print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {len(report.numbers.
   seeded score is optimistic (it was tuned on this very scan).
 * **The shipped models are teaching models**, trained on phantoms from the same generator. Their scores on a
   phantom say nothing about a patient; `04_segmentation_unet` shows them failing on a real MRI.
-* **Grad-CAM is coarse and is not a segmentation.** It shows where one layer's features raised one score.
+* **Grad-CAM is not a segmentation.** It shows where one layer's features raised one score, no sharper than
+  what each of that layer's voxels sees (21 × 21 × 28 mm for this classifier; far more for a pooling network).
   The sanity check tells whether the map depends on the weights at all, not whether a clinician should
   trust it: that is what the review study is for.
 * **TRE is measured at the phantom's landmarks** because the true motion is known; on a patient you only
