@@ -48,7 +48,8 @@ The shipped checkpoints were made with (``--downsample 0 --convs-per-block 1`` a
     python -m medlab.explain.train_classifier --permute-labels --no-augment --n-train 16 --epochs 60 \\
         --lr 2e-3 --downsample 0 --convs-per-block 1 --out medlab/explain/tumour_classifier_random_labels.pt
 
-(held-out accuracy 1.0, 14 minutes on one niced thread of a busy 2-core machine). The second is the
+(held-out accuracy 1.0, 14 minutes on one niced thread of a busy 2-core machine; it was written to a
+scratch file and copied here, and its ``metrics["command"]`` names that file). The second is the
 same network trained on shuffled labels (Adebayo et al.'s data randomisation test): it knows
 nothing about tumours (held-out accuracy 0.56, chance for 32 phantoms) and memorised its training
 set, as Adebayo et al.'s twin does: it fits all 16 of its shuffled training labels
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-augment", action="store_true", help="one fixed noisy copy per image, no flips")
     p.add_argument("--channels", type=int, nargs="+", help=f"features per block (default {NETWORK['channels']})")
     p.add_argument("--downsample", type=int, help=f"blocks followed by 2x max pooling (default {NETWORK['downsample']})")
-    p.add_argument("--convs-per-block", type=int, help="3x3x3 convolutions per block (default 2)")
+    p.add_argument("--convs-per-block", type=int, help=f"3x3x3 convolutions per block (default {NETWORK['convs_per_block']})")
     p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it only in rounding)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
