@@ -173,8 +173,9 @@ class IncrementalOcclusion:
         of the layer's voxels.
     group : int
         Boxes recomputed together. Small groups keep a group's regions in the CPU's cache: on the
-        shipped classifier 8 boxes at a time ran 1.1-2x faster than 32 (benchmarks/RESULTS.md);
-        a model that runs in full from the input keeps the caller's batches.
+        shipped classifiers (pooled and full-resolution) 8 boxes at a time ran 1.1-2x faster than
+        32 (benchmarks/RESULTS.md); a model that runs in full from the input keeps the caller's
+        batches.
 
     Examples
     --------

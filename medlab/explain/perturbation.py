@@ -39,15 +39,16 @@ are exact. The saving depends on the evidence being local: a map whose coarse va
 near its peak refines every box.
 
 The default is ``refine=0`` (every box, MONAI's map, exact): on three held-out tumour phantoms
-(``bench_explain.py occlusion``, shipped classifier, box 12 x 16 x 16 voxels, overlap 0.5, 245
-boxes) it ran 10-11x faster than MONAI's ``OcclusionSensitivity`` in the same run, with MONAI's
-map to 3.9e-7 of its peak (a full forward pass per box, as before, ran at 0.95-1.0x MONAI's
-speed). Incremental inference gains less where a box is large against the layers it crosses: a
-24 x 32 x 32 box on the same classifier 1.3x, a tiny CNN at 32^3 with a 16^3 box 3.2x. The
-coarse-to-fine map is an approximation whose error is not small: ``refine=0.5`` was only 1.5-2.0x
-faster than the exact default, only 40-67 % of the exact map's
-half-peak region came out exact, and elsewhere it was off by up to 0.74 of the peak (a tumour split
-between coarse boxes lowers the logit less than one box covering it). Use it as a quick look.
+(``bench_explain.py occlusion``, the shipped full-resolution classifier, box 12 x 16 x 16 voxels,
+overlap 0.5, 245 boxes) it ran 21-24x faster than MONAI's ``OcclusionSensitivity`` in the same
+run, with MONAI's map to 4.3e-7 of its peak (a full forward pass per box, as before incremental
+inference, ran at 0.82-1.1x MONAI's speed). It gains less where a box is large against the layers
+it crosses or the network's costly layers lie past a global one: a 24 x 32 x 32 box on the same
+classifier 2.3x, a tiny CNN at 32^3 with a 16^3 box 3.7x. The coarse-to-fine map is an
+approximation whose error is not small: ``refine=0.5`` was only 1.4-1.7x faster than the exact
+default, only 40-63 % of the exact map's half-peak region came out exact, and elsewhere it was off
+by up to 0.70 of the peak (a tumour split between coarse boxes lowers the logit less than one box
+covering it). Use it as a quick look.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
     Positive values: hiding the place lowers the target (evidence for it); negative:
     hiding it raises it. The box is ``mask_size`` mm along each axis of the network grid.
     Every box is computed exactly (MONAI's map) by incremental inference: only what a box
-    changes is recomputed, layer by layer (:mod:`medlab.explain.incremental`), about 10x faster
+    changes is recomputed, layer by layer (:mod:`medlab.explain.incremental`), over 20x faster
     than MONAI's ``OcclusionSensitivity`` on the shipped classifier; the numbers table says how
     far it reached for the model given (any model works; one that is not a chain of local
     layers runs in full).
@@ -236,8 +237,8 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
         0 (default): every box, exact everywhere (MONAI's map). Above 0, coarse-to-fine: voxels
         whose coarse (non-overlapping boxes) drop is at least this share of the largest are
         computed exactly, the rest keep the coarse value, which can be far from the exact map
-        (see the module notes); a quick look, 1.5-2x faster than the default at 0.5 on the
-        shipped classifier (which is itself about 10x faster than MONAI's, exact).
+        (see the module notes); a quick look, 1.4-1.7x faster than the default at 0.5 on the
+        shipped classifier (which is itself over 20x faster than MONAI's, and exact).
     batch : int
         Occluded copies per forward pass.
     score : {'logit', 'probability'}
