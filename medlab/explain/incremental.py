@@ -125,6 +125,31 @@ def _window(leaf, nd: int) -> _Window | None:
     return None
 
 
+def changed_outputs(w: _Window, lo: np.ndarray, hi: np.ndarray, n_out) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs ``[o_lo, o_hi)`` per box (``[n, d]``) of a window layer that read a changed
+    input in ``[lo, hi)``, clipped to the layer (an empty range where the change is skipped)."""
+    k, s, d, p = (np.array(v) for v in (w.kernel, w.stride, w.dilation, w.pad))
+    reach = (k - 1) * d
+    # output o reads inputs o*s - p + j*d, j < k: it changed if one of them is in [lo, hi)
+    o_lo = np.clip(-((reach - lo - p) // s), 0, np.asarray(n_out) - 1)       # ceil((lo + p - reach) / s)
+    o_hi = np.clip((hi - 1 + p) // s + 1, o_lo, np.asarray(n_out))
+    return o_lo, o_hi
+
+
+def paste_slices(region_lo: np.ndarray, size, win_lo: np.ndarray, extent) -> list:
+    """Per box, where a region (corner ``region_lo``, ``size``) overlaps a window (corner
+    ``win_lo``, ``extent``): slices into the window and into the region, or None."""
+    out = []
+    for r, w in zip(region_lo, win_lo):
+        a, z = np.maximum(r, w), np.minimum(r + np.asarray(size), w + np.asarray(extent))
+        if np.any(z <= a):
+            out.append(None)
+            continue
+        out.append((tuple(slice(int(u - v), int(t - v)) for u, t, v in zip(a, z, w)),
+                    tuple(slice(int(u - v), int(t - v)) for u, t, v in zip(a, z, r))))
+    return out
+
+
 def _hooked(model) -> bool:
     from torch.nn.modules import module as torch_module
 
@@ -246,26 +271,14 @@ class IncrementalOcclusion:
     def _window_step(self, i: int, w: _Window, lo, hi, region_lo, size):
         n_in = np.array(self.acts[i].shape[2:])
         n_out = np.array(self.acts[i + 1].shape[2:])
-        k, s, d, p = (np.array(v) for v in (w.kernel, w.stride, w.dilation, w.pad))
-        reach = (k - 1) * d
-        # output o reads inputs o*s - p + j*d, j < k: it changed if one of them is in [lo, hi)
-        o_lo = np.clip(-((reach - lo - p) // s), 0, n_out - 1)          # ceil((lo + p - reach) / s)
-        o_hi = np.clip((hi - 1 + p) // s + 1, o_lo, n_out)
+        o_lo, o_hi = changed_outputs(w, lo, hi, n_out)
         length = np.maximum((o_hi - o_lo).max(0), 1)
         if np.prod(length) > self.max_share * np.prod(n_out):
             return None
         out_lo = np.minimum(o_lo, n_out - length)
-        extent = (length - 1) * s + reach + 1
-        win_lo = out_lo * s - p                                          # in the unpadded input
-        paste = []
-        for b in range(len(lo)):
-            a = np.maximum(region_lo[b], win_lo[b])
-            z = np.minimum(region_lo[b] + size, win_lo[b] + extent)
-            if np.any(z <= a):
-                paste.append(None)
-                continue
-            paste.append((tuple(slice(int(u - v), int(t - v)) for u, t, v in zip(a, z, win_lo[b])),
-                          tuple(slice(int(u - v), int(t - v)) for u, t, v in zip(a, z, region_lo[b]))))
+        s, p = np.array(w.stride), np.array(w.pad)
+        extent = (length - 1) * s + (np.array(w.kernel) - 1) * np.array(w.dilation) + 1
+        paste = paste_slices(region_lo, size, out_lo * s - p, extent)   # windows start at out_lo*s - p
         padded = self._pad(i, w, n_in, n_out)
         step = _Step(self.layers[i], w, padded, out_lo * s, tuple(int(e) for e in extent), paste)
         return step, o_lo, o_hi, out_lo, tuple(int(v) for v in length)
