@@ -154,21 +154,80 @@ class _TinyUNet(nn.Module):
         return self.out(torch.cat([d, self.mid(d)], 1))
 
 
-def test_non_chain_models_give_the_same_map():
+class _Branchy(nn.Module):
+    """A branch on the data: torch.fx cannot trace it, so the chain walker runs it in full."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (y if y.mean() > 0 else -y).flatten(1)[:, :2]
+
+
+def test_non_chain_models_through_the_traced_graph():
     torch.manual_seed(4)
     image = _blob((16, 20), (6, 12), spacing=(1.0, 1.0))
     unet = _TinyUNet().eval()
     assert chain_layers(unet) == [unet]
     fast, full, info = _maps(image, unet, (4, 4), batch=6, region=[(12.0, 6.0)], region_radius=4.0, target_class=1)
     _same(fast, full)
-    assert info["incremental inference"].startswith("none (the model is not a chain")
-    # a chain with a residual block inside: incremental up to the block, in full from there
+    assert info["incremental inference"].startswith("traced graph: 7 of 10 nodes")
+    # a chain with a residual block inside
     residual = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), _Skip(nn.Conv2d(4, 4, 3, padding=1)),
                              nn.Conv2d(4, 2, 1)).eval()
     fast, full, info = _maps(image, residual, (4, 4), batch=6, region=[(12.0, 6.0)], region_radius=4.0,
                              target_class=1)
     _same(fast, full)
-    assert "layers 1-2 of 4" in info["incremental inference"] and "then _Skip" in info["incremental inference"]
+    assert info["incremental inference"].startswith("traced graph: 5 of 7 nodes")
+    # a model fx cannot trace runs in full, as before
+    fast, full, info = _maps(image, _Branchy().eval(), (4, 4), batch=6, target_class=1)
+    _same(fast, full)
+    assert info["incremental inference"].startswith("none (the model is not a chain")
+
+
+def test_monai_densenet_and_unet_through_the_traced_graph():
+    from monai.networks.nets import DenseNet, UNet
+
+    torch.manual_seed(6)
+    image = _blob((24, 28), (9, 17), spacing=(1.0, 1.0))
+    dense = DenseNet(spatial_dims=2, in_channels=1, out_channels=2, init_features=4, growth_rate=4,
+                     block_config=(2, 2), bn_size=2).eval()
+    with torch.no_grad():
+        for m in dense.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    fast, full, info = _maps(image, dense, (6, 6), overlap=0.5, batch=7, target_class=1)
+    _same(fast, full)
+    assert info["incremental inference"].startswith("traced graph:")
+    unet = UNet(2, 1, 2, (4, 8), (2,), num_res_units=1).eval()
+    fast, full, info = _maps(image, unet, (6, 6), overlap=0.5, batch=7, region=[(17.0, 9.0)], region_radius=5.0,
+                             target_class=1)
+    _same(fast, full)
+    assert info["incremental inference"].startswith("traced graph:")
+
+
+def test_graph_refuses_in_place_changes_of_a_shared_tensor():
+    from medlab.explain.incremental_graph import GraphIncrementalOcclusion
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.act(y) + y     # the in-place ReLU changes y before the sum reads it
+
+    net = Shared().eval()
+    with pytest.raises(ValueError, match="in place"):
+        GraphIncrementalOcclusion(net, torch.rand(1, 1, 8, 8))
+    fast, full, info = _maps(_blob((10, 12), (4, 6), spacing=(1.0, 1.0)), net, (3, 3), batch=4, target_class=0,
+                             region=[(6.0, 4.0)], region_radius=3.0)
+    _same(fast, full)
+    assert info["incremental inference"].startswith("none")
 
 
 def test_dense_chain_reaches_the_output_and_refine_composes():
@@ -214,12 +273,12 @@ def test_map_keeps_the_scans_geometry():
     assert np.abs(s.array).max() > 0
 
 
-def test_incremental_examples_run():
+@pytest.mark.parametrize("name", ["medlab.explain.incremental", "medlab.explain.incremental_graph"])
+def test_incremental_examples_run(name):
     import doctest
+    import importlib
 
-    import medlab.explain.incremental as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -151,17 +151,31 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
 
 
 def _engine(ctx: Context):
-    """Incremental inference for the context's model and image (exact; see
-    :mod:`medlab.explain.incremental`)."""
+    """Incremental inference for the context's model and image (exact): along its chain of layers
+    (:mod:`medlab.explain.incremental`), or, where the chain stops at a block with layers inside
+    (a residual or dense block, a UNet, a model that is not an ``nn.Sequential``), through its
+    traced graph (:mod:`medlab.explain.incremental_graph`) when torch.fx can trace it."""
     from .incremental import IncrementalOcclusion
 
-    return IncrementalOcclusion(ctx.network.module, ctx.x)
+    module = ctx.network.module
+    chain = IncrementalOcclusion(module, ctx.x)
+    stop = chain.layers[chain.local_layers] if chain.local_layers < len(chain.layers) else None
+    if stop is not None and next(stop.children(), None) is not None:
+        from .incremental_graph import GraphIncrementalOcclusion
+
+        try:
+            return GraphIncrementalOcclusion(module, ctx.x)
+        except ValueError:   # not traceable, hooked, in-place on shared tensors: the chain it is
+            pass
+    return chain
 
 
 def _how(engine, starts: np.ndarray, box) -> dict:
     """A table row saying how far the incremental part reaches for these boxes."""
     if engine is None:
         return {"incremental inference": "off: every occluded copy through the whole network"}
+    if hasattr(engine, "describe"):
+        return {"incremental inference": engine.describe()}
     plan = engine.plan(starts, box)
     n = len(engine.layers)
     if plan.stop == 0:
