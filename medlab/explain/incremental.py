@@ -24,8 +24,9 @@ Local layers are ``ConvNd`` (zeros padding, any stride, dilation, groups), ``Max
 first other layer (instance norm: its statistics are global; a flatten, a linear head, an adaptive
 pool, any module with its own ``forward`` such as a UNet's skip connection, a DenseNet block or a
 vision transformer), at any hooked module, or where the changed region would exceed
-``max_share`` of a layer. From there the network runs in full, so any model gives the same map;
-a model that is not a chain at all runs in full from the start, as before.
+``max_share`` of a layer. From there the network runs in full, so any model gives the same map.
+A model that is not a chain, or whose chain stops at a block with layers inside, is walked through
+its traced graph instead when torch.fx can trace it (:mod:`medlab.explain.incremental_graph`).
 
 Batching: every box's region at a layer has the same size (the largest over the boxes), shifted
 inward at the borders (recomputing unchanged voxels is still exact), so the boxes of a batch are

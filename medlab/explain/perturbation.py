@@ -21,9 +21,12 @@ classifier. Here every box is computed exactly by **incremental inference**
 (:mod:`medlab.explain.incremental`, after Krypton, Nakandala et al. 2019): the image's activations
 are computed once, and each box recomputes, layer after layer, only the region it changed, while
 the model is a chain of local layers (convolutions, poolings, batch norm, pointwise activations);
-the rest of the network (global pooling, head) runs in full. Any other model, or the part after
-its first non-local layer, runs in full, so every model gives the same map; the numbers table says
-how far the incremental part reached. **Coarse-to-fine** (``refine`` > 0, opt-in) goes on top:
+the rest of the network (global pooling, head) runs in full. Where the chain stops at a block with
+layers inside (a residual or dense block, a UNet, a model that is not an ``nn.Sequential``), its
+graph traced by torch.fx is walked the same way, sums and concatenations included
+(:mod:`medlab.explain.incremental_graph`). What neither walk reaches (a model fx cannot trace,
+the part after a global layer) runs in full, so every model gives the same map; the numbers table
+says how far the incremental part reached. **Coarse-to-fine** (``refine`` > 0, opt-in) goes on top:
 
 1. occlude the non-overlapping boxes (the stride is the box): the coarse map;
 2. the *refined region* is where the coarse map's magnitude is at least ``refine`` times its
@@ -40,15 +43,16 @@ near its peak refines every box.
 
 The default is ``refine=0`` (every box, MONAI's map, exact): on three held-out tumour phantoms
 (``bench_explain.py occlusion``, the shipped full-resolution classifier, box 12 x 16 x 16 voxels,
-overlap 0.5, 245 boxes) it ran 21-24x faster than MONAI's ``OcclusionSensitivity`` in the same
-run, with MONAI's map to 4.3e-7 of its peak (a full forward pass per box, as before incremental
-inference, ran at 0.82-1.1x MONAI's speed). It gains less where a box is large against the layers
-it crosses or the network's costly layers lie past a global one: a 24 x 32 x 32 box on the same
-classifier 2.3x, a tiny CNN at 32^3 with a 16^3 box 3.7x. The coarse-to-fine map is an
-approximation whose error is not small: ``refine=0.5`` was only 1.4-1.7x faster than the exact
-default, only 40-63 % of the exact map's half-peak region came out exact, and elsewhere it was off
-by up to 0.70 of the peak (a tumour split between coarse boxes lowers the logit less than one box
-covering it). Use it as a quick look.
+overlap 0.5, 245 boxes) it ran 21-32x faster than MONAI's ``OcclusionSensitivity`` in the same
+run (two runs), with MONAI's map to 4.3e-7 of its peak (a full forward pass per box, as before
+incremental inference, ran at 0.82-1.1x MONAI's speed). It gains less where a box is large against
+the layers it crosses or the network's costly layers lie past a global one: a 24 x 32 x 32 box on
+the same classifier 2.3-3.4x, a tiny CNN at 32^3 with a 16^3 box 3.5-3.7x, MONAI's DenseNet121
+(through its traced graph, 48^3, 12^3 box) 1.5x. The coarse-to-fine map is an approximation whose
+error is not small: ``refine=0.5`` was only 1.4-2.1x faster than the exact default, only
+40-63 % of the exact map's half-peak region came out exact, and elsewhere it was off by up to
+0.70 of the peak (a tumour split between coarse boxes lowers the logit less than one box covering
+it). Use it as a quick look.
 """
 
 from __future__ import annotations
@@ -236,8 +240,8 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
     Every box is computed exactly (MONAI's map) by incremental inference: only what a box
     changes is recomputed, layer by layer (:mod:`medlab.explain.incremental`), over 20x faster
     than MONAI's ``OcclusionSensitivity`` on the shipped classifier; the numbers table says how
-    far it reached for the model given (any model works; one that is not a chain of local
-    layers runs in full).
+    far it reached for the model given (any model works: residual, dense and UNet blocks through
+    the model's traced graph; what is not local, or cannot be traced, runs in full).
 
     Parameters
     ----------
@@ -251,7 +255,7 @@ def occlusion(image, model, mask=None, *, target_class=-1, region=(), region_rad
         0 (default): every box, exact everywhere (MONAI's map). Above 0, coarse-to-fine: voxels
         whose coarse (non-overlapping boxes) drop is at least this share of the largest are
         computed exactly, the rest keep the coarse value, which can be far from the exact map
-        (see the module notes); a quick look, 1.4-1.7x faster than the default at 0.5 on the
+        (see the module notes); a quick look, 1.4-2.1x faster than the default at 0.5 on the
         shipped classifier (which is itself over 20x faster than MONAI's, and exact).
     batch : int
         Occluded copies per forward pass.
