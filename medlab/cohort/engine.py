@@ -76,11 +76,28 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
              "distributed.admin.tick.interval": "200ms", "distributed.worker.memory.monitor-interval": "1s",
              "distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
                                                      **WORKER_MALLOC}}
-    with dask.config.set(quiet):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0" if dashboard else None,
-                               silence_logs=logging.ERROR)
+    # Dask's nanny copies its pre-spawn variables into this process's os.environ to pass them on
+    # (and again when it restarts a killed worker): put the caller's back, or every later
+    # subprocess and Dask cluster of the session inherits these allocator thresholds
+    saved = {k: os.environ.get(k) for k in {*quiet["distributed.nanny.pre-spawn-environ"], "PYTHONHASHSEED"}}
+    try:
+        with dask.config.set(quiet):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0" if dashboard else None,
+                                   silence_logs=logging.ERROR)
+    finally:
+        _restore_environ(saved)
+    cluster.medlab_environ = saved
     return Client(cluster), cluster
+
+
+def _restore_environ(saved: dict) -> None:
+    """Environment variables back to ``saved`` (None: absent)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _cores() -> int:
@@ -436,8 +453,18 @@ class CohortRun:
 
     # -- ending
     def finish(self) -> CohortResult:
-        """Write the tables, close a cluster this run started, release the output folder."""
+        """Write the tables, close a cluster this run started, release the output folder.
+
+        Every case has a record, in the cases' listed order (not the order they finished in):
+        after a cancel, a case of a task in flight is done if it committed with this recipe and
+        these inputs, cancelled otherwise (all cases are sent at once when planned, so
+        :meth:`cancel` finds none left to mark)."""
         try:
+            if self.cancelled:
+                for case in self.cases:
+                    if case.id not in self.records:
+                        self._keep(self._done_on_disk(case.id) or _cancelled(case.id))
+            self.records = {c.id: self.records[c.id] for c in self.cases if c.id in self.records}
             cases, results = write_tables(self.out_dir, self.cases, self.records)
         finally:
             self.close()
@@ -456,6 +483,7 @@ class CohortRun:
                 self.client.close()
             with contextlib.suppress(Exception):
                 self.cluster.close()
+            _restore_environ(getattr(self.cluster, "medlab_environ", {}))   # a worker restarted after a kill set them again
             self.cluster = None
         if self.cluster is None and (self._own_client or self._given is None):
             self.client = None

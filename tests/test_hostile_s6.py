@@ -1,0 +1,100 @@
+"""Hostile pass, session 6: bugs found in this session's new code, each with the test that
+failed before its fix (cohort planning and cancel; occlusion; the classifier's training CLI)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import medlab
+from medlab.cohort import CASES_DIR, read_record, run_cohort
+from medlab.recipe import Recipe
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory):
+    """Six small phantom T1 images in a folder, and a smoothing + Otsu recipe."""
+    from medlab.preprocess import gaussian_smooth
+    from medlab.segment import otsu_threshold
+
+    root = tmp_path_factory.mktemp("hostile_cohort")
+    (root / "images").mkdir()
+    for i in range(6):
+        medlab.save(medlab.data.brain_mri(size=(20, 20, 10), seed=i, contrasts=("t1",)).t1,
+                    root / "images" / f"sub{i}.nii.gz")
+    image = medlab.load(root / "images" / "sub0.nii.gz")
+    with Recipe.record(image) as recipe:
+        otsu_threshold(gaussian_smooth(image, sigma=1.0))
+    return root / "images", recipe
+
+
+def test_a_cancelled_run_accounts_for_every_case(small_cohort, client, tmp_path):
+    """Cancelled after the first case with batches in flight: the result named only the 2 cases
+    read back ("2 case(s) ... (cancelled)"), while cases.csv had a third done in this run and the
+    rest "not run"; every case is now in the result: done (computed) or cancelled, as on disk."""
+    folder, recipe = small_cohort
+
+    def stop(record, run):
+        raise KeyboardInterrupt
+
+    result = run_cohort(recipe, folder, tmp_path / "out", client, batch=2, progress=False, on_update=stop)
+    assert result.cancelled
+    ids = [f"sub{i}" for i in range(6)]
+    assert list(result.records) == ids                                   # every case, in listed order
+    table = dict(zip(result.cases["case"], result.cases["status"]))
+    for cid, record in result.records.items():
+        assert record["status"] in ("done", "cancelled"), cid
+        if record["status"] == "done":        # a task in flight may still commit a case after the cancel
+            assert read_record(tmp_path / "out" / CASES_DIR / cid)["status"] == "done" == table[cid], cid
+    assert result.counts["computed"] == sum(r["status"] == "done" for r in result.records.values()) >= 1
+    assert f"{len(ids)} case(s)" in result.summary()
+
+
+def test_result_records_follow_the_listing_not_the_completion_order(small_cohort, client, tmp_path):
+    """Large cases now run first (and batches finish in any order): ``result.records`` and
+    ``result.failures`` followed completion order, so two runs of one cohort listed them
+    differently; they follow the cases' listed order, as cases.csv does."""
+    folder, recipe = small_cohort
+    from medlab.cohort import CohortRun
+
+    run = CohortRun(recipe, folder, tmp_path / "out", client, batch=1)
+    run.start()
+    for _ in run.as_completed():
+        pass
+    run.records = dict(reversed(list(run.records.items())))              # as if they finished backwards
+    result = run.finish()
+    assert list(result.records) == list(pd.read_csv(tmp_path / "out" / "cases.csv")["case"]) == \
+        [f"sub{i}" for i in range(6)]
+
+
+@pytest.mark.slow
+def test_a_local_cluster_leaves_the_callers_environment_as_it_was(monkeypatch):
+    """Dask's nanny copies its pre-spawn variables into the caller's os.environ: after a cohort
+    run the notebook's kernel held MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ (and every
+    later subprocess or Dask cluster inherited them). The workers still get them."""
+    import os
+
+    from medlab.cohort.engine import WORKER_MALLOC, local_cluster
+
+    for name in WORKER_MALLOC:
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    client, cluster = local_cluster(1, dashboard=False)
+    try:
+        seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
+        here = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    finally:
+        client.close()
+        cluster.close()
+    assert seen == {k: str(v) for k, v in WORKER_MALLOC.items()}
+    assert here == {k: None for k in WORKER_MALLOC} and os.environ["PYTHONHASHSEED"] == "0"
