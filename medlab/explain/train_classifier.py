@@ -49,7 +49,8 @@ The shipped checkpoints were made with (``--downsample 0 --convs-per-block 1`` a
         --lr 2e-3 --downsample 0 --convs-per-block 1 --out medlab/explain/tumour_classifier_random_labels.pt
 
 (held-out accuracy 1.0, 14 minutes on one niced thread of a busy 2-core machine; it was written to a
-scratch file and copied here, and its ``metrics["command"]`` names that file). The second is the
+scratch file and copied here, and its ``metrics["command"]`` names that file; the first command
+without options gave the same weights, bit for bit). The second is the
 same network trained on shuffled labels (Adebayo et al.'s data randomisation test): it knows
 nothing about tumours (held-out accuracy 0.56, chance for 32 phantoms) and memorised its training
 set, as Adebayo et al.'s twin does: it fits all 16 of its shuffled training labels
