@@ -98,3 +98,15 @@ def test_a_local_cluster_leaves_the_callers_environment_as_it_was(monkeypatch):
         cluster.close()
     assert seen == {k: str(v) for k, v in WORKER_MALLOC.items()}
     assert here == {k: None for k in WORKER_MALLOC} and os.environ["PYTHONHASHSEED"] == "0"
+
+
+@pytest.mark.parametrize("address", ["not an address", "http://127.0.0.1:8787", ""])
+def test_a_malformed_scheduler_address_is_a_parameter_error(small_cohort, tmp_path, address):
+    """``client="http://127.0.0.1:8787"`` (the dashboard's link) or a typo raised Dask's bare
+    ValueError ("missing port number", "unknown address scheme"); it names the parameter now."""
+    from medlab.errors import ParameterError
+
+    folder, recipe = small_cohort
+    with pytest.raises(ParameterError, match="scheduler address"):
+        run_cohort(recipe, folder, tmp_path / "out", address, progress=False)
+    assert not (tmp_path / "out" / "cases.csv").exists()

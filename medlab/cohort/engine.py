@@ -324,6 +324,10 @@ class CohortRun:
                 return Client(self._given, timeout="20s")
             except OSError as exc:
                 raise ParameterError(f"cannot reach the Dask scheduler at {self._given}: {exc}") from None
+            except (ValueError, TypeError) as exc:   # Dask's address parser: no port, an http:// link
+                raise ParameterError(f"client {self._given!r} is not a Dask scheduler address ({exc}); give one "
+                                     "such as 'tcp://127.0.0.1:8786' (the scheduler's, not its dashboard's "
+                                     "http:// link), a distributed.Client, or None for a local cluster") from None
         return self._given
 
     def _prepare_out_dir(self) -> None:
