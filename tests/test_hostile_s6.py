@@ -110,3 +110,19 @@ def test_a_malformed_scheduler_address_is_a_parameter_error(small_cohort, tmp_pa
     with pytest.raises(ParameterError, match="scheduler address"):
         run_cohort(recipe, folder, tmp_path / "out", address, progress=False)
     assert not (tmp_path / "out" / "cases.csv").exists()
+
+
+@pytest.mark.parametrize("kw", [{"threads": 0}, {"threads": -2}, {"threads": 2.7}, {"threads": True},
+                                {"workers": 0}, {"workers": -1}, {"workers": 2.5}, {"workers": True}])
+def test_absurd_threads_or_workers_are_refused_before_any_work(small_cohort, client, tmp_path, kw):
+    """``threads=-2`` failed every case with SimpleITK's OverflowError ("argument 1 of type
+    'unsigned int'"), ``threads=0`` every case in torch.set_num_threads; ``workers=0`` silently
+    started one worker per core. Both are refused up front now."""
+    from medlab.cohort import CohortRun
+    from medlab.errors import ParameterError
+
+    folder, recipe = small_cohort
+    name = next(iter(kw))
+    with pytest.raises(ParameterError, match=name):
+        CohortRun(recipe, folder, tmp_path / "out", None if name == "workers" else client, **kw)
+    assert not (tmp_path / "out").exists()

@@ -56,9 +56,8 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - a dependency
         raise MedlabError("cohort runs need dask.distributed: pip install 'dask[distributed]'") from None
+    _check_workers(workers)
     n = workers or _cores()
-    if not isinstance(n, int) or n < 1:
-        raise ParameterError(f"workers must be a whole number >= 1; got {workers!r}")
     try:
         import bokeh  # noqa: F401  (the dashboard needs it)
     except ImportError:
@@ -98,6 +97,13 @@ def _restore_environ(saved: dict) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _check_workers(workers) -> None:
+    """None (one per core) or a whole number >= 1 (0 meant one per core, silently)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
+        raise ParameterError(f"workers must be a whole number >= 1, or None for one per core; got {workers!r}")
 
 
 def _cores() -> int:
@@ -152,6 +158,9 @@ class CohortRun:
                  batch: int | None = None):
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
             raise ParameterError(f"batch must be a whole number >= 1, or None for automatic; got {batch!r}")
+        if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+            raise ParameterError(f"threads (per case) must be a whole number >= 1; got {threads!r}")
+        _check_workers(workers)
         self.recipe = _as_recipe(recipe)
         if not self.recipe.steps:
             raise ParameterError("the recipe has no steps: nothing to run")
