@@ -409,7 +409,7 @@ class _ExplainPanel(StagePanel):
             current = w.value
             auto = f"auto (last convolutional block: {info.auto_layer})" if info.auto_layer else "auto"
             options = [(auto, "auto"), *[(n, n) for n in info.layers]]
-            w.layout.width = "34em"     # 'auto (last convolutional block: features.block3.1)' in full
+            w.layout.width = "34em"     # 'auto (last convolutional block: features.block3.0)' in full
             w.options = options
             w.value = current if current in [v for _, v in options] else "auto"
         if self._target_box is not None:

@@ -14,7 +14,7 @@ family                   stages
 class activation maps    :func:`grad_cam` (captum ``LayerGradCam``), :func:`grad_cam_pp`,
                          :func:`guided_grad_cam` (captum ``GuidedGradCam``)
 gradients                :func:`integrated_gradients`, :func:`smoothgrad` (captum)
-perturbation             :func:`occlusion` (batched, mm, coarse-to-fine)
+perturbation             :func:`occlusion` (exact by incremental inference, batched, mm; coarse-to-fine opt-in)
 transformers             :func:`attention_rollout` (MONAI ``ViT``)
 trust                    :func:`model_randomisation_test`, :func:`data_randomisation_test`
                          (Adebayo et al. 2018), :func:`deletion_insertion` (faithfulness)
