@@ -327,8 +327,11 @@ class CohortRun:
             return client
         if isinstance(self._given, str):
             from distributed import Client
+            from distributed.comm import get_address_host_port
 
             try:
+                if not self._given.startswith("inproc://"):   # checked before a Client: a half-made one stalls its collector
+                    get_address_host_port(self._given)
                 self._own_client = True
                 return Client(self._given, timeout="20s")
             except OSError as exc:
@@ -387,7 +390,7 @@ class CohortRun:
         ids = fut.medlab_cases
         if fut.status == "finished":
             result = fut.result()
-            records = result if isinstance(result, list) else [result]
+            records = [self._computed_here(r) for r in (result if isinstance(result, list) else [result])]
         elif fut.status == "cancelled":
             records = [self._done_on_disk(cid) or _cancelled(cid) for cid in ids]   # a batch stops between cases
         elif len(ids) > 1 and not self.cancelled:
@@ -411,6 +414,17 @@ class CohortRun:
         for record in records:
             self._keep(record)
         return records
+
+    def _computed_here(self, record: dict) -> dict:
+        """A record the worker found done on disk ("skipped") but which this run wrote: a case sent
+        again after its batch's worker died, once it had committed. It was computed, not skipped."""
+        if record.get("run") != "skipped" or not isinstance(record.get("case"), str):
+            return record
+        try:
+            fresh = (self.out_dir / CASES_DIR / record["case"] / RECORD).stat().st_mtime >= self._started
+        except OSError:
+            return record
+        return {**record, "run": "computed"} if fresh else record
 
     def _done_on_disk(self, case_id: str) -> dict | None:
         """The record of a case whose task failed but which is done on disk, with this recipe and
