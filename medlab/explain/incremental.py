@@ -55,9 +55,15 @@ def chain_layers(model) -> list:
     """
     from torch import nn
 
-    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward and not _own_forward(model):
         return [leaf for child in model for leaf in chain_layers(child)]
     return [model]
+
+
+def _own_forward(module) -> bool:
+    """The module's ``forward`` was replaced on the instance (accelerate's hooks and some adapters
+    do this): calling it runs that function, not what its class and weights say."""
+    return "forward" in vars(module)
 
 
 @dataclass
@@ -81,6 +87,8 @@ def _pointwise(leaf) -> bool:
 
     kinds = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
              nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.PReLU, nn.Identity)
+    if _own_forward(leaf):
+        return False
     if type(leaf) in kinds:
         return True
     if type(leaf) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
@@ -98,6 +106,8 @@ def _window(leaf, nd: int) -> _Window | None:
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
     maxpool = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[nd]
     avgpool = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[nd]
+    if _own_forward(leaf):
+        return None
     if type(leaf) is conv and leaf.padding_mode == "zeros":
         k, s, d = _tuple(leaf.kernel_size, nd), _tuple(leaf.stride, nd), _tuple(leaf.dilation, nd)
         if leaf.padding == "valid":

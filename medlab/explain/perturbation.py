@@ -116,13 +116,34 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
                    incremental: bool = True):
     """The occlusion map (drop of the target ``score``) on the network input, what was computed,
     and the image's own score (see the module docstring for the coarse-to-fine pass).
-    ``incremental=False`` runs every occluded copy through the whole network (same map)."""
+    ``incremental=False`` runs every occluded copy through the whole network (same map).
+
+    The model runs in evaluation mode, as for the image's own score (the caller's training flags
+    are restored). A model that normalises by its batch's statistics (batch norm without running
+    statistics) gives each copy an output that depends on the copies beside it: each runs alone."""
+    from .network import evaluating
+
+    with evaluating(ctx.network.module):
+        if _batch_statistics(ctx.network.module):
+            batch = 1
+        return _occlusion_drop(ctx, box, overlap, fill, batch, refine, score, incremental)
+
+
+def _batch_statistics(module) -> bool:
+    """Whether a layer normalises by its batch's statistics (in evaluation mode too)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) and (m.training or m.running_mean is None) for m in module.modules())
+
+
+def _occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float, score: str,
+                    incremental: bool):
     x = ctx.x
     shape = tuple(int(s) for s in x.shape[2:])
     value = {"mean": float(x.mean()), "zero": 0.0, "minimum": float(x.min())}[fill]
     f0 = ctx.target.base_value(score)
     fine = window_starts(shape, box, overlap)
-    engine = _engine(ctx) if incremental else None
+    engine = _engine(ctx, group=1 if batch == 1 else 8) if incremental else None
     how = _how(engine, fine, box)
     if refine <= 0:
         values = _scores(ctx, engine, fine, box, value, batch, "occlusion", score)
@@ -154,7 +175,7 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
                  "share of voxels computed exactly": float(exact.mean()), **how}, f0
 
 
-def _engine(ctx: Context):
+def _engine(ctx: Context, group: int = 8):
     """Incremental inference for the context's model and image (exact): along its chain of layers
     (:mod:`medlab.explain.incremental`), or, where the chain stops at a block with layers inside
     (a residual or dense block, a UNet, a model that is not an ``nn.Sequential``), through its
@@ -162,13 +183,13 @@ def _engine(ctx: Context):
     from .incremental import IncrementalOcclusion
 
     module = ctx.network.module
-    chain = IncrementalOcclusion(module, ctx.x)
+    chain = IncrementalOcclusion(module, ctx.x, group=group)
     stop = chain.layers[chain.local_layers] if chain.local_layers < len(chain.layers) else None
     if stop is not None and next(stop.children(), None) is not None:
         from .incremental_graph import GraphIncrementalOcclusion
 
         try:
-            return GraphIncrementalOcclusion(module, ctx.x)
+            return GraphIncrementalOcclusion(module, ctx.x, group=group)
         except ValueError:   # not traceable, hooked, in-place on shared tensors: the chain it is
             pass
     return chain

@@ -10,7 +10,7 @@ on the network grid itself (3×3×4 mm), and its smooth maximum over the image (
 one logit (binary cross-entropy; no bias after pooling, so a tumour is where the evidence is
 positive). Each evidence voxel sees 7×7×7 scan voxels (21×21×28 mm; the tumours, oedema included,
 are 30-65 mm across, as spheres of their volume). Its Grad-CAM at the last block
-(``features.block3.1``, what ``layer="auto"`` picks) is the evidence map less its bias, scaled.
+(``features.block3.0``, what ``layer="auto"`` picks) is the evidence map less its bias, scaled.
 
 Why full resolution (session 6). The first design pooled 2× after its first block and had two
 convolutions per block: evidence on a 6×6×8 mm grid, each voxel seeing 21 scan voxels (63 mm
@@ -239,16 +239,40 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it only in rounding)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    network = {k: v for k, v in (("channels", args.channels), ("downsample", args.downsample),
+                                 ("convs_per_block", args.convs_per_block)) if v is not None}
+    _check_options(p, args, network)   # before the phantoms (minutes) and the training (14 minutes)
     import torch
 
     torch.set_num_threads(args.threads)
     ck = train(seed=args.seed, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, batch=args.batch,
                lr=args.lr, permute_labels=args.permute_labels, augment=not args.no_augment,
-               network={k: v for k, v in (("channels", args.channels), ("downsample", args.downsample),
-                                          ("convs_per_block", args.convs_per_block)) if v is not None})
+               network=network)
     ck.save(Path(args.out), overwrite=args.overwrite)
     print(f"saved {args.out}: {ck.describe()}")
     return 0
+
+
+def _check_options(parser: argparse.ArgumentParser, args, network: dict) -> None:
+    """Refuse absurd options and an existing ``--out`` (without ``--overwrite``) before any work."""
+    import math
+
+    from ..errors import ParameterError
+    from .network import check_classifier_config, classifier_config
+
+    for flag, value, lowest in (("--n-train", args.n_train, 1), ("--n-test", args.n_test, 1),
+                                ("--epochs", args.epochs, 0), ("--batch", args.batch, 1), ("--threads", args.threads, 1)):
+        if value < lowest:
+            parser.error(f"{flag} must be at least {lowest}; got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number; got {args.lr}")
+    try:
+        check_classifier_config(classifier_config("cnn_classifier", spatial_dims=3, in_channels=1, out_channels=1,
+                                                  **{**NETWORK, **network}))
+    except ParameterError as exc:
+        parser.error(str(exc))
+    if Path(args.out).exists() and not args.overwrite:
+        parser.error(f"{args.out} exists already; pass --overwrite to replace it, or choose another --out")
 
 
 if __name__ == "__main__":
