@@ -263,3 +263,31 @@ def test_training_cli_refuses_bad_options_before_any_work(args, message, tmp_pat
         train_classifier.main(["--out", str(out), *args])
     assert info.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists() or out.read_bytes() == b"keep"
+
+
+def test_deletion_insertion_evaluates_a_model_left_in_training_mode():
+    """Deletion/insertion ran the occluded copies in the caller's training mode (batch statistics,
+    random dropout), while the image's own score came from evaluation mode: curves changed with
+    the mode and between runs."""
+    import torch
+    from torch import nn
+
+    from medlab import Image
+    from medlab.explain import deletion_insertion, grad_cam, table_value
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.Dropout3d(0.5),
+                        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(0)
+    image = Image(rng.random((12, 12, 12)).astype(np.float32))
+    saliency = grad_cam(image, net.eval(), target_class=1)[0]
+    keys = ("deletion AUC (lower is better)", "insertion AUC (higher is better)")
+    net.eval()
+    want = [table_value(deletion_insertion(image, net, saliency, target_class=1, steps=4)[1], k) for k in keys]
+    net.train()
+    got = [table_value(deletion_insertion(image, net, saliency, target_class=1, steps=4)[1], k) for k in keys]
+    assert net.training and net[1].training and net[3].training            # the caller's flags restored
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)

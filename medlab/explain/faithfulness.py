@@ -144,6 +144,8 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     import torch
 
     from ..outputs import Curve, Table
+    from .network import evaluating
+    from .perturbation import _batch_statistics
 
     ctx = prepare("deletion_insertion", image, model, mask, target_class=target_class, region=region,
                   region_radius=region_radius, sign="signed")
@@ -160,18 +162,23 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     base = _baseline(ctx, baseline, blur_mm)
     x = ctx.x
     curve = partial(_curve, score=score)
-    deletion = curve(ctx, x, base, order, fractions, batch, "deletion")
-    insertion = curve(ctx, base, x, order, fractions, batch, "insertion")
-    reference = curve(ctx, x, base, random_order, fractions, batch, "deletion (random order)")
-    f_top = float(curve(ctx, x, base, order, np.array([fraction]), 1, "relative change")[0])
+    # in evaluation mode, as the image's own score (a model left in training mode gave curves of
+    # batch statistics and random dropout); a model normalising by its batch scores each copy alone
+    with evaluating(ctx.network.module):
+        if _batch_statistics(ctx.network.module):
+            batch = 1
+        deletion = curve(ctx, x, base, order, fractions, batch, "deletion")
+        insertion = curve(ctx, base, x, order, fractions, batch, "insertion")
+        reference = curve(ctx, x, base, random_order, fractions, batch, "deletion (random order)")
+        f_top = float(curve(ctx, x, base, order, np.array([fraction]), 1, "relative change")[0])
+        with torch.inference_mode():
+            f_base = float(ctx.target.value(base, score)[0])
     what = "target logit" if score == "logit" else "target probability"
     curves = Curve("deletion and insertion", x_label="fraction of voxels", y_label=what)
     for name, ys in (("deletion", deletion), ("insertion", insertion), ("deletion (random order)", reference)):
         for f, p in zip(fractions, ys):
             curves.append(name, f, p)
     f0 = float(deletion[0])
-    with torch.inference_mode():
-        f_base = float(ctx.target.value(base, score)[0])
     if not all(np.isfinite(v).all() for v in (deletion, insertion, reference, f_top, f_base)):
         raise ImageError(f"deletion_insertion: {ctx.network.source} gives NaN or infinite {what}s once voxels take "
                          f"the {baseline!r} baseline (areas would be NaN or infinite); choose another baseline "
