@@ -295,15 +295,8 @@ class IncrementalOcclusion:
         return step, o_lo, o_hi, out_lo, tuple(int(v) for v in length)
 
     def _pad(self, i: int, w: _Window, n_in, n_out):
-        import torch.nn.functional as F
-
         if i not in self._padded:
-            # after: enough for the last output's window (a ceil_mode pooling reads past the padding)
-            after = np.maximum((n_out - 1) * np.array(w.stride) - np.array(w.pad)
-                               + (np.array(w.kernel) - 1) * np.array(w.dilation) + 1 - n_in, 0)
-            widths = [int(v) for pair in zip(w.pad[::-1], after[::-1]) for v in pair]
-            a = self.acts[i]
-            self._padded[i] = F.pad(a, widths, value=w.pad_value) if any(widths) else a
+            self._padded[i] = padded_for_windows(self.acts[i], w, n_in, n_out)
         return self._padded[i]
 
     def outputs(self, corners: np.ndarray, box, fill: float, plan: Plan | None = None, rows=None):
@@ -346,3 +339,15 @@ class IncrementalOcclusion:
                 into, take = step.paste[r]
                 windows[(j, slice(None), *into)] = region[(j, slice(None), *take)]
         return step.window.run(windows)
+
+
+def padded_for_windows(a, w, n_in, n_out):
+    """A cached activation ``a`` padded as window layer ``w`` pads it (``w.pad_value``: 0, or -inf
+    for max pooling), and after its end as far as the last output's window reads (a ``ceil_mode``
+    pooling reads past the padding)."""
+    import torch.nn.functional as F
+
+    after = np.maximum((n_out - 1) * np.array(w.stride) - np.array(w.pad)
+                       + (np.array(w.kernel) - 1) * np.array(w.dilation) + 1 - n_in, 0)
+    widths = [int(v) for pair in zip(w.pad[::-1], after[::-1]) for v in pair]
+    return F.pad(a, widths, value=w.pad_value) if any(widths) else a

@@ -25,7 +25,14 @@ import operator
 
 import numpy as np
 
-from .incremental import _hooked, _pointwise, _window, changed_outputs, paste_slices
+from .incremental import (
+    _hooked,
+    _pointwise,
+    _window,
+    changed_outputs,
+    padded_for_windows,
+    paste_slices,
+)
 
 _SAME = object()     # the node's value is the unoccluded image's, for every box
 
@@ -299,15 +306,9 @@ class GraphIncrementalOcclusion:
         return _Region(w.run(windows), out_lo, tuple(int(v) for v in length), o_lo, o_hi)
 
     def _pad(self, src, w, n_in, n_out):
-        import torch.nn.functional as F
-
         key = (src, w.pad, w.pad_value, w.kernel, w.stride, w.dilation)
         if key not in self._padded:
-            after = np.maximum((n_out - 1) * np.array(w.stride) - np.array(w.pad)
-                               + (np.array(w.kernel) - 1) * np.array(w.dilation) + 1 - n_in, 0)
-            widths = [int(v) for pair in zip(w.pad[::-1], after[::-1]) for v in pair]
-            a = self.base[src]
-            self._padded[key] = F.pad(a, widths, value=w.pad_value) if any(widths) else a
+            self._padded[key] = padded_for_windows(self.base[src], w, n_in, n_out)
         return self._padded[key]
 
     @staticmethod
