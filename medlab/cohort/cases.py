@@ -51,6 +51,14 @@ class Source:
 
         return load(self.path, series=self.series, kind="label" if label else None)
 
+    def nbytes(self) -> int:
+        """Bytes on disk (a folder: of every file below it); 0 when it cannot be read."""
+        path = Path(self.path)
+        try:
+            return sum(f.stat().st_size for f in _files_below(path)) if path.is_dir() else path.stat().st_size
+        except OSError:
+            return 0
+
     def checksum(self) -> str:
         """SHA-256 of the file's bytes (a folder: of every file's relative path and bytes)."""
         path = Path(self.path)

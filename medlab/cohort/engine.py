@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import MedlabError, ParameterError, WriteError
-from .cases import _as_recipe, _files_below, list_cases
+from .cases import _as_recipe, list_cases
 from .records import CASES_DIR, RECORD, _checksums, _same_work, read_record, recipe_hash
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
@@ -247,13 +247,7 @@ class CohortRun:
     def _input_bytes(self, case) -> int:
         """Bytes on disk of a case's inputs (a folder: all its files), the estimate of its cost."""
         if case.id not in self._bytes:
-            total = 0
-            for source in case.inputs.values():
-                path = Path(source.path)
-                with contextlib.suppress(OSError):
-                    total += (sum(f.stat().st_size for f in _files_below(path)) if path.is_dir()
-                              else path.stat().st_size)
-            self._bytes[case.id] = max(total, 1)
+            self._bytes[case.id] = max(sum(source.nbytes() for source in case.inputs.values()), 1)
         return self._bytes[case.id]
 
     def _cpu_per_byte(self) -> float | None:
