@@ -144,8 +144,7 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     import torch
 
     from ..outputs import Curve, Table
-    from .network import evaluating
-    from .perturbation import _batch_statistics
+    from .network import evaluating, uses_batch_statistics
 
     ctx = prepare("deletion_insertion", image, model, mask, target_class=target_class, region=region,
                   region_radius=region_radius, sign="signed")
@@ -165,7 +164,7 @@ def deletion_insertion(image, model, saliency, mask=None, *, target_class=-1, re
     # in evaluation mode, as the image's own score (a model left in training mode gave curves of
     # batch statistics and random dropout); a model normalising by its batch scores each copy alone
     with evaluating(ctx.network.module):
-        if _batch_statistics(ctx.network.module):
+        if uses_batch_statistics(ctx.network.module):
             batch = 1
         deletion = curve(ctx, x, base, order, fractions, batch, "deletion")
         insertion = curve(ctx, base, x, order, fractions, batch, "insertion")

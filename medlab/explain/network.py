@@ -337,6 +337,14 @@ def _conv_dims(module) -> int | None:
     return dims.pop() if len(dims) == 1 else None
 
 
+def uses_batch_statistics(module) -> bool:
+    """Whether a layer normalises by its batch's statistics (in evaluation mode too: batch norm
+    without running statistics), so that an output depends on the copies batched beside it."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) and (m.training or m.running_mean is None) for m in module.modules())
+
+
 @contextlib.contextmanager
 def evaluating(module) -> Iterator[None]:
     """Evaluation mode inside the block; each submodule's training flag restored afterwards."""

@@ -121,19 +121,12 @@ def occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, ref
     The model runs in evaluation mode, as for the image's own score (the caller's training flags
     are restored). A model that normalises by its batch's statistics (batch norm without running
     statistics) gives each copy an output that depends on the copies beside it: each runs alone."""
-    from .network import evaluating
+    from .network import evaluating, uses_batch_statistics
 
     with evaluating(ctx.network.module):
-        if _batch_statistics(ctx.network.module):
+        if uses_batch_statistics(ctx.network.module):
             batch = 1
         return _occlusion_drop(ctx, box, overlap, fill, batch, refine, score, incremental)
-
-
-def _batch_statistics(module) -> bool:
-    """Whether a layer normalises by its batch's statistics (in evaluation mode too)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    return any(isinstance(m, _BatchNorm) and (m.training or m.running_mean is None) for m in module.modules())
 
 
 def _occlusion_drop(ctx: Context, box, overlap: float, fill: str, batch: int, refine: float, score: str,
