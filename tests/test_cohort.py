@@ -507,6 +507,27 @@ def test_local_workers_keep_glibcs_allocator_thresholds(monkeypatch):
     assert seen == {k: str(v) for k, v in WORKER_MALLOC.items()}
 
 
+def test_an_allocator_setting_the_user_configured_in_dask_wins(monkeypatch):
+    import dask
+
+    from medlab.cohort.engine import WORKER_MALLOC, local_cluster
+
+    for name in WORKER_MALLOC:
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": 1 << 20}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        client, cluster = local_cluster(1, dashboard=False)
+    try:
+        seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
+    finally:
+        client.close()
+        cluster.close()
+    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(1 << 20),          # the user's
+                    "MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"])}
+    assert all(k not in os.environ for k in WORKER_MALLOC)
+
+
 @contextlib.contextmanager
 def _dask_cluster(tmp_path: Path, workers: int = 2):
     """``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1; stopped on exit."""

@@ -42,9 +42,9 @@ workers, ``MALLOC_TRIM_THRESHOLD_=65536``, returns every freed block to the kern
 zero-filled page by page: a worker running the plain loop took 135,000 page faults and 0.38-0.44
 system CPU-s for 60 small cases, against 10-30 and 0.12-0.15 with these (user CPU 5.1-5.2 s
 either way; resident memory 201 against 207 MB). Arrays above 32 MiB are still mapped and
-returned when freed. Variables already in the environment win (Dask's rule), including a
-``MALLOC_TRIM_THRESHOLD_`` left in ``os.environ`` by an earlier default Dask cluster in the
-same process."""
+returned when freed. A value the user configured in Dask's ``pre-spawn-environ`` wins, and so
+does a variable already in the environment (Dask's rule), including a ``MALLOC_TRIM_THRESHOLD_``
+left in ``os.environ`` by an earlier default Dask cluster in the same process."""
 
 
 def local_cluster(workers: int | None = None, *, dashboard: bool = True):
@@ -73,8 +73,7 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
     # limit still applies, checked every second) it fell to 0.011-0.019 CPU-s per second.
     quiet = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
              "distributed.admin.tick.interval": "200ms", "distributed.worker.memory.monitor-interval": "1s",
-             "distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-                                                     **WORKER_MALLOC}}
+             "distributed.nanny.pre-spawn-environ": _worker_environ(dask)}
     # Dask's nanny copies its pre-spawn variables into this process's os.environ to pass them on
     # (and again when it restarts a killed worker): put the caller's back, or every later
     # subprocess and Dask cluster of the session inherits these allocator thresholds
@@ -88,6 +87,18 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
         _restore_environ(saved)
     cluster.medlab_environ = saved
     return Client(cluster), cluster
+
+
+def _worker_environ(dask) -> dict:
+    """Dask's pre-spawn variables with :data:`WORKER_MALLOC` in place of Dask's shipped default;
+    an allocator setting the user configured themselves (one that differs from the shipped
+    default) is kept."""
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    shipped = {}
+    for defaults in dask.config.defaults:
+        shipped.update(defaults.get("distributed", {}).get("nanny", {}).get("pre-spawn-environ") or {})
+    ours = {k: v for k, v in WORKER_MALLOC.items() if k not in configured or configured[k] == shipped.get(k)}
+    return {**configured, **ours}
 
 
 def _restore_environ(saved: dict) -> None:
