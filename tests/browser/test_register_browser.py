@@ -46,6 +46,13 @@ w = RegisterWidget(pair.fixed, pair.moving, truth=pair.transform, targets=pair.l
                    live_interval=0.3)
 # slow on purpose: tiny steps from 18 mm away, so that the run is watched (and cancelled) mid-way
 w.set(shrink_factors=(1,), iterations=3000, learning_rate=0.03, samples=4000)
+# ...and paced: it converges after ~900 iterations, 1.7-3 s on a loaded 2-core machine, which a
+# faster one could end before the page has seen the curve grow and the checkerboard change
+_live = w.panel._on_live
+def _paced_live(values):
+    time.sleep(0.02)
+    _live(values)
+w.panel._on_live = _paced_live
 state = W.Label()
 state.add_class("reg-state")
 """,
