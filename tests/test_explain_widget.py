@@ -237,6 +237,16 @@ def test_sanity_check_flags_a_map_that_ignores_the_model(scan_and_mask):
     np.testing.assert_array_equal(original._layers["heat"], render.display_array(result.original)[0])
     np.testing.assert_array_equal(randomised._layers["heat"], render.display_array(result.randomised[-1])[0])
     assert w.sanity_strip.value.count("<img") == 3          # the original and two cascade steps
+    # each sanity viewer has its colour bar with its own map's range (the randomised map's differs)
+    legends = w._sanity_legends
+    assert [lg.value.count("linear-gradient") for lg in legends] == [1, 1]
+    for legend, m in zip(legends, (result.original, result.randomised[-1])):
+        assert f"data-max='{float(np.nanmax(m.array)):.6g}'" in legend.value
+    assert "randomised (step 2)" in legends[1].value
+    before = legends[0].value
+    w.threshold.value = 0.6                                  # the threshold marker follows the slider
+    assert legends[0].value != before and "60 % of the largest" in legends[0].value
+    assert "last" not in w.sanity_box.children[-1].children[1].title
     assert w.sanity_table.value.count("<tr>") == 1 + 2 and "spearman" in w.sanity_table.value
     numbers = w.numbers_table()
     assert next(r for r in numbers.rows if r["quantity"] == "model randomisation: verdict")["A: step1.saliency"] == \
@@ -276,6 +286,22 @@ def test_faithfulness_and_localisation_numbers(widget):
     plots = [c for part in w.faith_box.children[1].children for c in part.children if hasattr(c, "series")]
     assert len(plots) == 2 and all(len(p.series) == 3 for p in plots)
     assert "deletion AUC" in w.faith_box.children[1].children[0].children[0].value
+
+
+def test_faithfulness_baseline_is_not_mixed_with_a_methods_baseline(widget):
+    w = widget
+    w.apply(wait=True)                          # Grad-CAM: no baseline of its own
+    w.select("integrated_gradients")
+    w.set(steps=4)
+    w.apply(wait=True)                          # Integrated Gradients: its own baseline ("zero")
+    w.run_faithfulness(wait=True, steps=4)
+    rows = {r["quantity"]: r for r in w.numbers_table().rows}
+    a, b = "A: step2.saliency", "B: step1.saliency"
+    assert rows["baseline"][a] == "zero" and rows["baseline"][b] == ""
+    assert str(rows["faithfulness: baseline"][a]).startswith("blur") and rows["faithfulness: baseline"][a] == \
+        rows["faithfulness: baseline"][b]
+    plots = [c for part in w.faith_box.children[1].children for c in part.children if hasattr(c, "series")]
+    assert [p.title.split(":")[0] for p in plots] == ["A", "B"] and not any("last" in p.title for p in plots)
 
 
 def test_without_a_mask_there_are_no_localisation_numbers(scan_and_mask, model):

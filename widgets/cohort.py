@@ -40,6 +40,8 @@ from medlab.errors import MedlabError
 
 REFRESH_EVERY = 0.5
 """Seconds between two redraws of the status table (each finished case also redraws)."""
+ERROR_CHARS = 160
+"""Characters of an error shown in the status table (the failures list has it whole)."""
 
 _STATUS_COLOURS = {"done": "#2e7d32", "skipped": "#607d8b", "failed": "#c62828", "running": "#1565c0",
                    "cancelled": "#8d6e63", "queued": "#9e9e9e"}
@@ -96,7 +98,9 @@ class Cohort(widgets.VBox):
                                    placeholder="folder of scans, or manifest.csv", description="inputs")
         self.out_dir = widgets.Text(value=str(out_dir), description="output")
         self.workers = widgets.BoundedIntText(value=workers or 0, min=0, max=512, description="workers",
-                                              tooltip="worker processes of the local cluster (0: one per core)")
+                                              tooltip="worker processes of the local cluster (0: one per core)",
+                                              layout=widgets.Layout(width="14em"))
+        self.workers_hint = widgets.HTML("<span style='opacity:.75'>0: one per core</span>")
         self.list_button = widgets.Button(description="List cases", icon="list")
         self.start_button = widgets.Button(description="Start", icon="play", button_style="primary")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
@@ -123,7 +127,7 @@ class Cohort(widgets.VBox):
         super().__init__([
             widgets.HBox([self.recipe_picker, self.recipe_path]),
             widgets.HBox([self.inputs, self.list_button]),
-            widgets.HBox([self.out_dir, self.workers]),
+            widgets.HBox([self.out_dir, self.workers, self.workers_hint], layout=widgets.Layout(align_items="center")),
             self.case_preview,
             widgets.HBox([self.start_button, self.stop_button, self.dashboard]),
             widgets.HBox([self.progress, self.counts]),
@@ -146,8 +150,14 @@ class Cohort(widgets.VBox):
         """List the cases (checked: a bad manifest is refused with its rows named) and show them."""
         from medlab.cohort import list_cases
 
+        self.case_preview.value = ""      # never a list of other inputs beside a refusal
+        inputs = self.inputs.value.strip()
+        if not inputs:                    # "" would list the kernel's working folder
+            self._say("type the folder of scans or the CSV manifest in 'inputs' first", error=True)
+            self.cases = None
+            return None
         try:
-            self.cases = list_cases(self.inputs.value.strip(), self.recipe())
+            self.cases = list_cases(inputs, self.recipe())
         except MedlabError as exc:
             self._say(str(exc), error=True)
             self.cases = None
@@ -239,8 +249,8 @@ class Cohort(widgets.VBox):
             if sorted(finished) != sorted(o for o in self.case_picker.options):
                 keep = self.case_picker.value
                 self.case_picker.options = sorted(finished)
-                if keep in finished:
-                    self.case_picker.value = keep
+                # new options leave the dropdown blank: show a case that "Open case" opens
+                self.case_picker.value = keep if keep in finished else (min(finished) if finished else None)
             self.open_button.disabled = not finished
 
     # ------------------------------------------------------------------ opening a case
@@ -293,11 +303,14 @@ def _status_html(table) -> str:
                 step += f" {100 * r.fraction:.0f}%"
         secs = f"{r.seconds:.1f}" if isinstance(r.seconds, float) and r.seconds == r.seconds else ""
         mem = f"{r.peak_mb:.0f}" if isinstance(r.peak_mb, float) and r.peak_mb == r.peak_mb else ""
+        error = r.error if isinstance(r.error, str) else ""       # a case without error has NaN here
+        if len(error) > ERROR_CHARS:       # the whole message and traceback are in the failures below
+            error = error[:ERROR_CHARS].rstrip() + "… (in full below)"
         rows.append(f"<tr><td>{html.escape(str(r.case))}</td><td style='color:{colour}'>{html.escape(str(r.status))}"
                     f"</td><td>{html.escape(step)}</td><td>{secs}</td><td>{mem}</td>"
-                    f"<td>{html.escape(str(r.error or ''))[:160]}</td></tr>")
-    return ("<div style='max-height:18em;overflow:auto'><table><tr><th>case</th><th>status</th><th>now</th>"
-            "<th>s</th><th>peak MB</th><th>error</th></tr>" + "".join(rows) + "</table></div>")
+                    f"<td>{html.escape(error)}</td></tr>")
+    return ("<div style='max-height:18em;overflow:auto'><table><tr><th>case</th><th>status</th><th>step now</th>"
+            "<th>time (s)</th><th>peak memory (MB)</th><th>error</th></tr>" + "".join(rows) + "</table></div>")
 
 
 def _failures_html(failed) -> str:

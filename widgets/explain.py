@@ -105,6 +105,8 @@ METHODS = ("grad_cam", "grad_cam_pp", "guided_grad_cam", "integrated_gradients",
 _NEEDS_LAYER = ("grad_cam", "grad_cam_pp", "guided_grad_cam")
 _NEEDS_ATTENTION = ("attention_rollout",)
 _DESC = {"description_width": "initial"}
+_METHOD_QUANTITIES = frozenset({"baseline"})
+"""Quantities of a method's own numbers that the faithfulness numbers also name."""
 
 
 def _column() -> widgets.Layout:
@@ -564,6 +566,8 @@ class ExplainWidget(Workbench):
         self._shown: dict[int, tuple] = {}
         self._unlinks: list[Callable[[], None]] = []
         self._sanity_viewers: tuple | None = None
+        self._sanity_legends: tuple = ()
+        self._sanity_maps: tuple = ()
         self._quiet = False
         if callable(self._unlink):      # the workbench links window/level only; here position too
             self._unlink()
@@ -867,6 +871,11 @@ class ExplainWidget(Workbench):
         if self._sanity_viewers is not None:
             for viewer in self._sanity_viewers:
                 self._style(viewer, self._shown.get(id(viewer), (None, None, None))[1])
+            self._sanity_legends_refresh()
+
+    def _sanity_legends_refresh(self) -> None:
+        for legend, (saliency, name) in zip(self._sanity_legends, self._sanity_maps):
+            legend.value = legend_html(saliency, cmap=self.cmap, threshold=self.threshold.value, name=name)
 
     # -------------------------------------------------------------- workbench hooks
     def _applied(self, panel: StagePanel) -> None:
@@ -1054,6 +1063,13 @@ class ExplainWidget(Workbench):
         original, randomised = self._sanity_viewers
         self._put(original, scan, result.original, mask)
         self._put(randomised, scan, result.randomised[-1], mask)
+        # each viewer gets its own colour bar: the randomised map has its own value range
+        self._sanity_maps = ((result.original, "original"),
+                             (result.randomised[-1], f"randomised (step {len(result.steps)})"))
+        self._sanity_legends = (widgets.HTML(), widgets.HTML())
+        for legend in self._sanity_legends:
+            legend.add_class("medlab-explain-sanity-legend")
+        self._sanity_legends_refresh()
         at = list(self.before.position)
         t = self.threshold.value
         cells = [("the trained model", result.original)] + list(zip(result.steps, result.randomised))
@@ -1070,10 +1086,13 @@ class ExplainWidget(Workbench):
         table = widgets.HTML("".join(table_html(tb) for tb in tables))
         table.add_class("medlab-explain-sanity-table")
         plot = CurvePlot(result.curve())
+        # the plot's default title ("<y label>: last <value>") names the last point of one series only
+        plot.title = f"similarity to the original, per step (flagged when Spearman stays ≥ {result.threshold:g})"
         heads = widgets.HBox([
-            widgets.VBox([widgets.HTML("<b>original</b> (the trained model)"), original], layout=_column()),
+            widgets.VBox([widgets.HTML("<b>original</b> (the trained model)"), original, self._sanity_legends[0]],
+                         layout=_column()),
             widgets.VBox([widgets.HTML(f"<b>randomised</b> (after step {len(result.steps)}: every layer "
-                                       "re-initialised)"), randomised], layout=_column())],
+                                       "re-initialised)"), randomised, self._sanity_legends[1]], layout=_column())],
             layout=widgets.Layout(flex_flow="row nowrap", align_items="flex-start"))
         self.sanity_verdict, self.sanity_strip, self.sanity_table = banner, strip_html, table
         self.sanity_box.children = [banner, heads, strip_html, widgets.HBox([table, plot],
@@ -1120,6 +1139,7 @@ class ExplainWidget(Workbench):
         for tag, key in zip("AB", keys):
             curves, numbers = self.faithfulness[key]
             plot = CurvePlot(curves, width=380, height=210)
+            plot.title = f"{tag}: target logit as voxels are removed or restored"   # not "last <value>"
             d = table_value(numbers, "deletion AUC (lower is better)")
             i = table_value(numbers, "insertion AUC (higher is better)")
             r = table_value(numbers, "deletion AUC, random order")
@@ -1140,7 +1160,9 @@ class ExplainWidget(Workbench):
         numbers = self.session.get(key.rsplit(".", 1)[0] + ".numbers")
         rows = list(numbers.rows) if isinstance(numbers, Table) else []
         if key in self.faithfulness:
-            known = {r.get("quantity") for r in rows}
+            # a quantity another method also names (Integrated Gradients' "baseline") is prefixed for
+            # every map, so that one row never mixes the method's and the faithfulness baseline
+            known = {r.get("quantity") for r in rows} | _METHOD_QUANTITIES
             rows += [{**r, "quantity": f"faithfulness: {r['quantity']}"} if r.get("quantity") in known else r
                      for r in self.faithfulness[key][1].rows if r.get("quantity") != "target"]
         for name, label in ((key, "model randomisation"), (f"{key} (labels)", "label randomisation")):
