@@ -265,7 +265,7 @@ def test_small_cases_batched_with_a_record_and_live_status_each(cohort, seg_reci
         assert rec["status"] == "done" and rec["memory"]["peak_rss_mb"] > 0 and rec["timings"]["cpu_s"] > 0
         assert len(result.results.query(f"case == 'sub{i}' and quantity == 'dice'")) == 1
     assert len(workers) == 1
-    deadline = time.monotonic() + 10                                            # events travel apart from results
+    deadline = time.monotonic() + 60                                            # events travel apart from results
     while (len([e for e in events if e.get("status") == "done"]) < 3
            or len({e["case"] for e in events if e.get("status") == "running"}) < N) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -389,14 +389,30 @@ def test_rerun_skips_done_cases_and_redoes_changed_ones(cohort, client, tmp_path
     assert len(_computed(run_cohort(changed, folder, out, client=client, progress=False, rerun=True))) == N
 
 
-def test_interrupted_run_completes_only_missing_cases(cohort, seg_recipe, client, tmp_path):
+def test_interrupted_run_completes_only_missing_cases(cohort, seg_recipe, client, tmp_path, monkeypatch):
+    from medlab.cohort import engine
+
+    def lasting(run):
+        def task(recipe_dict, functions, cases, *args, **kwargs):
+            if "sub0" not in [c.id for c in (cases if isinstance(cases, list) else [cases])]:
+                time.sleep(1.0)
+            return run(recipe_dict, functions, cases, *args, **kwargs)
+        return task
+
+    # a warm case takes ~0.1 s: the one queued behind the running one could start before the
+    # cancel reaches the worker. Every task but the first lasts 1 s, so the cancel lands first.
+    monkeypatch.setattr(engine, "run_case", lasting(engine.run_case))
+    monkeypatch.setattr(engine, "run_cases", lasting(engine.run_cases))
     out = tmp_path / "out"
+    stopped = {}
 
     def stop_after_one(record, run):
+        stopped["first"] = record["case"]
+        stopped["sent"] = {c for f in run.futures for c in f.medlab_cases}   # done or in flight at the cancel
         raise KeyboardInterrupt
 
     first = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False, on_update=stop_after_one)
-    assert first.cancelled and not first.ok
+    assert first.cancelled and not first.ok and stopped["first"] == "sub0"
     deadline = time.monotonic() + 30               # Dask cannot stop a running task: let the one running end
     while any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
         assert time.monotonic() < deadline
@@ -407,6 +423,7 @@ def test_interrupted_run_completes_only_missing_cases(cohort, seg_recipe, client
         rec = read_record(out / CASES_DIR / name)
         assert rec["status"] == "done" and all((out / CASES_DIR / name / f).is_file() for f in rec["outputs"].values())
     assert len(done) <= 2                          # the first case, and at most the one running at the cancel
+    assert "sub0" in done and done <= stopped["sent"]
     second = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False)
     assert second.ok and _computed(second) == {f"sub{i}" for i in range(N)} - done
     assert not [p for p in (out / CASES_DIR).iterdir() if p.name.startswith(".")]
@@ -528,6 +545,14 @@ def test_an_allocator_setting_the_user_configured_in_dask_wins(monkeypatch):
     assert all(k not in os.environ for k in WORKER_MALLOC)
 
 
+def _scheduler_address(sched_file: Path) -> str | None:
+    """The address in a scheduler file, or None while it is absent or still being written."""
+    try:
+        return json.loads(sched_file.read_text())["address"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
 @contextlib.contextmanager
 def _dask_cluster(tmp_path: Path, workers: int = 2):
     """``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1; stopped on exit."""
@@ -538,7 +563,7 @@ def _dask_cluster(tmp_path: Path, workers: int = 2):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
     try:
         deadline = time.monotonic() + 60
-        while not sched_file.exists():
+        while not _scheduler_address(sched_file):   # Dask creates the file, then writes it: not only exists()
             assert time.monotonic() < deadline, "dask scheduler did not start"
             time.sleep(0.2)
         for _ in range(workers):
@@ -547,8 +572,7 @@ def _dask_cluster(tmp_path: Path, workers: int = 2):
                                            "--no-dashboard", "--no-nanny"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                           start_new_session=True))
-        address = json.loads(sched_file.read_text())["address"]
-        yield address, procs
+        yield _scheduler_address(sched_file), procs
     finally:
         for p in reversed(procs):
             with contextlib.suppress(ProcessLookupError):
