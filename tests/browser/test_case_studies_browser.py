@@ -191,14 +191,16 @@ def arm_seeds(page, scope: str, mode) -> None:
 
     The toggle can still show "pressed" from before the stage was left (the viewer's point mode was
     turned off meanwhile), so the first press may only release it: press again if picking is still
-    off (``mode()`` reads the viewer's point mode from Python)."""
+    off (``mode()`` reads the viewer's point mode from Python). The page's toggle shows at once
+    which a press did (``mod-active``: pressed); only a press that pressed it waits for Python (a
+    fixed 3 s wait, run out on a loaded machine, pressed a second time and released it again)."""
     button = page.locator(f"{scope} .medlab-param-seeds .medlab-points-pick").first
     for _ in range(2):
         button.click()
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and mode() != "edit":
-            page.wait_for_timeout(100)
-        if mode() == "edit":
+        if button.evaluate("(e) => e.classList.contains('mod-active')"):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and mode() != "edit":
+                page.wait_for_timeout(100)
             return
 
 
