@@ -3,8 +3,8 @@
 96×96×40 CT travels as 10 slabs).
 
 * Whole volume held: once every slab is in (``data-streamed="10/10"``), slice steps in every
-  plane are drawn from the browser's copy **while the kernel is busy** (a ``time.sleep`` run
-  from the page), and every canvas equals Python's picture (``Viewer.snapshot_planes``, i.e.
+  plane are drawn from the browser's copy **while the kernel is busy** (a loop run from the
+  page, waiting for a file the test writes once the steps are checked), and every canvas equals Python's picture (``Viewer.snapshot_planes``, i.e.
   ``medlab.render.window_level`` of ``medlab.render.extract_slice`` composed with the labels).
 * Ring of slabs (``BROWSER_CACHE_BYTES`` = 3 slabs): the browser never holds more than 3 slabs;
   a jump far from the cursor is drawn from the slice the kernel sends, after which the 3 slabs
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,11 +56,25 @@ update()
 W.VBox([viewer, state])
 """
 
-BUSY_JS = """(seconds) => {
+BUSY_JS = """(flag) => {
     const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
     window.__busy = true;
-    kernel.requestExecute({ code: `import time; time.sleep(${seconds})` }).done.then(() => { window.__busy = false; });
+    const code = `import pathlib, time\\nend = time.monotonic() + 120\\n`
+        + `while not pathlib.Path(${JSON.stringify(flag)}).exists() and time.monotonic() < end:\\n    time.sleep(0.05)`;
+    kernel.requestExecute({ code }).done.then(() => { window.__busy = false; });
 }"""
+
+
+def keep_kernel_busy(page, flag: Path) -> None:
+    """The page's kernel busy until :func:`release_kernel` (at most 2 min): a fixed ``time.sleep``
+    ran out on a loaded machine before the page had taken and checked its steps."""
+    flag.unlink(missing_ok=True)
+    page.evaluate(BUSY_JS, str(flag))
+
+
+def release_kernel(page, flag: Path) -> None:
+    flag.touch()
+    page.wait_for_function("() => !window.__busy", timeout=15_000)
 
 
 def held_slabs(page) -> list[int]:
@@ -154,7 +169,7 @@ def wait_drawn(page, plane: str, index: int, source: str, timeout_ms: int) -> No
         ("browser" if first["local"] else "kernel") + f", expected the {source}"
 
 
-def test_streamed_volume_steps_without_the_kernel(notebook):
+def test_streamed_volume_steps_without_the_kernel(notebook, tmp_path):
     page = notebook.open(cells(512 * 2**20, "three"))
     record_draws(page)
     wait_streamed(page, "10/10")
@@ -163,27 +178,28 @@ def test_streamed_volume_steps_without_the_kernel(notebook):
     assert cache == 40 * SLICE_BYTES, "the browser holds the whole volume, once"
     k = st["index"]["axial"]
 
-    # the kernel sleeps 4 s: steps in every plane are drawn from the browser's copy meanwhile
-    page.evaluate(BUSY_JS, 4)
+    # the kernel is busy: steps in every plane are drawn from the browser's copy meanwhile
+    flag = tmp_path / "release"
+    keep_kernel_busy(page, flag)
     page.locator(".medlab-viewer canvas.medlab-overlay[data-plane=axial]").hover()
     page.locator(".medlab-viewer").focus()
     page.keyboard.press("ArrowDown")
     page.keyboard.press("ArrowDown")
-    wait_drawn(page, "axial", k - 2, "browser", 2000)
+    wait_drawn(page, "axial", k - 2, "browser", 15_000)
     sag = page.locator(".medlab-viewer canvas.medlab-overlay[data-plane=sagittal]")
     sag.hover()
     i_before = drawn(page, "sagittal")[0]
     page.mouse.wheel(0, -120)  # one slice up in the sagittal plane
-    wait_drawn(page, "sagittal", i_before + 1, "browser", 2000)
+    wait_drawn(page, "sagittal", i_before + 1, "browser", 15_000)
     cor = page.locator(".medlab-viewer canvas.medlab-overlay[data-plane=coronal]")
     cor.hover()
     j_before = drawn(page, "coronal")[0]
     page.mouse.wheel(0, -120)
-    wait_drawn(page, "coronal", j_before + 1, "browser", 2000)
+    wait_drawn(page, "coronal", j_before + 1, "browser", 15_000)
     assert page.evaluate("() => window.__busy"), "the steps were drawn while the kernel was busy"
 
     # when the kernel is free again it catches up: same slices, same pixels as Python
-    page.wait_for_function("() => !window.__busy", timeout=15_000)
+    release_kernel(page, flag)
     st = expect_canvases_match_python(page)
     assert st["index"]["axial"] == k - 2 and st["index"]["sagittal"] == i_before + 1
     assert st["index"]["coronal"] == j_before + 1
@@ -203,7 +219,7 @@ def test_streamed_volume_steps_without_the_kernel(notebook):
     sag.hover()
     i_now = drawn(page, "sagittal")[0]
     page.keyboard.press("PageDown")  # 10 slices: beyond any slice cut ahead
-    wait_drawn(page, "sagittal", i_now - 10, "browser", 5000)
+    wait_drawn(page, "sagittal", i_now - 10, "browser", 15_000)
     hows = page.evaluate("(i) => window.__draws.filter((d) => d.plane === 'sagittal' && d.index === i).map((d) => d.how)",
                          i_now - 10)
     assert hows[0] == "transposed", hows
@@ -211,7 +227,7 @@ def test_streamed_volume_steps_without_the_kernel(notebook):
     assert st["index"]["sagittal"] == i_now - 10
 
 
-def test_ring_of_slabs_stays_bounded_and_follows_the_cursor(notebook):
+def test_ring_of_slabs_stays_bounded_and_follows_the_cursor(notebook, tmp_path):
     page = notebook.open(cells(3 * 4 * SLICE_BYTES, "single"))
     record_draws(page)
     wait_streamed(page, "3/10")
@@ -219,14 +235,15 @@ def test_ring_of_slabs_stays_bounded_and_follows_the_cursor(notebook):
     k = st["index"]["axial"]
     assert k == 20 and held_slabs(page) == [4, 5, 6], "the three slabs nearest the cursor (slab 5)"
 
-    # two steps up stay inside the held slabs: drawn from the browser while the kernel sleeps
-    page.evaluate(BUSY_JS, 3)
+    # two steps up stay inside the held slabs: drawn from the browser while the kernel is busy
+    flag = tmp_path / "release"
+    keep_kernel_busy(page, flag)
     page.locator(".medlab-viewer").focus()
     page.keyboard.press("ArrowUp")
     page.keyboard.press("ArrowUp")
-    wait_drawn(page, "axial", k + 2, "browser", 2000)
+    wait_drawn(page, "axial", k + 2, "browser", 15_000)
     assert page.evaluate("() => window.__busy")
-    page.wait_for_function("() => !window.__busy", timeout=15_000)
+    release_kernel(page, flag)
 
     # a jump of 10 slices leaves the held slabs: that slice comes from the kernel
     page.keyboard.press("PageUp")
@@ -238,9 +255,9 @@ def test_ring_of_slabs_stays_bounded_and_follows_the_cursor(notebook):
         assert time.monotonic() < deadline, (held_slabs(page), streamed(page))
         page.wait_for_timeout(100)
     assert int(page.locator(".medlab-viewer").get_attribute("data-cache-bytes")) <= 3 * 4 * SLICE_BYTES
-    page.evaluate(BUSY_JS, 3)
+    keep_kernel_busy(page, flag)
     page.keyboard.press("ArrowDown")
-    wait_drawn(page, "axial", k + 11, "browser", 2000)
+    wait_drawn(page, "axial", k + 11, "browser", 15_000)
     assert page.evaluate("() => window.__busy")
-    page.wait_for_function("() => !window.__busy", timeout=15_000)
+    release_kernel(page, flag)
     expect_canvases_match_python(page)
