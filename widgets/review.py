@@ -18,7 +18,8 @@ DOM (stable CSS classes, for tests and styling)
 ``.medlab-review`` (root) holds ``.medlab-review-header`` (``.medlab-review-title``,
 ``.medlab-review-reviewer``, ``.medlab-review-progress``: "Case 2 of 3 · Map B (1 of 2) · 3 of 6
 rated"), ``.medlab-review-viewer`` (the :class:`~medlab.widgets.Viewer`) or
-``.medlab-review-error`` (why a case or map cannot be shown), and the form:
+``.medlab-review-error`` (why a case or map cannot be shown), ``.medlab-review-map-key`` (the map's colour
+key under the image, or why nothing is coloured), and the form:
 ``.medlab-review-item`` (case and map), ``.medlab-review-prediction``, ``.medlab-review-showmap``,
 ``.medlab-review-opacity``, ``.medlab-review-verdict`` (radio buttons), ``.medlab-review-confidence``
 (toggle buttons 1-5), ``.medlab-review-look`` (toggle: the next click on the scan marks where the
@@ -26,7 +27,8 @@ reviewer would look), ``.medlab-review-click`` (the point, mm), ``.medlab-review
 ``.medlab-review-comment`` (textarea), ``.medlab-review-earlier`` (the stored verdict being edited),
 ``.medlab-review-prev``, ``.medlab-review-next``, ``.medlab-review-save``, ``.medlab-review-status``
 (with ``.medlab-review-status-ok|error|info``). When every map is rated ``.medlab-review-done``
-replaces the form. A study or database that cannot be used shows ``.medlab-review-fatal`` only.
+replaces the form, with ``.medlab-review-summary`` (the reviewer's own verdicts counted). A study
+or database that cannot be used shows ``.medlab-review-fatal`` only.
 """
 
 from __future__ import annotations
@@ -88,10 +90,54 @@ _CSS = """
 .medlab-review-status-info { color: #aeb6c4; }
 .medlab-review-error, .medlab-review-fatal { background: #3a1518; border: 1px solid #a4373d; color: #ffd7d5;
   border-radius: 6px; padding: 12px 16px; max-width: 640px; }
+.medlab-review-key { color: #cfd5df; font-size: 12px; margin-top: 6px; display: flex; align-items: center;
+  gap: 6px; flex-wrap: wrap; }
+.medlab-review-key-bar { width: 120px; height: 10px; border: 1px solid #555; display: inline-block; }
+.medlab-review-key-empty { color: #ffd400; }
+.medlab-review-summary { margin: 8px 0 12px 0; }
+.medlab-review-summary td { padding: 1px 12px 1px 0; }
 .medlab-review-done { background: #15301f; border: 1px solid #2f7a47; color: #d5f5de; border-radius: 6px;
   padding: 16px; }
 </style>
 """
+
+
+MAP_CMAP = "inferno"
+"""Colour map of the explanation map (the key under the image is drawn from it)."""
+MAP_FLOOR = 0.2
+"""Share of each map's range, from its weakest value, left uncoloured (the faint tail)."""
+
+
+def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
+    """The colour key under the image, in a reviewer's words: which colour is weak and which strong.
+
+    Maps are scaled to their own range, so the key has no numbers; a map with one value
+    everywhere (e.g. Grad-CAM finding no evidence) is said to be empty, not shown as a blank scan.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medlab import Image
+    >>> "weaker" in map_key_html(Image(np.linspace(0, 1, 8).reshape(2, 2, 2)))
+    True
+    >>> "empty" in map_key_html(Image(np.zeros((2, 2, 2))))
+    True
+    """
+    import numpy as np
+
+    from medlab import render
+
+    values = np.asarray(saliency.array, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.max() <= values.min():
+        return ("<div class='medlab-review-key medlab-review-key-empty'>This map is empty: it marks no region of "
+                "this scan, so nothing is coloured. Rate it as it is.</div>")
+    lut = render.colormap_lut(cmap)
+    stops = ", ".join(f"rgb({lut[i][0]},{lut[i][1]},{lut[i][2]})" for i in np.linspace(0, 255, 9).round().astype(int))
+    return (f"<div class='medlab-review-key'><span>Map colour:</span><span>weaker</span>"
+            f"<span class='medlab-review-key-bar' style='background:linear-gradient(to right, {stops})'></span>"
+            f"<span>stronger influence on the model's result</span>"
+            f"<span style='opacity:.75'>(the weakest {100 * MAP_FLOOR:.0f} % is not coloured)</span></div>")
 
 
 def _html(text: str, cls: str, *, tag: str = "div") -> W.HTML:
@@ -198,7 +244,9 @@ class ReviewApp(W.VBox):
         self.viewer.observe(self._on_points, names="points")
         self.viewer.observe(self._on_point_mode, names="point_mode")
         self.case_error = _html("", "medlab-review-error")
-        self.image_area = W.VBox([self.viewer])
+        self.map_key = W.HTML("")
+        self.map_key.add_class("medlab-review-map-key")
+        self.image_area = W.VBox([self.viewer, self.map_key])
         self.image_area.add_class("medlab-review-image")
 
         self.item_label = _html("", "medlab-review-item")
@@ -295,7 +343,7 @@ class ReviewApp(W.VBox):
             self.image_area.children = [self.case_error]
             self._status("Skip to the next map, and please tell the person who set up this review.", "info")
             return
-        self.image_area.children = [self.viewer]
+        self.image_area.children = [self.viewer, self.map_key]
         if self.viewer.image is not self.loaded.scan:
             self.viewer.image = self.loaded.scan
         self._on_map_display()
@@ -347,8 +395,20 @@ class ReviewApp(W.VBox):
                 if unrated == 0 else
                 f"End of the study: {self.n_rated} of {len(self.items)} maps rated; {unrated} skipped. "
                 "Go back to rate them.")
-        self.done.children = [_html(text, "medlab-review-done-text"), again]
+        self.done.children = [_html(text, "medlab-review-done-text"), self._own_summary(), again]
         self.body.children = [self.done]
+
+    def _own_summary(self) -> W.HTML:
+        """This reviewer's verdicts counted by verdict, under the names they saw (no method is
+        named, so a blinded review stays blinded)."""
+        current = [v for v in self.store.current(self.reviewer)
+                   if any((i.case_id, i.method) == (v.case_id, v.method) for i in self.items)]
+        rows = "".join(f"<tr><td>{html.escape(VERDICT_LABELS[k])}</td><td>{n}</td></tr>"
+                       for k in VERDICTS if (n := sum(v.verdict == k for v in current)))
+        body = (f"<div>Your verdicts:</div><table>{rows}</table>" if rows else "")
+        box = W.HTML(body)
+        box.add_class("medlab-review-summary")
+        return box
 
     # ------------------------------------------------------------------ the form
     def _reset_form(self) -> None:
@@ -402,9 +462,12 @@ class ReviewApp(W.VBox):
             saliency = self.loaded.maps[item.method]
             lo, hi = float(saliency.array.min()), float(saliency.array.max())
             # hide the faint tail of the map (below a fifth of its range), as saliency displays do
-            self.viewer.set_heatmap(saliency, opacity=self.opacity.value, threshold=lo + 0.2 * (hi - lo))
+            self.viewer.set_heatmap(saliency, cmap=MAP_CMAP, opacity=self.opacity.value,
+                                    threshold=lo + MAP_FLOOR * (hi - lo))
+            self.map_key.value = map_key_html(saliency)
         else:
             self.viewer.set_heatmap(None)
+            self.map_key.value = ""
 
     @_guarded
     def _on_look(self, change) -> None:
@@ -499,4 +562,4 @@ def review_app(environ=None, **kwargs) -> ReviewApp:
     return ReviewApp(env.get(ENV_STUDY), env.get(ENV_REVIEWER), database=env.get(ENV_DATABASE) or None, **kwargs)
 
 
-__all__ = ["ReviewApp", "review_app"]
+__all__ = ["ReviewApp", "map_key_html", "review_app"]
