@@ -170,8 +170,10 @@ def test_preprocess_slider_preview_apply_export(notebook):
     page.mouse.up()
     state = wait_json(page, ".bt-state", lambda s: s["h"] > h0 + 0.2, "a stronger h after the drag")
     assert state["h"] < 3.0, "a 30 px drag should land inside the range, not at its end"
-    page.wait_for_timeout(300)  # let the slider settle (continuous updates) before reading it
-    h1 = read_json(page, ".bt-state")["h"]
+    # the slider's final value, once Python holds it: drag updates can still be on their way (a fixed
+    # 300 ms wait could read an intermediate h, whose preview the last update then replaced)
+    final = float(page.locator(".medlab-param-h .widget-readout").first.text_content())
+    h1 = wait_json(page, ".bt-state", lambda s: abs(s["h"] - final) < 1e-6, f"h = {final} in Python")["h"]
     second = preview_matches_python(page, h1)
     changed = int((second != first).sum())
     assert changed > 0.05 * second.size, f"a stronger NLM changed only {changed} preview pixels"
