@@ -70,6 +70,19 @@ def test_status_table_shows_no_nan_and_says_where_a_cut_error_is_whole():
     assert "time (s)" in out and "peak memory (MB)" in out
 
 
+def test_bar_style_says_whether_anything_was_done():
+    from types import SimpleNamespace
+
+    from medlab.widgets.cohort import _bar_style
+
+    def result(ok, computed, skipped, failed):
+        return SimpleNamespace(ok=ok, counts={"computed": computed, "skipped": skipped, "failed": failed})
+
+    assert _bar_style(result(True, 3, 1, 0)) == "success"
+    assert _bar_style(result(False, 3, 0, 1)) == _bar_style(result(False, 0, 2, 1)) == "warning"
+    assert _bar_style(result(False, 0, 0, 4)) == "danger"
+
+
 def test_after_a_run_the_case_picker_shows_a_case_open_case_opens(scans, recipe, tmp_path):
     from medlab.widgets import Cohort
 
@@ -78,6 +91,7 @@ def test_after_a_run_the_case_picker_shows_a_case_open_case_opens(scans, recipe,
         w = Cohort(recipe, scans, tmp_path / "out", client=client)
         w.start()
         assert w.wait(120) and w.result is not None and not w.result.ok
+        assert w.progress.bar_style == "warning", "one failure beside done cases is not a whole red bar"
         assert list(w.case_picker.options) == ["sub0", "sub1"]
         assert w.case_picker.value == "sub0", "the picker was blank: Open case opened nothing"
         viewer = w.open_case(w.case_picker.value)

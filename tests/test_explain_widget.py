@@ -251,6 +251,9 @@ def test_sanity_check_flags_a_map_that_ignores_the_model(scan_and_mask):
     numbers = w.numbers_table()
     assert next(r for r in numbers.rows if r["quantity"] == "model randomisation: verdict")["A: step1.saliency"] == \
         "FLAGGED"
+    quantities = [r["quantity"] for r in numbers.rows]
+    assert "model randomisation: Spearman of |maps| after the last step" in quantities
+    assert not any("spearman_abs" in q for q in quantities)
     w.close()
 
 

@@ -204,7 +204,7 @@ class Cohort(widgets.VBox):
                 self._draw(force=True)
             self.result = run.finish()
             self._say(html.escape(self.result.summary().splitlines()[0]), error=not self.result.ok)
-            self.progress.bar_style = "success" if self.result.ok else "danger"
+            self.progress.bar_style = _bar_style(self.result)
         except Exception as exc:  # noqa: BLE001 - shown in the widget, never lost in a thread
             run.close()
             self._say(f"{type(exc).__name__}: {exc}", error=True)
@@ -292,6 +292,15 @@ class Cohort(widgets.VBox):
         return viewer
 
 
+def _bar_style(result) -> str:
+    """Green when every case is done, amber when some failed beside done ones (a whole red bar
+    read as "everything failed"), red when none is done."""
+    if result.ok:
+        return "success"
+    c = result.counts
+    return "warning" if c.get("computed", 0) + c.get("skipped", 0) else "danger"
+
+
 def _status_html(table) -> str:
     rows = []
     for r in table.itertuples(index=False):
@@ -309,8 +318,9 @@ def _status_html(table) -> str:
         rows.append(f"<tr><td>{html.escape(str(r.case))}</td><td style='color:{colour}'>{html.escape(str(r.status))}"
                     f"</td><td>{html.escape(step)}</td><td>{secs}</td><td>{mem}</td>"
                     f"<td>{html.escape(error)}</td></tr>")
-    return ("<div style='max-height:18em;overflow:auto'><table><tr><th>case</th><th>status</th><th>step now</th>"
-            "<th>time (s)</th><th>peak memory (MB)</th><th>error</th></tr>" + "".join(rows) + "</table></div>")
+    head = "".join(f"<th style='white-space:nowrap;padding-right:10px'>{h}</th>"
+                   for h in ("case", "status", "step now", "time (s)", "peak memory (MB)", "error"))
+    return (f"<div style='max-height:18em;overflow:auto'><table><tr>{head}</tr>" + "".join(rows) + "</table></div>")
 
 
 def _failures_html(failed) -> str:

@@ -105,6 +105,8 @@ METHODS = ("grad_cam", "grad_cam_pp", "guided_grad_cam", "integrated_gradients",
 _NEEDS_LAYER = ("grad_cam", "grad_cam_pp", "guided_grad_cam")
 _NEEDS_ATTENTION = ("attention_rollout",)
 _DESC = {"description_width": "initial"}
+_SIMILARITY_NAMES = {"spearman": "Spearman", "spearman_abs": "Spearman of |maps|", "ssim": "SSIM", "hog": "HOG"}
+"""The sanity check's similarity scores, as the numbers table names them."""
 _METHOD_QUANTITIES = frozenset({"baseline"})
 """Quantities of a method's own numbers that the faithfulness numbers also name."""
 
@@ -391,7 +393,7 @@ class _ExplainPanel(StagePanel):
         if "target_class" not in self.controls:
             return
         where = self._row("target_class")
-        self._target_box = widgets.Dropdown(description="target", style=_DESC, layout=widgets.Layout(width="30em"),
+        self._target_box = widgets.Dropdown(description="target", style=_DESC, layout=widgets.Layout(width="40em"),
                                             tooltip="the class whose score is explained")
         self._target_box.add_class("medlab-explain-target")
         self._target_box.observe(self._target_chosen, "value")
@@ -434,7 +436,7 @@ class _ExplainPanel(StagePanel):
         if info.n_classes == 1:   # its logit is the evidence for the class, whatever it predicts
             said = info.prediction()
             return [(f"evidence for {info.class_name(0)}, the model's only output"
-                     + (f" (it predicts {said})" if said else ""), -1)]
+                     + (f" — it predicts {said}" if said else ""), -1)]   # in full in 40em
         if info.dense:
             first = "the class the network predicts most in the region"
         else:
@@ -1170,8 +1172,8 @@ class ExplainWidget(Workbench):
             if result is not None:
                 last = result.scores[-1]
                 rows += [{"quantity": f"{label}: verdict", "value": "FLAGGED" if result.flagged else "passed"},
-                         *({"quantity": f"{label}: {k} after the last step", "value": last.get(k, math.nan)}
-                           for k in ("spearman", "spearman_abs", "ssim", "hog"))]
+                         *({"quantity": f"{label}: {name} after the last step", "value": last.get(k, math.nan)}
+                           for k, name in _SIMILARITY_NAMES.items())]
                 if result.flagged:   # why, and what is known about the method (Integrated Gradients)
                     rows.append({"quantity": f"{label}: verdict in words", "value": result.verdict()})
         return Table(rows, title=key)
