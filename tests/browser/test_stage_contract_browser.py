@@ -147,9 +147,15 @@ def test_seed_and_background_points_reach_python_under_their_roles(notebook):
     assert len(state["seeds"]) == 1, "a background click must not touch the seeds"
     assert state["background"][0] == pytest.approx(_mm(state, 6, 6), abs=1e-3)
 
-    # two markers, in their two colours
-    page.wait_for_timeout(200)
-    near_seed, near_bg = overlay_colours_near(page, *seed_xy), overlay_colours_near(page, *bg_xy)
+    # two markers, in their two colours (polled: a fixed 200 ms wait can beat the redraw under load)
+    deadline = time.monotonic() + 15
+    while True:
+        near_seed, near_bg = overlay_colours_near(page, *seed_xy), overlay_colours_near(page, *bg_xy)
+        drawn = (any(_close(c, colors["seeds"]) for c in near_seed)
+                 and any(_close(c, colors["background"]) for c in near_bg))
+        if drawn or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(100)
     assert any(_close(c, colors["seeds"]) for c in near_seed), f"no seed colour at the seed: {near_seed}"
     assert any(_close(c, colors["background"]) for c in near_bg), f"no background colour there: {near_bg}"
     assert not any(_close(c, colors["background"]) for c in near_seed)
