@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,17 @@ def expected_extent_ras(labels: medlab.Image, value: int) -> tuple[np.ndarray, n
     return ras[0], ras[1], half
 
 
-def canvas_picture(page, tmp_dir: Path, name: str) -> np.ndarray:
+def canvas_picture(page, tmp_dir: Path, name: str, timeout_s: float = 30.0) -> np.ndarray:
+    """The 3D canvas as shown, once it is not one colour (up to ``timeout_s``): niivue holds the
+    volume a moment before its first software-GL frame, longer on a loaded machine."""
     from PIL import Image as PILImage
 
-    png = page.locator(".medlab-view3d canvas.medlab-view3d-canvas").screenshot()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        png = page.locator(".medlab-view3d canvas.medlab-view3d-canvas").screenshot()
+        if np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB")).std() > 10 or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
     folder = Path(os.environ.get("MEDLAB_SCREENSHOT_DIR") or tmp_dir)
     (folder / f"view3d_{name}.png").write_bytes(png)
     return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
