@@ -94,6 +94,7 @@ _CSS = """
   gap: 6px; flex-wrap: wrap; }
 .medlab-review-key-bar { width: 120px; height: 10px; border: 1px solid #555; display: inline-block; }
 .medlab-review-key-empty { color: #ffd400; }
+.medlab-review-key-note { color: #8f98a8; font-size: 12px; }
 .medlab-review-summary { margin: 8px 0 12px 0; }
 .medlab-review-summary td { padding: 1px 12px 1px 0; }
 .medlab-review-done { background: #15301f; border: 1px solid #2f7a47; color: #d5f5de; border-radius: 6px;
@@ -136,8 +137,8 @@ def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
     stops = ", ".join(f"rgb({lut[i][0]},{lut[i][1]},{lut[i][2]})" for i in np.linspace(0, 255, 9).round().astype(int))
     return (f"<div class='medlab-review-key'><span>Map colour:</span><span>weaker</span>"
             f"<span class='medlab-review-key-bar' style='background:linear-gradient(to right, {stops})'></span>"
-            f"<span>stronger influence on the model's result</span>"
-            f"<span style='opacity:.75'>(the weakest {100 * MAP_FLOOR:.0f} % is not coloured)</span></div>")
+            f"<span>stronger</span></div><div class='medlab-review-key-note'>stronger: more influence on the "
+            f"model's result; the weakest {100 * MAP_FLOOR:.0f} % is not coloured</div>")
 
 
 def _html(text: str, cls: str, *, tag: str = "div") -> W.HTML:
@@ -244,7 +245,7 @@ class ReviewApp(W.VBox):
         self.viewer.observe(self._on_points, names="points")
         self.viewer.observe(self._on_point_mode, names="point_mode")
         self.case_error = _html("", "medlab-review-error")
-        self.map_key = W.HTML("")
+        self.map_key = W.HTML("", layout=W.Layout(max_width="520px"))   # wraps under the viewer, never widens it
         self.map_key.add_class("medlab-review-map-key")
         self.image_area = W.VBox([self.viewer, self.map_key])
         self.image_area.add_class("medlab-review-image")
