@@ -499,7 +499,7 @@ def test_error_in_a_preview_callback_reaches_the_status_line():
     panel = StagePanel(_panel_blur, image=img, debounce=0)
     panel.on_preview(lambda p: 1 / 0)
     panel.request_preview()
-    panel.wait_preview(10)
+    panel.wait_preview(60)
     assert "preview callback" in panel.message and "ZeroDivisionError" in panel.message
 
 
