@@ -93,9 +93,10 @@ def test_after_a_run_the_case_picker_shows_a_case_open_case_opens(scans, recipe,
         assert w.wait(120) and w.result is not None and not w.result.ok
         assert w.progress.bar_style == "warning", "one failure beside done cases is not a whole red bar"
         assert list(w.case_picker.options) == ["sub0", "sub1"]
-        assert w.case_picker.value == "sub0", "the picker was blank: Open case opened nothing"
+        # the first case to finish stays chosen as others finish (the order is Dask's)
+        assert w.case_picker.value in ("sub0", "sub1"), "the picker was blank: Open case opened nothing"
         viewer = w.open_case(w.case_picker.value)
         assert viewer is not None
-        np.testing.assert_allclose(viewer.image.spacing, medlab.load(scans / "sub0.nii.gz").spacing)
+        np.testing.assert_allclose(viewer.image.spacing, medlab.load(scans / f"{w.case_picker.value}.nii.gz").spacing)
     finally:
         client.close()

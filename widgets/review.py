@@ -71,6 +71,9 @@ _CSS = """
 .medlab-review-body { padding: 10px 14px; gap: 16px; align-items: flex-start; }
 .medlab-review-image { background: #000; border-radius: 4px; padding: 8px; }
 .medlab-review-image .medlab-viewer { color: #d8dce4; }
+/* for a reader: "Mark where I would look" is the point tool and the form names the mark (no
+   "points (1)" chip), and the grid caption (voxels, LPS, float32, a.u.) is not for them; viewer
+   errors (data-kind="error") stay visible */
 .medlab-review-form { background: #1c2027; border: 1px solid #2a2f38; border-radius: 6px; padding: 12px 14px; }
 .medlab-review-form .widget-label, .medlab-review-form .widget-radio-box label,
 .medlab-review-form .widget-checkbox label { color: #e6e9ef; }
@@ -90,6 +93,8 @@ _CSS = """
 .medlab-review-status-info { color: #aeb6c4; }
 .medlab-review-error, .medlab-review-fatal { background: #3a1518; border: 1px solid #a4373d; color: #ffd7d5;
   border-radius: 6px; padding: 12px 16px; max-width: 640px; }
+.medlab-review-image button.medlab-pointmode, .medlab-review-image .medlab-pointsets { display: none; }
+.medlab-review-image .medlab-status[data-kind="info"] { display: none; }
 .medlab-review-key { color: #cfd5df; font-size: 12px; margin-top: 6px; display: flex; align-items: center;
   gap: 6px; flex-wrap: wrap; }
 .medlab-review-key-bar { width: 120px; height: 10px; border: 1px solid #555; display: inline-block; }

@@ -330,6 +330,12 @@ def test_review_three_cases_with_refresh(review_server, review_page, three_case_
     open_app(page, server.url)
     expect_at(0, 0)
     no_code_visible(page)
+    # what a reader sees: a colour key in words; no second point tool, no voxel-type caption
+    expect_text(page, ".medlab-review-map-key", r"weaker.*stronger")
+    assert page.locator(".medlab-review-map-key .medlab-review-key-bar").first.is_visible()
+    assert page.locator(".medlab-review-viewer button.medlab-pointmode").first.is_hidden()
+    assert page.locator(".medlab-review-viewer .medlab-pointsets").first.is_hidden()
+    assert page.locator(".medlab-review-viewer .medlab-status").first.is_hidden()
     expect_text(page, ".medlab-review-prediction", "hidden")
     assert page.title() == "medlab review"
 
