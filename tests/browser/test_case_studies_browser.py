@@ -169,17 +169,21 @@ def wait_canvas_drawn(page, selector: str, timeout_ms: int = 120_000) -> None:
                   return nv && nv.volumes.length >= 1 && nv.volumes[0].img; }}""", timeout=timeout_ms)
 
 
-def canvas_not_blank(page, selector: str) -> float:
-    """Standard deviation of the canvas' screenshot (a blank canvas is one colour)."""
+def canvas_not_blank(page, selector: str, timeout_s: float = 30.0) -> float:
+    """Standard deviation of the canvas' screenshot (a blank canvas is one colour), once above 10 or
+    after ``timeout_s``: the first software-GL frame can lag the loaded volume on a loaded machine."""
     from io import BytesIO
 
     import numpy as np
     from PIL import Image as PILImage
 
     page.locator(selector).scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    picture = np.asarray(PILImage.open(BytesIO(page.locator(selector).screenshot())).convert("RGB"))
-    return float(picture.std())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        picture = np.asarray(PILImage.open(BytesIO(page.locator(selector).screenshot())).convert("RGB"))
+        if picture.std() > 10 or time.monotonic() > deadline:
+            return float(picture.std())
+        page.wait_for_timeout(250)
 
 
 def choose_stage(page, scope: str, label: str) -> None:
