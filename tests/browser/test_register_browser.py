@@ -274,7 +274,10 @@ def test_click_landmark_pairs_in_the_two_viewers_and_see_their_errors(notebook, 
         wait_state(page, lambda s, n=i + 1: len(s["fixed"]) == n and s["moving_edit"], f"fixed landmark {i + 1}")
         notebook.wait_text(page, ".medlab-register-hint", rf"landmark {i + 1}.*moving")
         click_pixel(page, MOVING_CLICKS, mr, mc)
-        state = wait_state(page, lambda s, n=i + 1: len(s["moving"]) == n and s["fixed_edit"],
+        # the hand-over back to the fixed viewer publishes a state before the widget refits; wait
+        # for the refit (one error per pair) rather than read that in-between state
+        state = wait_state(page, lambda s, n=i + 1: len(s["moving"]) == n and s["fixed_edit"]
+                           and s["rows"] == n and (n < 3 or all(e is not None for e in s["errors"])),
                            f"moving landmark {i + 1}")
     # four pairs clicked at the same anatomy: the rigid fit is the true shift, every FRE near 0
     assert state["rows"] == 4 and all(e is not None and e < 0.5 for e in state["errors"]), state
