@@ -117,7 +117,19 @@ class LabServer:
             json.dumps({"windowingMode": "none"}))
         return env
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start on a free port; another one if the port was taken meanwhile (``_free_port`` frees
+        its port before the server, seconds later, binds it: any process may get it in between)."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == attempts - 1 or "is not available" not in self.log():
+                    raise
+                self.port = _free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start(self) -> None:
         cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
