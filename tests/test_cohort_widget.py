@@ -54,6 +54,21 @@ def test_empty_inputs_say_what_to_type_and_a_refusal_clears_the_old_list(scans, 
     assert w.case_preview.value == "", "the list of the previous inputs stayed beside the refusal"
 
 
+def test_without_a_session_recipe_the_picker_says_the_file_is_used(scans, recipe, tmp_path):
+    from medlab.widgets import Cohort
+
+    w = Cohort(session={})
+    assert w.recipe_picker.index == 0 and w.recipe_picker.label == "(from the file below)"   # not a blank box
+    assert w.recipe_picker.value is not None
+    w.inputs.value = str(scans)
+    w.recipe_path.value = str(tmp_path / "typo.json")
+    assert w.preview() is None and "typo.json" in w.message.value
+    recipe.save(tmp_path / "r.json")
+    w.recipe_path.value = str(tmp_path / "r.json")
+    assert len(w.preview()) == 3
+    assert Cohort(session={"r": recipe}).recipe_picker.value is recipe
+
+
 def test_status_table_shows_no_nan_and_says_where_a_cut_error_is_whole():
     from medlab.widgets.cohort import ERROR_CHARS, _status_html
 

@@ -18,7 +18,8 @@ CSS classes
 -----------
 ``medlab-cohort``          the whole widget
 ``medlab-cohort-recipe``   the recipe dropdown; ``medlab-cohort-recipe-path`` its file box
-``medlab-cohort-inputs``   the folder / manifest box; ``medlab-cohort-out`` the output folder
+``medlab-cohort-inputs``   the folder / manifest box; ``medlab-cohort-out`` the output folder;
+                          ``medlab-cohort-workers`` the number of local worker processes
 ``medlab-cohort-list``     the "List cases" button; ``medlab-cohort-cases`` the case preview
 ``medlab-cohort-start``, ``medlab-cohort-stop``   the run buttons
 ``medlab-cohort-status``   the per-case table; ``medlab-cohort-failures`` the failures
@@ -40,6 +41,8 @@ from medlab.errors import MedlabError
 
 REFRESH_EVERY = 0.5
 """Seconds between two redraws of the status table (each finished case also redraws)."""
+_FROM_FILE = "(file)"
+"""The recipe picker's value when the recipe comes from the file box."""
 ERROR_CHARS = 160
 """Characters of an error shown in the status table (the failures list has it whole)."""
 
@@ -90,8 +93,9 @@ class Cohort(widgets.VBox):
         recipes = _session_recipes(session)
         if recipe is not None and not isinstance(recipe, (str, Path)):
             recipes = {"(given)": recipe, **recipes}
-        self.recipe_picker = widgets.Dropdown(options=[("(from the file below)", None), *recipes.items()],
-                                              value=next(iter(recipes.values()), None), description="recipe")
+        # the file choice has a value of its own: a Dropdown whose value is None shows a blank box
+        self.recipe_picker = widgets.Dropdown(options=[("(from the file below)", _FROM_FILE), *recipes.items()],
+                                              value=next(iter(recipes.values()), _FROM_FILE), description="recipe")
         self.recipe_path = widgets.Text(value=str(recipe) if isinstance(recipe, (str, Path)) else "",
                                         placeholder="recipe.json", description="or file")
         self.inputs = widgets.Text(value="" if inputs is None else str(inputs),
@@ -116,7 +120,7 @@ class Cohort(widgets.VBox):
         self.viewer_area = widgets.Output()
         self.viewer = None
         for w, cls in ((self.recipe_picker, "recipe"), (self.recipe_path, "recipe-path"), (self.inputs, "inputs"),
-                       (self.out_dir, "out"), (self.list_button, "list"), (self.case_preview, "cases"),
+                       (self.out_dir, "out"), (self.workers, "workers"), (self.list_button, "list"), (self.case_preview, "cases"),
                        (self.start_button, "start"), (self.stop_button, "stop"), (self.status, "status"),
                        (self.failures, "failures"), (self.open_button, "open"), (self.viewer_area, "viewer")):
             w.add_class(f"medlab-cohort-{cls}")
@@ -140,7 +144,7 @@ class Cohort(widgets.VBox):
         """The chosen recipe: the dropdown's, or the file's when the dropdown says so."""
         from medlab.recipe import Recipe
 
-        if self.recipe_picker.value is not None:
+        if self.recipe_picker.value is not _FROM_FILE:
             return self.recipe_picker.value
         if not self.recipe_path.value.strip():
             raise MedlabError("choose a recipe from the session, or give the path of a recipe JSON file")
