@@ -101,7 +101,18 @@ class ReviewServer:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start on a free port; another one if the port was taken between ``_free_port`` and
+        Voila's bind (seconds apart: any process may get it meanwhile)."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == attempts - 1 or " in use" not in self.log():   # medlab review's check, or Voila's
+                    raise
+                self.port = _free_port()
+
+    def _start(self) -> None:
         cmd = [sys.executable, "-m", "medlab.cli", "review", str(self.study), "--reviewer", self.reviewer,
                "--port", str(self.port), "--no-browser"]
         with open(self.log_path, "wb") as log:
