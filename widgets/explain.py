@@ -181,7 +181,7 @@ def model_info(model, image: Image) -> ModelInfo:
     >>> net = build_classifier(classifier_config(spatial_dims=2, channels=[4, 8], out_channels=3)).eval()
     >>> info = model_info(net, Image(np.zeros((16, 16), np.float32)))
     >>> info.n_classes, info.dense, info.auto_layer
-    (3, False, 'features.block2')
+    (3, False, 'features.block2.1')
     """
     from medlab.explain import candidate_layers, resolve_model
     from medlab.explain._common import check_model_fits
@@ -274,7 +274,7 @@ def legend_html(saliency: Image | None, *, cmap: str = "inferno", threshold: flo
     >>> from medlab import Image
     >>> m = Image(np.linspace(0, 1, 16).reshape(4, 4), metadata={"saliency": {"method": "Grad-CAM",
     ...     "sign": "positive", "sign_rule": "max(map, 0)", "rule": "map / max|map|", "normalisation": "max"}})
-    >>> "Grad-CAM" in legend_html(m) and 'data-max="1"' in legend_html(m)
+    >>> "Grad-CAM" in legend_html(m) and "data-max='1'" in legend_html(m)
     True
     """
     if saliency is None:
