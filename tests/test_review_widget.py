@@ -56,3 +56,16 @@ def test_the_final_screen_counts_own_verdicts_without_naming_methods(study):
         assert VERDICT_LABELS[verdict] in summary
     assert VERDICT_LABELS["partly"] not in summary
     assert "grad_cam" not in summary and "integrated" not in summary.lower()
+
+
+def test_an_empty_map_stores_no_peak_for_the_click_agreement(study):
+    from medlab.widgets.review import ReviewApp
+
+    app = ReviewApp(study, "Dr A")
+    for _ in app.items:
+        app.viewer.points = [[0.0, 0.0, 0.0]]          # the reader marks where they would look
+        app.verdict.value, app.confidence.value = "irrelevant", 2
+        app._on_save()
+    stored = {v.method: v for v in study.open_store().current("Dr A")}
+    assert stored["grad_cam"].peak is None and stored["grad_cam"].click == (0.0, 0.0, 0.0)
+    assert stored["integrated_gradients"].peak == study.load_case("c1").peaks["integrated_gradients"]

@@ -133,9 +133,7 @@ def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
 
     from medlab import render
 
-    values = np.asarray(saliency.array, np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0 or values.max() <= values.min():
+    if _flat(saliency):
         return ("<div class='medlab-review-key medlab-review-key-empty'>This map is empty: it marks no region of "
                 "this scan, so nothing is coloured. Rate it as it is.</div>")
     lut = render.colormap_lut(cmap)
@@ -144,6 +142,15 @@ def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
             f"<span class='medlab-review-key-bar' style='background:linear-gradient(to right, {stops})'></span>"
             f"<span>stronger</span></div><div class='medlab-review-key-note'>stronger: more influence on the "
             f"model's result; the weakest {100 * MAP_FLOOR:.0f} % is not coloured</div>")
+
+
+def _flat(saliency) -> bool:
+    """One value everywhere (or none finite): the map marks nothing and has no peak."""
+    import numpy as np
+
+    values = np.asarray(saliency.array, np.float64)
+    values = values[np.isfinite(values)]
+    return values.size == 0 or bool(values.max() <= values.min())
 
 
 def _html(text: str, cls: str, *, tag: str = "div") -> W.HTML:
@@ -526,7 +533,9 @@ class ReviewApp(W.VBox):
             stored = self.store.record(
                 self.reviewer, item.case_id, item.method, verdict=self.verdict.value,
                 confidence=int(self.confidence.value), comment=self.comment.value.strip(), click=self.click,
-                peak=self.loaded.peaks.get(item.method), shown_as=item.shown_as,
+                # an empty map has no peak: its first voxel (a corner) would enter the click agreement
+                peak=None if _flat(self.loaded.maps[item.method]) else self.loaded.peaks.get(item.method),
+                shown_as=item.shown_as,
                 prediction_shown=not self.study.hide_prediction,
                 supersedes=self.earlier.version if self.earlier else None)
         except VerdictConflict as exc:
