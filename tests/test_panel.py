@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import ipywidgets as widgets
 import numpy as np
 import pytest
 from medlab.widgets.controls import param_control
@@ -127,8 +128,10 @@ def _check_control(p, c):
             assert w.min == pytest.approx(np.log10(p.min)) and w.max == pytest.approx(np.log10(p.max))
             assert w.base == 10
         else:
-            assert (w.min, w.max, w.step) == pytest.approx((p.min, p.max, p.step))
+            assert (w.min, w.max) == pytest.approx((p.min, p.max)) and p.step / 2 <= w.step <= p.step * 1.5
         assert c.value == pytest.approx(p.default)
+        _browser_snaps(w)
+        assert c.value == p.default, f"{p.name}: the browser's slider would move the default to {c.value}"
     elif p.kind == "int":
         assert (w.min, w.max, w.step, w.value) == (p.min, p.max, p.step, p.default)
     elif p.kind == "choice":
@@ -153,6 +156,38 @@ def _check_control(p, c):
         assert f"({p.unit})" in text
     if p.help and p.kind in ("float", "int", "choice", "bool"):
         assert w.tooltip == p.help
+
+
+def _browser_snaps(w) -> None:
+    """What the browser's slider does on display: snap the value onto ``min + k * step`` (in
+    exponent space for a log slider, in float arithmetic) and send it back to the kernel."""
+    if isinstance(w, widgets.FloatLogSlider):
+        k = round((np.log10(w.value) - w.min) / w.step)
+        w.value = w.base ** (w.min + k * w.step)
+    else:
+        w.value = w.min + round((w.value - w.min) / w.step) * w.step
+
+
+def test_a_value_set_off_the_slider_grid_survives_the_browser():
+    """A recipe's value between two steps of a slider: the slider's step is made to hold it
+    (the browser would snap it to the grid and send that back: 30.9 mm run instead of 30)."""
+    p = Float(1.0, 500.0, 30.0, unit="mm")
+    p.name = "mask_mm"
+    c = param_control(p)
+    assert (30.0 - 1.0) / p.step % 1 > 1e-6         # off the declared grid: the case this is about
+    _browser_snaps(c.widget)
+    assert c.value == 30.0
+    for value in (31.7, 1.0, 499.99):
+        c.value = value
+        _browser_snaps(c.widget)
+        assert c.value == value
+    lp = Float(1e-4, 1.0, 0.01, log=True)
+    lp.name = "rate"
+    lc = param_control(lp)
+    for value in (0.01, 0.0123, 1e-4):
+        lc.value = value
+        _browser_snaps(lc.widget)
+        assert lc.value == value
 
 
 def _text(w) -> str:

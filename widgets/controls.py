@@ -83,27 +83,49 @@ def _description(p: Param) -> str:
 
 def _float_control(p, image):
     desc, tip = _description(p), p.help
-    if p.log and p.min > 0:
+    log = p.log and p.min > 0
+    if log:
         lo, hi = math.log10(p.min), math.log10(p.max)
         w = widgets.FloatLogSlider(value=p.default, base=10, min=lo, max=hi, step=_log_step(lo, hi, p.default),
                                    description=desc, tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
     else:
-        w = widgets.FloatSlider(value=p.default, min=p.min, max=p.max, step=p.step, description=desc,
-                                tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
+        w = widgets.FloatSlider(value=p.default, min=p.min, max=p.max, step=_on_grid_step(p.min, p.default, p.step),
+                                description=desc, tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
 
-    def get():  # a slider's float arithmetic may step a hair outside the declared range
-        return min(max(float(w.value), p.min), p.max)
+    def get():
+        # the browser's arithmetic leaves float noise (30.000000000000004); a slider may also step
+        # a hair outside the declared range
+        return min(max(float(f"{float(w.value):.12g}"), p.min), p.max)
 
-    return ParamControl(p, w, get, lambda v: setattr(w, "value", float(v)), [w])
+    def set_(value):
+        value = float(value)
+        with w.hold_sync():   # the step that puts this value on the grid arrives with it
+            if log and value > 0:
+                w.step = _log_step(w.min, w.max, value)
+            elif not log:
+                w.step = _on_grid_step(p.min, value, p.step)
+            w.value = value
+
+    return ParamControl(p, w, get, set_, [w])
 
 
-def _log_step(lo: float, hi: float, default: float, n: int = 100) -> float:
-    """A step in log10 units, about (hi - lo) / n, that puts the default exactly on the slider's
+def _on_grid_step(lo: float, value: float, step: float) -> float:
+    """The step nearest ``step`` that puts ``value`` on the slider's grid ``lo + k * step``.
+
+    The browser's slider snaps its value onto that grid and, with ``continuous_update``, sends the
+    snapped value back to the kernel: with a value off the grid a stage would silently run with
+    another one (an occlusion box of 30.9 mm instead of its default 30).
+    """
+    d = value - lo
+    if d <= 0 or step <= 0:
+        return step
+    return d / max(1, round(d / step))
+
+
+def _log_step(lo: float, hi: float, value: float, n: int = 100) -> float:
+    """A step in log10 units, about (hi - lo) / n, that puts ``value`` exactly on the slider's
     grid (else a default of 0.01 shows as 0.00977)."""
-    d = math.log10(default) - lo
-    if d <= 0:
-        return (hi - lo) / n
-    return d / max(1, round(d / ((hi - lo) / n)))
+    return _on_grid_step(lo, math.log10(value), (hi - lo) / n)
 
 
 def _int_control(p, image):
