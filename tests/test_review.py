@@ -191,6 +191,8 @@ def test_map_peak_in_mm_and_errors():
     assert map_peak(medlab.Image(np.eye(3, dtype=float))) == (0.0, 0.0, 0.0)  # 2D: z = 0
     with pytest.raises(medlab.ImageError, match="no finite value"):
         map_peak(medlab.Image(np.full((3, 3, 3), np.nan)))
+    with pytest.raises(medlab.ImageError, match="one value everywhere"):   # not its corner voxel
+        map_peak(medlab.Image(np.zeros((3, 3, 3))))
 
 
 def test_missing_scan_and_non_overlapping_map_are_reported_per_case(tmp_path, phantom):

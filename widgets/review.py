@@ -533,8 +533,7 @@ class ReviewApp(W.VBox):
             stored = self.store.record(
                 self.reviewer, item.case_id, item.method, verdict=self.verdict.value,
                 confidence=int(self.confidence.value), comment=self.comment.value.strip(), click=self.click,
-                # an empty map has no peak: its first voxel (a corner) would enter the click agreement
-                peak=None if _flat(self.loaded.maps[item.method]) else self.loaded.peaks.get(item.method),
+                peak=self.loaded.peaks.get(item.method),   # None for an empty map (it has no peak)
                 shown_as=item.shown_as,
                 prediction_shown=not self.study.hide_prediction,
                 supersedes=self.earlier.version if self.earlier else None)

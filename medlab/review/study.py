@@ -377,8 +377,12 @@ class ReviewStudy:
                         f"the map ({p.name}, box {np.round(lo, 1).tolist()}..{np.round(hi, 1).tolist()} mm) does "
                         f"not overlap the scan (box {np.round(slo, 1).tolist()}..{np.round(shi, 1).tolist()} mm): "
                         "it was computed on another image")
-                loaded.peaks[method] = map_peak(saliency)
                 finite = np.isfinite(saliency.array)
+                values = saliency.array[finite]
+                if values.size and values.max() == values.min():
+                    loaded.peaks[method] = None   # one value everywhere: shown and rated, but it has no peak
+                else:
+                    loaded.peaks[method] = map_peak(saliency)
                 if not finite.all():  # NaN/inf would spoil the colour scale: show them as the map's minimum
                     saliency = saliency.with_array(np.where(finite, saliency.array, saliency.array[finite].min()))
                 loaded.maps[method] = render.resample_like(saliency, scan)
@@ -412,7 +416,8 @@ def map_peak(saliency: Image) -> tuple[float, float, float]:
     Raises
     ------
     ImageError
-        The map holds no finite value.
+        The map holds no finite value, or one value everywhere (it marks nothing: its first
+        voxel, a corner of the volume, is no peak).
 
     Examples
     --------
@@ -424,6 +429,9 @@ def map_peak(saliency: Image) -> tuple[float, float, float]:
     arr = np.asarray(saliency.array, dtype=float)
     if saliency.rgb or not np.isfinite(arr).any():
         raise ImageError("the map holds no finite value (all NaN or infinite), so it has no peak")
+    finite = arr[np.isfinite(arr)]
+    if finite.max() == finite.min():
+        raise ImageError(f"the map has one value everywhere ({finite.max():g}): it marks no region, so it has no peak")
     flat = np.nanargmax(np.where(np.isfinite(arr), arr, np.nan))
     index = np.unravel_index(flat, arr.shape)[::-1]  # (x, y, z)
     point = [float(v) for v in saliency.index_to_physical(index)]
