@@ -72,11 +72,20 @@ def review_notebook() -> Path:
     return widgets_dir() / "review_app.ipynb"
 
 
+KERNEL_CULL_S = 300
+"""Seconds a review kernel without an open page may stay idle before Voila shuts it down."""
+
+
 def voila_command(notebook: Path, *, port: int, token: str, open_browser: bool = False) -> list[str]:
     """The Voila command line serving ``notebook`` on 127.0.0.1:``port`` with the review template."""
     cmd = [sys.executable, "-m", "voila", str(notebook), f"--template={REVIEW_TEMPLATE}", "--theme=dark",
            "--VoilaConfiguration.strip_sources=True", "--VoilaConfiguration.show_tracebacks=False",
-           "--Voila.ip=127.0.0.1", f"--port={port}", "--Voila.port_retries=0", f"--token={token}"]
+           "--Voila.ip=127.0.0.1", f"--port={port}", "--Voila.port_retries=0", f"--token={token}",
+           # a page refresh leaves its old kernel running (Voila's shutdown request is refused for a
+           # missing _xsrf, voila-dashboards/voila#1458): shut kernels with no page open after 5 idle
+           # minutes; a page still open (connected) is never culled, however long the reader thinks
+           f"--MappingKernelManager.cull_idle_timeout={KERNEL_CULL_S}", "--MappingKernelManager.cull_interval=60",
+           "--MappingKernelManager.cull_connected=False"]
     if not open_browser:
         cmd.append("--no-browser")
     return cmd

@@ -577,6 +577,11 @@ def test_cli_serves_on_localhost_with_the_packaged_template(tmp_path):
     assert "--Voila.ip=127.0.0.1" in cmd and "--port=8899" in cmd and "--token=t0k" in cmd
     assert "--template=medlab-review" in cmd and "--no-browser" in cmd
     assert "--VoilaConfiguration.strip_sources=True" in cmd
+    # a refreshed page's kernel (Voila cannot shut it, voila#1458) is culled; an open page's never
+    # (checked by hand in a browser: a refreshed page's kernel went at 7 s of a 5 s limit, the open
+    # page's kernel lived 75 s idle)
+    assert f"--MappingKernelManager.cull_idle_timeout={cli.KERNEL_CULL_S}" in cmd
+    assert "--MappingKernelManager.cull_connected=False" in cmd
     assert cli.review_notebook().is_file()
     env = cli.review_environment(tmp_path / "s.json", "Dr A", base={"JUPYTER_PATH": "/x"})
     assert env["MEDLAB_REVIEW_STUDY"] == str((tmp_path / "s.json").resolve())
