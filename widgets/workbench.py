@@ -153,7 +153,8 @@ class Workbench(widgets.VBox):
         self._inputs_box = widgets.VBox([])
         self.history_list = widgets.HTML("")
         self.history_list.add_class("medlab-history")
-        self.undo_button = widgets.Button(description="Undo last", icon="undo", disabled=True)
+        self.undo_button = widgets.Button(description="Undo last", icon="undo", disabled=True,
+                                          layout=widgets.Layout(width="auto", min_width="8.5em"))   # the default width cut it to "Undo l…"
         self.undo_button.add_class("medlab-undo")
         self.export_path = widgets.Text(value="", placeholder="e.g. recipes/my_recipe.json", description="recipe file",
                                         style={"description_width": "initial"})
@@ -185,7 +186,7 @@ class Workbench(widgets.VBox):
                           widgets.VBox([self.after_caption, self.after])]),
             self._panel_box,
             widgets.HTML("<b>History</b>"),
-            widgets.HBox([self.history_list, self.undo_button]),
+            widgets.HBox([self.history_list, self.undo_button], layout=widgets.Layout(align_items="flex-start")),
             widgets.HBox([self.export_path, self.overwrite, self.export_button]),
             self.code,
         ]
