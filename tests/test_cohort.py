@@ -744,8 +744,8 @@ def test_a_case_a_cancelled_batch_finished_is_reported_done(cohort, seg_recipe, 
     from medlab.cohort.task import run_case
 
     run = CohortRun(seg_recipe, cohort / "manifest.csv", tmp_path / "out", batch=2)
-    run._started = time.time()
-    run_case(seg_recipe.to_dict(), {}, run.cases[0], str(tmp_path / "out"), recipe_sha=run.recipe_sha)
+    run_case(seg_recipe.to_dict(), {}, run.cases[0], str(tmp_path / "out"), recipe_sha=run.recipe_sha,
+             run_id=run.run_id)                                  # committed by this run's task
     batch = SimpleNamespace(status="cancelled", medlab_cases=[run.cases[0].id, run.cases[1].id])
     done, cancelled = run._records_of(batch)
     assert (done["status"], done["run"]) == ("done", "computed") and cancelled["status"] == "cancelled"

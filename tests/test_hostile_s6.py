@@ -131,22 +131,20 @@ def test_absurd_threads_or_workers_are_refused_before_any_work(small_cohort, cli
 
 def test_a_case_committed_by_a_batch_whose_worker_died_counts_as_computed(small_cohort, client, tmp_path):
     """A batch's worker died after one of its cases committed: the case, sent again alone, was
-    found done on disk and reported "skipped (done before)" although this run computed it."""
-    import time
+    found done on disk and reported "skipped (done before)" although this run computed it.
+    (Which run wrote a record is its ``run_id`` since session 7, no longer the file's time.)"""
     from types import SimpleNamespace
 
     from medlab.cohort import CohortRun
 
     folder, recipe = small_cohort
-    before = time.time() - 1
-    run_cohort(recipe, folder, tmp_path / "out", client, progress=False)
+    first = run_cohort(recipe, folder, tmp_path / "out", client, progress=False)
     skipped = dict(read_record(tmp_path / "out" / CASES_DIR / "sub1"), run="skipped")   # what the worker returns
     done = SimpleNamespace(medlab_cases=["sub1"], status="finished", result=lambda: skipped)
     run = CohortRun(recipe, folder, tmp_path / "out", client)
-    run._started = before                                   # the record was written during this run
+    run.run_id = first.records["sub1"]["run_id"]            # the record was written during this run
     assert run._records_of(done)[0]["run"] == "computed"
-    run = CohortRun(recipe, folder, tmp_path / "out", client)
-    run._started = time.time() + 1                          # written by an earlier run: skipped indeed
+    run = CohortRun(recipe, folder, tmp_path / "out", client)   # written by an earlier run: skipped indeed
     assert run._records_of(done)[0]["run"] == "skipped"
 
 

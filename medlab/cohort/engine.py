@@ -11,12 +11,13 @@ import shutil
 import statistics
 import time
 import traceback as _traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import MedlabError, ParameterError, WriteError
 from .cases import _as_recipe, list_cases
-from .records import CASES_DIR, RECORD, _checksums, _same_work, read_record, recipe_hash
+from .records import CASES_DIR, _checksums, _same_work, read_record, recipe_hash
 from .results import CohortResult, _counts, write_tables
 from .task import run_case, run_cases
 
@@ -31,6 +32,15 @@ SMALLEST_TASK_S = 0.25
 Polychronopoulos & Kuck 1987): a worker that finishes early then waits at most about this long
 for the others, instead of a whole :data:`BATCH_TARGET_S` batch (7 % of a 20 s run on two
 workers), and Dask's cost per task is still under 10 % of it."""
+CANCEL_GRACE_S = 5.0
+"""Seconds a cancelled run waits for the cases already running to end before it reports.
+Dask cannot stop a running task: a case running at the cancel goes on and may commit its
+record after the cancel. Waiting a little (a small case takes well under a second) lets the
+result, the summary and the tables say what is on disk; a case still running after this is
+reported as such ("running at the cancel"), and a re-run skips it if it did finish. Bounded so
+that Stop on a long case still returns promptly."""
+CANCEL_POLL_S = 0.05
+"""Seconds between two looks at the workers' running tasks while waiting after a cancel."""
 
 
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
@@ -195,6 +205,10 @@ class CohortRun:
         self._by_id = {c.id: c for c in self.cases}
         self._completed = None  # the distributed.as_completed iterator, once watching
         self.topic = f"medlab-cohort-{secrets.token_hex(6)}"
+        # who wrote a record: this run's tasks write this id in every record they commit. Not the
+        # record file's time against the client's clock: a worker's host (a cluster node, a
+        # network file system) has its own clock, and file times can be coarse
+        self.run_id = uuid.uuid4().hex
         self._own_client = False
         self._lock = None
         self._t0 = 0.0
@@ -211,7 +225,6 @@ class CohortRun:
 
     def start(self) -> CohortRun:
         self._t0 = time.perf_counter()
-        self._started = time.time()
         self._prepare_out_dir()
         self.client = self._connect()
         self.client.subscribe_topic(self.topic, self._on_event)
@@ -313,7 +326,7 @@ class CohortRun:
     def _submit(self, chunk: list) -> None:
         out = str(self.out_dir.resolve())
         kw = {"recipe_sha": self.recipe_sha, "topic": self.topic, "threads": self.threads, "rerun": self.rerun,
-              "pure": False}
+              "run_id": self.run_id, "pure": False}
         if len(chunk) == 1:
             again = "-alone" if chunk[0].id in self._tried_alone else ""   # a new key, or Dask returns the old error
             fut = self.client.submit(run_case, self._recipe_dict, self._functions, chunk[0], out,
@@ -364,21 +377,32 @@ class CohortRun:
     # -- watching
     def _on_event(self, event) -> None:
         msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
-        if not isinstance(msg, dict) or msg.get("case") not in self.status:
+        if not isinstance(msg, dict):
             return
-        row = self.status[msg["case"]]
+        if self._apply_event(msg) and self.on_event is not None:
+            with contextlib.suppress(Exception):
+                self.on_event({k: v for k, v in msg.items() if k != "next"})
+        if isinstance(msg.get("next"), dict):   # a batch's next case, announced with this one's end
+            self._on_event(msg["next"])
+
+    def _apply_event(self, msg: dict) -> bool:
+        """Show a live event in its case's status row; False when it is not shown.
+
+        A case with a record is settled: its row follows the record (:meth:`_keep`), never a later
+        event (a case running at the cancel announced "done" after it was marked cancelled, and
+        its row read "done" beside the error "cancelled before it finished")."""
+        cid = msg.get("case")
+        if cid not in self.status or cid in self.records:
+            return False
+        row = self.status[cid]
         if row.get("status") in ("done", "failed", "skipped", "cancelled") and msg.get("status") == "running":
-            return  # a late event of a finished case
+            return False  # a late event of a finished case
         for k in ("status", "step", "steps", "stage", "fraction", "message", "seconds", "peak_mb"):
             if k in msg:
                 row[k] = msg[k]
         if "live" in msg:
             row["live"] = msg["live"]
-        if self.on_event is not None:
-            with contextlib.suppress(Exception):
-                self.on_event({k: v for k, v in msg.items() if k != "next"})
-        if isinstance(msg.get("next"), dict):   # a batch's next case, announced with this one's end
-            self._on_event(msg["next"])
+        return True
 
     def as_completed(self) -> Iterator[dict]:
         """Each case's record as it finishes (failed ones included; never raises for a case)."""
@@ -421,20 +445,24 @@ class CohortRun:
         return records
 
     def _computed_here(self, record: dict) -> dict:
-        """A record the worker found done on disk ("skipped") but which this run wrote: a case sent
-        again after its batch's worker died, once it had committed. It was computed, not skipped."""
-        if record.get("run") != "skipped" or not isinstance(record.get("case"), str):
+        """A record the worker found done on disk ("skipped") but which this run wrote (its
+        ``run_id``): a case sent again after its batch's worker died, once it had committed. It
+        was computed, not skipped. A record without a run id (older medlab) is an earlier run's."""
+        if record.get("run") != "skipped" or not self._written_here(record):
             return record
-        try:
-            fresh = (self.out_dir / CASES_DIR / record["case"] / RECORD).stat().st_mtime >= self._started
-        except OSError:
-            return record
-        return {**record, "run": "computed"} if fresh else record
+        return {**record, "run": "computed"}
 
-    def _done_on_disk(self, case_id: str) -> dict | None:
+    def _written_here(self, record: dict | None) -> bool:
+        """Whether this run's tasks committed ``record`` (it carries this run's id)."""
+        return bool(record) and record.get("run_id") == self.run_id
+
+    def _done_on_disk(self, case_id: str, *, earlier: bool = False) -> dict | None:
         """The record of a case whose task failed but which is done on disk, with this recipe and
         these inputs: a worker that died after the case committed, or a healthy case queued on a
-        worker another case killed (Dask blames every task the dead worker held). None otherwise."""
+        worker another case killed (Dask blames every task the dead worker held). None otherwise.
+
+        With ``rerun``, a record of an earlier run does not count (the case was to be redone),
+        unless ``earlier``: after a cancel, a case done before and not redone is still done."""
         case = self._by_id[case_id]
         folder = self.out_dir / CASES_DIR / case_id
         old = read_record(folder)
@@ -448,11 +476,8 @@ class CohortRun:
             return None
         if not _same_work(old, new, folder):
             return None
-        try:   # written by this run (its file's time: a record's own times are to the second)
-            fresh = (folder / RECORD).stat().st_mtime >= self._started
-        except OSError:
-            return None
-        if self.rerun and not fresh:   # done before this run, which was asked to redo it
+        fresh = self._written_here(old)
+        if self.rerun and not fresh and not earlier:   # done before this run, which was asked to redo it
             return None
         return {**old, "run": "computed" if fresh else "skipped"}
 
@@ -474,7 +499,10 @@ class CohortRun:
         return pd.DataFrame([{k: r.get(k) for k in cols} for r in self.status.values()], columns=cols)
 
     def cancel(self) -> None:
-        """Stop: cancel every case not finished (finished ones stay, a re-run does the rest)."""
+        """Stop: cancel every case not finished (finished ones stay, a re-run does the rest).
+
+        Dask drops the tasks not started; those running go on (Dask cannot stop them), and
+        :meth:`finish` waits up to :data:`CANCEL_GRACE_S` for them before it reports."""
         self.cancelled = True
         for case in self._pending + self._suspects:  # never sent (again)
             self._keep(_cancelled(case.id))
@@ -487,15 +515,15 @@ class CohortRun:
     def finish(self) -> CohortResult:
         """Write the tables, close a cluster this run started, release the output folder.
 
-        Every case has a record, in the cases' listed order (not the order they finished in):
-        after a cancel, a case of a task in flight is done if it committed with this recipe and
-        these inputs, cancelled otherwise (all cases are sent at once when planned, so
-        :meth:`cancel` finds none left to mark)."""
+        Every case has a record, in the cases' listed order (not the order they finished in).
+        After a cancel, the cases still running get up to :data:`CANCEL_GRACE_S` to end; then
+        each case not read back is settled from its record on disk: done (with this recipe and
+        these inputs; computed if this run wrote it), failed (this run's failed record), still
+        running (it may yet commit: a re-run skips it then), or cancelled. The result, its
+        summary, the status table and cases.csv all come from these records."""
         try:
             if self.cancelled:
-                for case in self.cases:
-                    if case.id not in self.records:
-                        self._keep(self._done_on_disk(case.id) or _cancelled(case.id))
+                self._settle_after_cancel()
             self.records = {c.id: self.records[c.id] for c in self.cases if c.id in self.records}
             cases, results = write_tables(self.out_dir, self.cases, self.records)
         finally:
@@ -504,6 +532,47 @@ class CohortRun:
                             self._dashboard_seen, self.cancelled)
 
     _dashboard_seen = ""
+
+    def _settle_after_cancel(self) -> None:
+        """The record of every case a cancel left open (none yet, or a "cancelled" placeholder),
+        once the tasks still running ended or :data:`CANCEL_GRACE_S` passed."""
+        running = self._wait_for_running_cases(CANCEL_GRACE_S)
+        for fut in self.futures:   # finished, but not read back (the loop stopped at the cancel)
+            if fut.key not in self._read and getattr(fut, "status", "") == "finished":
+                self._read.add(fut.key)
+                with contextlib.suppress(Exception):
+                    self._records_of(fut)
+        for case in self.cases:
+            record = self.records.get(case.id)
+            if record is None or record.get("status") == "cancelled":
+                self._keep(self._settled(case.id, case.id in running))
+
+    def _settled(self, case_id: str, running: bool) -> dict:
+        """A cancel-affected case's record, from disk: done, this run's failure, or cancelled."""
+        done = self._done_on_disk(case_id, earlier=True)
+        if done is not None:
+            return done
+        disk = read_record(self.out_dir / CASES_DIR / case_id)
+        if self._written_here(disk) and disk.get("status") == "failed":   # it ran, and failed, after the cancel
+            return {**disk, "run": "computed"}
+        return _cancelled(case_id, running=running)
+
+    def _wait_for_running_cases(self, grace: float) -> set[str]:
+        """Wait (at most ``grace`` seconds) until no task of this run runs on a worker; the cases
+        of the tasks still running then. When the workers cannot be asked, every task not finished
+        is taken as still running (which may be too many, never too few)."""
+        cases = {f.key: f.medlab_cases for f in self.futures}
+        deadline = time.monotonic() + grace
+        while True:
+            try:
+                keys = {k for ks in self.client.run(_running_keys).values() for k in ks} & cases.keys()
+            except Exception:  # noqa: BLE001 - a scheduler or worker that does not answer
+                keys = {f.key for f in self.futures if getattr(f, "status", "") != "finished"}
+                break
+            if not keys or time.monotonic() >= deadline:
+                break
+            time.sleep(CANCEL_POLL_S)
+        return {cid for k in keys for cid in cases[k]}
 
     def close(self) -> None:
         if self.client is not None:
@@ -524,8 +593,19 @@ class CohortRun:
             self._lock = None
 
 
-def _cancelled(case_id: str) -> dict:
-    return {"case": case_id, "status": "cancelled", "error": "cancelled before it finished", "run": "cancelled"}
+def _cancelled(case_id: str, *, running: bool = False) -> dict:
+    """The record of a case the run was cancelled before; ``running``: its task was still
+    running when the run reported (Dask cannot stop it), so it may yet finish."""
+    error = ("running at the cancel: may still finish; a re-run skips it if it did" if running
+             else "cancelled before it finished")
+    return {"case": case_id, "status": "cancelled", "error": error, "run": "cancelled"}
+
+
+def _running_keys(dask_worker) -> list:
+    """The keys of the tasks running on a worker (cancelled ones still running included: Dask
+    keeps them in ``executing`` until they return)."""
+    state = dask_worker.state
+    return [ts.key for ts in (*state.executing, *getattr(state, "long_running", ()))]
 
 
 def _stage_function(name: str) -> Callable:

@@ -40,9 +40,10 @@ class CohortResult:
 
     def summary(self) -> str:
         c = self.counts
+        stopped = sum(r.get("status") == "cancelled" for r in self.records.values())
         lines = [f"{len(self.records)} case(s) in {self.elapsed_s:.1f} s: {c['computed']} computed, "
                  f"{c['skipped']} skipped (done before), {c['failed']} failed"
-                 + (" (cancelled)" if self.cancelled else ""),
+                 + (f" (run cancelled: {stopped} of them)" if self.cancelled else ""),
                  f"outputs and records: {self.out_dir / CASES_DIR}",
                  f"tables: {self.out_dir / 'cases.csv'}, {self.out_dir / 'results.csv'} (and .parquet)"]
         if self.failures:
@@ -68,17 +69,19 @@ def _counts(records: Iterable[dict]) -> dict[str, int]:
 def write_tables(out_dir: Path, cases: Sequence[Case], records: Mapping[str, dict]):
     """``cases`` and ``results`` tables (CSV and Parquet) of every case recorded in ``out_dir``.
 
-    Cases not run this time (cancelled) but recorded by an earlier run are included from
-    their record, so the tables always describe the whole folder's state for these cases.
+    Each case's row comes from its record in ``records`` (the run's result), so the tables,
+    the result and its summary agree; a case done before and not redone has the earlier record
+    (a cancelled run settles it so). A case missing from ``records`` is taken from its record
+    on disk, if any.
     """
     import pandas as pd
 
     rows, numbers = [], []
     for case in cases:
         rec = records.get(case.id)
-        if rec is None or rec.get("status") == "cancelled":
+        if rec is None:
             disk = read_record(Path(out_dir) / CASES_DIR / case.id)
-            rec = dict(disk, run="earlier") if disk else (rec or {"status": "not run"})
+            rec = dict(disk, run="earlier") if disk else {"status": "not run"}
         status = rec.get("status", "failed")
         row = {"case": case.id, "status": "skipped" if rec.get("run") == "skipped" and status == "done" else status}
         row.update({k: str(v) for k, v in case.inputs.items()})

@@ -39,14 +39,16 @@ of about 0.4-1 CPU-s on a fresh worker), so automatic batches are sized from lat
 
 def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, out_dir: str, *,
              recipe_sha: str, topic: str | None = None, threads: int = 1, rerun: bool = False,
-             announce: bool = True) -> dict:
+             announce: bool = True, run_id: str = "") -> dict:
     """Run one case and write its outputs and record (what each Dask task does).
 
     Returns the case record; ``record["run"]`` says whether it was ``computed`` or ``skipped``
     (done before with the same recipe and inputs). Never raises for a failing case: the error
     and traceback go into the record. ``announce=False``: no event when the case starts (a batch
     announces it in the previous case's end event); progress events after
-    :data:`EVENT_EVERY` seconds are sent either way.
+    :data:`EVENT_EVERY` seconds are sent either way. ``run_id``: the client's run, written in
+    every record this task commits (``record["run_id"]``), so the client knows which records its
+    own run wrote (a skipped case keeps the record, and the id, of the run that computed it).
     """
     from .. import __version__
 
@@ -59,7 +61,7 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
                               "recipe_sha256": recipe_sha, "medlab_version": __version__,
                               "inputs": {k: {"path": v.path, "series": v.series} for k, v in case.inputs.items()},
                               "truth": {k: v.path for k, v in case.truth.items()}, "worker": _worker_info(),
-                              "started": started}
+                              "started": started, "run_id": run_id}
     try:
         sums = _checksums(case)
         for k, digest in sums["inputs"].items():
@@ -109,7 +111,8 @@ def run_case(recipe_dict: dict, functions: Mapping[str, Callable], case: Case, o
 
 
 def run_cases(recipe_dict: dict, functions: Mapping[str, Callable], cases: list[Case], out_dir: str, *,
-              recipe_sha: str, topic: str | None = None, threads: int = 1, rerun: bool = False) -> list[dict]:
+              recipe_sha: str, topic: str | None = None, threads: int = 1, rerun: bool = False,
+              run_id: str = "") -> list[dict]:
     """Run several small cases in one Dask task, one after the other: :func:`run_case` for each
     (its own record, outputs, peak memory and failure isolation), and an event when each ends,
     so the client's per-case status stays live. Dask's own cost per task (4-14 ms of CPU
@@ -124,7 +127,7 @@ def run_cases(recipe_dict: dict, functions: Mapping[str, Callable], cases: list[
     records = []
     for i, case in enumerate(cases):
         record = run_case(recipe_dict, functions, case, out_dir, recipe_sha=recipe_sha, topic=topic, threads=threads,
-                          rerun=rerun, announce=i == 0)
+                          rerun=rerun, announce=i == 0, run_id=run_id)
         records.append(record)
         more = i + 1 < len(cases) and still_wanted()   # False once the run was cancelled: the rest is left for a re-run
         msg = {"case": case.id, "status": "skipped" if record.get("run") == "skipped" else record.get("status", "failed"),
