@@ -121,7 +121,9 @@ def _check_consistent(result, run, out: Path) -> dict[str, str]:
         statuses[cid] = status
     n_done = sum(s == "done" for s in statuses.values())
     assert result.counts["computed"] == n_done
+    n_cancelled = sum(s == "cancelled" for s in statuses.values())
     assert f"{n_done} computed" in result.summary().splitlines()[0]
+    assert f"{n_cancelled} cancelled" in result.summary().splitlines()[0]
     return statuses
 
 

@@ -41,9 +41,9 @@ class CohortResult:
     def summary(self) -> str:
         c = self.counts
         stopped = sum(r.get("status") == "cancelled" for r in self.records.values())
-        lines = [f"{len(self.records)} case(s) in {self.elapsed_s:.1f} s: {c['computed']} computed, "
-                 f"{c['skipped']} skipped (done before), {c['failed']} failed"
-                 + (f" (run cancelled: {stopped} of them)" if self.cancelled else ""),
+        failed = f"{c['failed'] - stopped} failed, {stopped} cancelled" if self.cancelled else f"{c['failed']} failed"
+        lines = [(f"{len(self.records)} case(s) in {self.elapsed_s:.1f} s: {c['computed']} computed, "
+                  f"{c['skipped']} skipped (done before), {failed}"),
                  f"outputs and records: {self.out_dir / CASES_DIR}",
                  f"tables: {self.out_dir / 'cases.csv'}, {self.out_dir / 'results.csv'} (and .parquet)"]
         if self.failures:
