@@ -216,6 +216,29 @@ def test_a_case_still_running_after_the_grace_time_says_so(cohort, client, tmp_p
     assert again.ok and [again.records[c]["run"] for c in IDS] == ["skipped", "skipped", "computed", "computed"]
 
 
+def test_a_stopped_rerun_reports_the_cases_it_did_not_redo_as_done_before(cohort, client, tmp_path, monkeypatch):
+    """rerun=True stopped after two cases: the two not redone are still done on disk with this
+    recipe and these inputs, so they are "skipped (done before)" everywhere (the result said
+    cancelled while cases.csv showed them done)."""
+    from medlab.cohort import engine
+
+    folder, recipe = cohort
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    run_cohort(recipe, folder, out, client, progress=False, batch=1)
+    _hold(monkeypatch, "sub1", gate, until_cancelled=True)
+    monkeypatch.setattr(engine, "CANCEL_GRACE_S", WAIT_S, raising=False)
+    run = CohortRun(recipe, folder, out, client, batch=1, rerun=True)
+    run.start()
+    for record in run.as_completed():
+        if record["case"] == "sub0":
+            _wait_for((gate / "started").exists, "the held case to start")
+            run.cancel()
+    result = run.finish()
+    statuses = _check_consistent(result, run, out)
+    assert statuses == {"sub0": "done", "sub1": "done", "sub2": "skipped", "sub3": "skipped"}
+    assert [result.records[c]["run"] for c in IDS] == ["computed", "computed", "skipped", "skipped"]
+
+
 def test_a_placeholder_replaced_by_a_done_record_keeps_no_cancelled_error(cohort, client, tmp_path):
     """A status row first marked cancelled, then settled done, shows no error."""
     from medlab.cohort.engine import _cancelled
