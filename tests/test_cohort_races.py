@@ -251,6 +251,24 @@ def test_a_placeholder_replaced_by_a_done_record_keeps_no_cancelled_error(cohort
     assert run.status["sub0"]["status"] == "done" and run.status["sub0"]["error"] == ""
 
 
+@pytest.mark.parametrize("error", [OSError("scheduler gone"), KeyboardInterrupt()])
+def test_when_the_workers_cannot_be_asked_every_unfinished_task_counts_as_running(cohort, tmp_path, error):
+    """No answer from the workers (or a second Ctrl-C during the wait): the cases of every task
+    not finished may still run, and are reported so, not as cancelled before they finished."""
+    from types import SimpleNamespace
+
+    folder, recipe = cohort
+    run = CohortRun(recipe, folder, tmp_path / "out")
+
+    def no_answer(*args, **kwargs):
+        raise error
+
+    run.client = SimpleNamespace(run=no_answer)
+    run.futures = [SimpleNamespace(key="a", medlab_cases=["sub0"], status="finished"),
+                   SimpleNamespace(key="b", medlab_cases=["sub1", "sub2"], status="cancelled")]
+    assert run._wait_for_running_cases(WAIT_S) == {"sub1", "sub2"}
+
+
 # ------------------------------------------------------------------- race 2: who wrote a record
 def _set_mtime(out: Path, case: str, shift_s: float) -> None:
     path = out / CASES_DIR / case / "record.json"

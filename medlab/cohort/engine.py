@@ -560,19 +560,19 @@ class CohortRun:
     def _wait_for_running_cases(self, grace: float) -> set[str]:
         """Wait (at most ``grace`` seconds) until no task of this run runs on a worker; the cases
         of the tasks still running then. When the workers cannot be asked, every task not finished
-        is taken as still running (which may be too many, never too few)."""
+        is taken as still running (which may be too many, never too few); so it is after a second
+        Ctrl-C, which ends the wait."""
         cases = {f.key: f.medlab_cases for f in self.futures}
+        unfinished = {f.key for f in self.futures if getattr(f, "status", "") != "finished"}
         deadline = time.monotonic() + grace
-        while True:
-            try:
-                keys = {k for ks in self.client.run(_running_keys).values() for k in ks} & cases.keys()
-            except Exception:  # noqa: BLE001 - a scheduler or worker that does not answer
-                keys = {f.key for f in self.futures if getattr(f, "status", "") != "finished"}
-                break
-            if not keys or time.monotonic() >= deadline:
-                break
-            time.sleep(CANCEL_POLL_S)
-        return {cid for k in keys for cid in cases[k]}
+        # workers that do not answer, or a second Ctrl-C: the tasks not finished may still run
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            while unfinished:
+                unfinished = {k for ks in self.client.run(_running_keys).values() for k in ks} & cases.keys()
+                if not unfinished or time.monotonic() >= deadline:
+                    break
+                time.sleep(CANCEL_POLL_S)
+        return {cid for k in unfinished for cid in cases[k]}
 
     def close(self) -> None:
         if self.client is not None:
