@@ -4937,10 +4937,14 @@ cases = [held_out[i] for i in range(len(held_out)) if held_out[i][1] == 1]
 image, _, tumour = cases[0]
 print(image.describe())
 
-def show(pictures, titles, width=4.2):
+def show(pictures, titles, width=4.2, heat=True):
     fig, axes = plt.subplots(1, len(pictures), figsize=(width * len(pictures), width))
     for ax, pic, title in zip(np.atleast_1d(axes), pictures, titles):
         ax.imshow(pic); ax.set_title(title, fontsize=9); ax.axis("off")
+    if heat:   # slice_figure colours each map from 0 to its own maximum, and leaves its weakest 20 % out
+        key = plt.cm.ScalarMappable(plt.Normalize(0, 1), cmap="inferno")
+        fig.colorbar(key, ax=np.atleast_1d(axes).tolist(), fraction=0.02, pad=0.01, ticks=[0, 0.2, 1],
+                     label="map / its own maximum (under 0.2: not drawn)")
     plt.show()
 """),
     md("""
