@@ -181,6 +181,12 @@ def test_a_value_set_off_the_slider_grid_survives_the_browser():
         c.value = value
         _browser_snaps(c.widget)
         assert c.value == value
+    for value in (10 + 1 / 3, 5 + 0.1 + 0.2, 1.2345678901234567, float(np.float32(2.7))):   # a recipe's exact floats
+        c.value = value
+        _browser_snaps(c.widget)
+        assert c.value == value
+    c.widget.value = 0.1 + 0.2 + 17          # dragged by the user: the browser's float noise is dropped
+    assert c.value == 17.3
     lp = Float(1e-4, 1.0, 0.01, log=True)
     lp.name = "rate"
     lc = param_control(lp)

@@ -92,13 +92,20 @@ def _float_control(p, image):
         w = widgets.FloatSlider(value=p.default, min=p.min, max=p.max, step=_on_grid_step(p.min, p.default, p.step),
                                 description=desc, tooltip=tip, readout_format=".3g", style=_DESC_STYLE)
 
+    last = {"value": float(p.default)}   # the value last set from Python (a default, a recipe)
+
     def get():
-        # the browser's arithmetic leaves float noise (30.000000000000004); a slider may also step
-        # a hair outside the declared range
-        return min(max(float(f"{float(w.value):.12g}"), p.min), p.max)
+        v = float(w.value)
+        # the browser's snapping leaves float noise (30.000000000000004): the value set from Python
+        # comes back exactly (a replayed recipe keeps its hash); a value the user dragged to loses
+        # the noise. A slider may also step a hair outside the declared range.
+        if math.isclose(v, last["value"], rel_tol=1e-9, abs_tol=1e-12 * (p.max - p.min)):
+            return last["value"]
+        return min(max(float(f"{v:.12g}"), p.min), p.max)
 
     def set_(value):
         value = float(value)
+        last["value"] = value
         with w.hold_sync():   # the step that puts this value on the grid arrives with it
             if log and value > 0:
                 w.step = _log_step(w.min, w.max, value)
