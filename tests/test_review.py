@@ -193,6 +193,12 @@ def test_map_peak_in_mm_and_errors():
         map_peak(medlab.Image(np.full((3, 3, 3), np.nan)))
     with pytest.raises(medlab.ImageError, match="one value everywhere"):   # not its corner voxel
         map_peak(medlab.Image(np.zeros((3, 3, 3))))
+    noisy = np.full((3, 3, 3), 0.7, np.float32)
+    noisy[2, 2, 2] = np.nextafter(np.float32(0.7), np.float32(1))       # one rounding step: still flat
+    with pytest.raises(medlab.ImageError, match="one value everywhere"):
+        map_peak(medlab.Image(noisy))
+    with pytest.raises(medlab.ImageError, match="RGB picture"):
+        map_peak(medlab.Image(np.zeros((4, 4, 3), np.uint8), rgb=True))
 
 
 def test_missing_scan_and_non_overlapping_map_are_reported_per_case(tmp_path, phantom):

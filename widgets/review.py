@@ -52,6 +52,7 @@ from medlab.review import (
     ReviewStudy,
     Verdict,
     VerdictConflict,
+    map_is_flat,
 )
 
 from .viewer import Viewer
@@ -133,7 +134,7 @@ def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
 
     from medlab import render
 
-    if _flat(saliency):
+    if map_is_flat(saliency):
         return ("<div class='medlab-review-key medlab-review-key-empty'>This map is empty: it marks no region of "
                 "this scan, so nothing is coloured. Rate it as it is.</div>")
     lut = render.colormap_lut(cmap)
@@ -144,13 +145,6 @@ def map_key_html(saliency, cmap: str = MAP_CMAP) -> str:
             f"model's result; the weakest {100 * MAP_FLOOR:.0f} % is not coloured</div>")
 
 
-def _flat(saliency) -> bool:
-    """One value everywhere (or none finite): the map marks nothing and has no peak."""
-    import numpy as np
-
-    values = np.asarray(saliency.array, np.float64)
-    values = values[np.isfinite(values)]
-    return values.size == 0 or bool(values.max() <= values.min())
 
 
 def _html(text: str, cls: str, *, tag: str = "div") -> W.HTML:

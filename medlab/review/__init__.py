@@ -72,6 +72,7 @@ from .study import (
     ReviewItem,
     ReviewStudy,
     blinded_order,
+    map_is_flat,
     map_peak,
     neutral_name,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "VerdictConflict",
     "blinded_order",
     "click_agreement",
+    "map_is_flat",
     "map_peak",
     "neutral_name",
     "reviewer_agreement",

@@ -378,8 +378,7 @@ class ReviewStudy:
                         f"not overlap the scan (box {np.round(slo, 1).tolist()}..{np.round(shi, 1).tolist()} mm): "
                         "it was computed on another image")
                 finite = np.isfinite(saliency.array)
-                values = saliency.array[finite]
-                if values.size and values.max() == values.min():
+                if finite.any() and map_is_flat(saliency):
                     loaded.peaks[method] = None   # one value everywhere: shown and rated, but it has no peak
                 else:
                     loaded.peaks[method] = map_peak(saliency)
@@ -410,6 +409,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
+def map_is_flat(saliency: Image) -> bool:
+    """Whether a map has one value everywhere, to float32 rounding (a few units in the last
+    place), or no finite value: it marks no region and has no peak.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((4, 5, 6), np.float32); a[1, 2, 3] = np.spacing(np.float32(0))
+    >>> map_is_flat(Image(a)), map_is_flat(Image(a + 1)), map_is_flat(Image(a + np.float32(0.5) * (a > 0)))
+    (False, True, False)
+    """
+    values = np.asarray(saliency.array, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return True
+    lo, hi = float(values.min()), float(values.max())
+    return hi - lo <= 1e-6 * max(abs(lo), abs(hi))
+
+
 def map_peak(saliency: Image) -> tuple[float, float, float]:
     """Physical point (mm, LPS) of the map's largest finite value; 2D maps get z = 0.
 
@@ -426,12 +444,13 @@ def map_peak(saliency: Image) -> tuple[float, float, float]:
     >>> map_peak(Image(a, spacing=(2, 2, 2), origin=(10, 0, 0)))
     (16.0, 4.0, 2.0)
     """
+    if saliency.rgb:
+        raise ImageError("the map is an RGB picture, not a map of values: it has no peak")
     arr = np.asarray(saliency.array, dtype=float)
-    if saliency.rgb or not np.isfinite(arr).any():
+    if not np.isfinite(arr).any():
         raise ImageError("the map holds no finite value (all NaN or infinite), so it has no peak")
-    finite = arr[np.isfinite(arr)]
-    if finite.max() == finite.min():
-        raise ImageError(f"the map has one value everywhere ({finite.max():g}): it marks no region, so it has no peak")
+    if map_is_flat(saliency):
+        raise ImageError("the map has one value everywhere (to rounding): it marks no region, so it has no peak")
     flat = np.nanargmax(np.where(np.isfinite(arr), arr, np.nan))
     index = np.unravel_index(flat, arr.shape)[::-1]  # (x, y, z)
     point = [float(v) for v in saliency.index_to_physical(index)]
