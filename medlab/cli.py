@@ -17,7 +17,9 @@ Sub-commands
     recipe input) on Dask (:func:`medlab.cohort.run_cohort`): a local cluster of N worker
     processes on 127.0.0.1, or the scheduler at ADDRESS. Shows the dashboard link, a progress
     bar and a final summary; cases done before with the same recipe and inputs are skipped.
-    Exits 1 when any case failed. ``--list`` only lists the cases.
+    Exits 0 when every case is done, 1 when any case failed, 130 when stopped by Ctrl-C and 143
+    by SIGTERM (kill, Slurm, docker stop), which stops it the same way: the cases running get a
+    few seconds to end, the tables are written. ``--list`` only lists the cases.
 
 ``medlab demo [CASE] [--out DIR] [--fast] [--open] [--overwrite]``
     Runs the brain tumour case study headless on the built-in phantom (:mod:`medlab.demo`) with
@@ -43,6 +45,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -50,6 +53,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -227,10 +231,49 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     where = args.scheduler or f"a local cluster ({args.workers or 'one'} worker process(es){'' if args.workers else ' per core'})"
     print(f"on {where}; outputs in {args.out}", flush=True)
-    result = run_cohort(recipe, cases, args.out, client=args.scheduler, workers=args.workers, threads=args.threads,
-                        rerun=args.rerun, dashboard=not args.no_dashboard)
-    print(result.summary())
-    return 0 if result.ok else 1
+    with _sigterm_as_interrupt() as received:
+        try:
+            result = run_cohort(recipe, cases, args.out, client=args.scheduler, workers=args.workers,
+                                threads=args.threads, rerun=args.rerun, dashboard=not args.no_dashboard)
+            print(result.summary())
+        except KeyboardInterrupt:   # at start-up, or while writing the tables: nothing to summarise
+            if not received:
+                raise               # Ctrl-C: main() says so and exits 130
+            print("\nmedlab run: terminated; files are written whole or not at all: run it again", file=sys.stderr)
+            return 128 + signal.SIGTERM
+    return _run_exit_code(result, received)
+
+
+def _run_exit_code(result, received: list[int]) -> int:
+    """0 when every case is done (even if a signal came after the last), 128 + the signal when
+    the run was interrupted (130 Ctrl-C, 143 SIGTERM: the shell's convention, so a script or a
+    batch system can tell it from failures), 1 when cases failed."""
+    if result.ok:
+        return 0
+    if result.cancelled:
+        return 128 + (received[-1] if received else signal.SIGINT)
+    return 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, Slurm at the time limit, docker stop) handled like Ctrl-C: cancel, let the
+    running cases settle, write the tables. Yields the list of SIGTERMs received. Python's default
+    for SIGTERM ends the process at once (no tables, hidden partial folders left behind)."""
+    received: list[int] = []
+
+    def interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- demo

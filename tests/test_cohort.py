@@ -143,7 +143,7 @@ def test_folder_refused_for_a_two_input_recipe(cohort):
 def test_run_with_ground_truth(cohort, seg_recipe, client, tmp_path):
     out = tmp_path / "out"
     result = run_cohort(seg_recipe, cohort / "manifest.csv", out, client=client, progress=False)
-    assert result.ok and result.counts == {"computed": N, "skipped": 0, "failed": 0}
+    assert result.ok and result.counts == {"computed": N, "skipped": 0, "failed": 0, "cancelled": 0}
     for i in range(N):
         folder = out / CASES_DIR / f"sub{i}"
         rec = read_record(folder)

@@ -295,7 +295,7 @@ def test_a_record_this_run_wrote_on_a_host_whose_clock_is_behind_counts_as_compu
     monkeypatch.setattr(engine, "run_case", behind)
     result = run_cohort(cohort[1], cohort[0], tmp_path / "out", client, progress=False, batch=1)
     assert result.ok and all(result.records[c]["run"] == "computed" for c in IDS), result.records
-    assert result.counts == {"computed": len(IDS), "skipped": 0, "failed": 0}
+    assert result.counts == {"computed": len(IDS), "skipped": 0, "failed": 0, "cancelled": 0}
 
 
 def test_a_record_of_an_earlier_run_with_a_future_mtime_counts_as_skipped(cohort, client, tmp_path, monkeypatch):

@@ -217,8 +217,9 @@ class Cohort(widgets.VBox):
             self._draw(force=True)
 
     def stop(self) -> None:
-        """Cancel every case not finished (finished ones are kept; a re-run does the rest)."""
-        if self.run is not None:
+        """Cancel every case not finished (finished ones are kept; a re-run does the rest).
+        Nothing when no run is going on: the summary of the run that ended stays."""
+        if self.run is not None and self.result is None and self._thread is not None and self._thread.is_alive():
             self.run.cancel()
             self._say("stopping: finished cases are kept, Start again does the rest")
 
@@ -298,11 +299,12 @@ class Cohort(widgets.VBox):
 
 def _bar_style(result) -> str:
     """Green when every case is done, amber when some failed beside done ones (a whole red bar
-    read as "everything failed"), red when none is done."""
+    read as "everything failed") or a Stop left cases undone and none failed, red when cases
+    failed and none is done."""
     if result.ok:
         return "success"
     c = result.counts
-    return "warning" if c.get("computed", 0) + c.get("skipped", 0) else "danger"
+    return "warning" if c.get("computed", 0) + c.get("skipped", 0) or not c.get("failed", 0) else "danger"
 
 
 def _status_html(table) -> str:

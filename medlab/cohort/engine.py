@@ -96,6 +96,7 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
     finally:
         _restore_environ(saved)
     cluster.medlab_environ = saved
+    cluster.medlab_dashboard = bool(dashboard)   # Dask's dashboard_link names port 8787 even without one
     return Client(cluster), cluster
 
 
@@ -212,28 +213,55 @@ class CohortRun:
         self._own_client = False
         self._lock = None
         self._t0 = 0.0
+        self._dashboard = ""
         self.cancelled = False
 
     # -- setup
     @property
     def dashboard(self) -> str:
-        """The Dask dashboard's address ('' when there is none)."""
-        try:
-            return self.client.dashboard_link if self.client is not None else ""
-        except Exception:  # noqa: BLE001 - no dashboard (bokeh missing, or disabled)
-            return ""
+        """The Dask dashboard's address, once started ('' when the scheduler serves none)."""
+        return self._dashboard
 
     def start(self) -> CohortRun:
+        """Take the output folder, connect (or start the local cluster) and send the first cases.
+
+        On any failure (an unreachable scheduler, Ctrl-C during the cluster's start-up) the run
+        is closed first (the folder released, a cluster it started stopped), then the error is
+        raised: the next run into the folder is never refused because of this one."""
         self._t0 = time.perf_counter()
-        self._prepare_out_dir()
-        self.client = self._connect()
-        self.client.subscribe_topic(self.topic, self._on_event)
-        self._functions = {s.stage: _stage_function(s.stage) for s in self.recipe.steps}
-        self._recipe_dict = self.recipe.to_dict()
-        self._run_key = secrets.token_hex(4)
-        self._pending = list(self.cases)
-        self._submit_more()
+        try:
+            self._prepare_out_dir()
+            self.client = self._connect()
+            self._dashboard = self._find_dashboard()
+            self.client.subscribe_topic(self.topic, self._on_event)
+            self._functions = {s.stage: _stage_function(s.stage) for s in self.recipe.steps}
+            self._recipe_dict = self.recipe.to_dict()
+            self._run_key = secrets.token_hex(4)
+            self._pending = list(self.cases)
+            self._submit_more()
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    def _find_dashboard(self) -> str:
+        """The dashboard link, or '' when the scheduler serves no dashboard. Dask's
+        ``client.dashboard_link`` cannot tell: a scheduler started without a dashboard still
+        serves its HTTP routes (health, metrics) on 8787 and the link names /status there (a dead
+        link, or another user's server)."""
+        if self.cluster is not None and not getattr(self.cluster, "medlab_dashboard", True):
+            return ""
+        try:
+            link = self.client.dashboard_link
+        except Exception:  # noqa: BLE001 - no HTTP server at all
+            return ""
+        if self.cluster is not None:
+            return link
+        try:
+            served = self.client.run_on_scheduler(_serves_dashboard)
+        except Exception:  # noqa: BLE001 - a scheduler refusing to run functions: Dask's word then
+            return link
+        return link if served else ""
 
     # -- sending cases
     def _submit_more(self) -> None:
@@ -529,9 +557,7 @@ class CohortRun:
         finally:
             self.close()
         return CohortResult(self.out_dir, cases, results, dict(self.records), time.perf_counter() - self._t0,
-                            self._dashboard_seen, self.cancelled)
-
-    _dashboard_seen = ""
+                            self._dashboard, self.cancelled)
 
     def _settle_after_cancel(self) -> None:
         """The record of every case a cancel left open (none yet, or a "cancelled" placeholder),
@@ -576,7 +602,6 @@ class CohortRun:
 
     def close(self) -> None:
         if self.client is not None:
-            self._dashboard_seen = self.dashboard
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
         if self.cluster is not None or (self._own_client and self.client is not None):
@@ -599,6 +624,12 @@ def _cancelled(case_id: str, *, running: bool = False) -> dict:
     error = ("running at the cancel: may still finish; a re-run skips it if it did" if running
              else "cancelled before it finished")
     return {"case": case_id, "status": "cancelled", "error": error, "run": "cancelled"}
+
+
+def _serves_dashboard(dask_scheduler) -> bool:
+    """Whether the scheduler serves the Bokeh dashboard (run on the scheduler): Dask adds it to
+    the scheduler's HTTP application only when the dashboard is on and Bokeh is installed."""
+    return bool(getattr(dask_scheduler.http_application, "applications", None))
 
 
 def _running_keys(dask_worker) -> list:
@@ -681,9 +712,9 @@ def run_cohort(recipe, inputs, out_dir, client=None, *, workers: int | None = No
     """
     run = CohortRun(recipe, inputs, out_dir, client, workers=workers, threads=threads, rerun=rerun,
                     dashboard=dashboard, batch=batch)
+    run.start()   # on failure (Ctrl-C during the cluster's start-up too) it closes itself and raises
     bar = None
     try:
-        run.start()
         if progress:
             if run.dashboard:
                 print(f"Dask dashboard: {run.dashboard}", flush=True)

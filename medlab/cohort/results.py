@@ -26,22 +26,24 @@ class CohortResult:
 
     @property
     def failures(self) -> list[tuple[str, str]]:
-        """``(case, error)`` of every failed case."""
-        return [(c, r.get("error", "")) for c, r in self.records.items() if r.get("status") != "done"]
+        """``(case, error)`` of every failed case (a case a cancel left undone is not a failure)."""
+        return [(c, r.get("error", "")) for c, r in self.records.items() if _outcome(r) == "failed"]
 
     @property
     def counts(self) -> dict[str, int]:
-        """How many cases were computed, skipped (done before) and failed."""
+        """How many cases were computed, skipped (done before), failed and cancelled."""
         return _counts(self.records.values())
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.cancelled
+        """Every case is done: none failed, none left undone by a cancel. A cancel that came
+        after every case had finished (``cancelled`` is still True then) lost nothing."""
+        return all(r.get("status") == "done" for r in self.records.values())
 
     def summary(self) -> str:
         c = self.counts
-        stopped = sum(r.get("status") == "cancelled" for r in self.records.values())
-        failed = f"{c['failed'] - stopped} failed, {stopped} cancelled" if self.cancelled else f"{c['failed']} failed"
+        failed = (f"{c['failed']} failed, {c['cancelled']} cancelled" if self.cancelled or c["cancelled"]
+                  else f"{c['failed']} failed")
         lines = [(f"{len(self.records)} case(s) in {self.elapsed_s:.1f} s: {c['computed']} computed, "
                   f"{c['skipped']} skipped (done before), {failed}"),
                  f"outputs and records: {self.out_dir / CASES_DIR}",
@@ -56,14 +58,20 @@ class CohortResult:
 
 
 def _counts(records: Iterable[dict]) -> dict[str, int]:
-    """Computed, skipped and failed cases among ``records`` (a cancelled case counts as failed)."""
-    out = {"computed": 0, "skipped": 0, "failed": 0}
+    """Computed, skipped, failed and cancelled cases among ``records``: the statuses of cases.csv
+    ("done" split into computed and skipped), so the summary, the widget and the table agree."""
+    out = {"computed": 0, "skipped": 0, "failed": 0, "cancelled": 0}
     for r in records:
-        if r.get("status") != "done":
-            out["failed"] += 1
-        else:
-            out["skipped" if r.get("run") == "skipped" else "computed"] += 1
+        out[_outcome(r)] += 1
     return out
+
+
+def _outcome(record: dict) -> str:
+    """'computed', 'skipped', 'cancelled' or 'failed' (any other status not done)."""
+    status = record.get("status")
+    if status == "done":
+        return "skipped" if record.get("run") == "skipped" else "computed"
+    return "cancelled" if status == "cancelled" else "failed"
 
 
 def write_tables(out_dir: Path, cases: Sequence[Case], records: Mapping[str, dict]):
