@@ -253,3 +253,46 @@ def test_widget_bar_after_a_stop_with_no_failure_is_amber_not_red():
     stopped = SimpleNamespace(ok=False, counts={"computed": 0, "skipped": 0, "failed": 0, "cancelled": 4})
     failed = SimpleNamespace(ok=False, counts={"computed": 0, "skipped": 0, "failed": 1, "cancelled": 3})
     assert _bar_style(stopped) == "warning" and _bar_style(failed) == "danger"
+
+
+# ---------------------------------------------------------------------------- scheduler lost
+def test_cases_a_lost_scheduler_left_undone_say_so(cohort, tmp_path, monkeypatch):
+    """A scheduler that died mid-run (Dask then cancels every future) left each open case with
+    "cancelled before it finished", though nobody cancelled; they now name the lost scheduler."""
+    from medlab.cohort import engine
+
+    folder, recipe = cohort
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    real = engine.run_case
+
+    def held(recipe_dict, functions, case, *args, **kwargs):
+        if case.id == "sub1":
+            (gate / "started").touch()
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and not (gate / "release").exists():
+                time.sleep(0.01)
+        return real(recipe_dict, functions, case, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_case", held)
+    cluster = distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None,
+                                       host="127.0.0.1", protocol="tcp")
+    address = cluster.scheduler_address
+    try:
+        run = CohortRun(recipe, folder, tmp_path / "out", address, batch=1).start()
+        for record in run.as_completed():
+            if record["case"] == "sub0":
+                _wait_for(lambda: (gate / "started").exists(), "case sub1 to start")
+                # the connection to the scheduler breaks (as when it dies, or the network fails)
+                run.client.loop.add_callback(run.client.scheduler_comm.comm.abort)
+        result = run.finish()
+    finally:
+        (gate / "release").touch()
+        cluster.close()
+    assert result.records["sub0"]["status"] == "done" and not result.cancelled
+    for cid in ("sub1", "sub2", "sub3"):
+        record = result.records[cid]
+        assert record["status"] == "failed" and f"scheduler at {address} was lost" in record["error"], record
+    assert [c for c, _ in result.failures] == ["sub1", "sub2", "sub3"] and result.counts["cancelled"] == 0
+    table = pd.read_csv(tmp_path / "out" / "cases.csv", keep_default_na=False).set_index("case")
+    assert list(table.status) == ["done", "failed", "failed", "failed"] and "was lost" in table.loc["sub3", "error"]

@@ -214,6 +214,7 @@ class CohortRun:
         self._lock = None
         self._t0 = 0.0
         self._dashboard = ""
+        self._scheduler_address = ""
         self.cancelled = False
 
     # -- setup
@@ -232,6 +233,7 @@ class CohortRun:
         try:
             self._prepare_out_dir()
             self.client = self._connect()
+            self._scheduler_address = getattr(getattr(self.client, "scheduler", None), "address", None) or ""
             self._dashboard = self._find_dashboard()
             self.client.subscribe_topic(self.topic, self._on_event)
             self._functions = {s.stage: _stage_function(s.stage) for s in self.recipe.steps}
@@ -269,6 +271,11 @@ class CohortRun:
         flight per worker thread, until a warm worker's case gives its time, then the rest as
         planned by :meth:`_plan`."""
         if self.cancelled:
+            return
+        if self.client is not None and self._scheduler_lost():   # nowhere to send them
+            for case in self._pending + self._suspects:
+                self._keep(self._lost_record(case.id))
+            self._pending, self._suspects = [], []
             return
         if not self._pending:
             if self._suspects and not self._running():
@@ -448,6 +455,8 @@ class CohortRun:
         if fut.status == "finished":
             result = fut.result()
             records = [self._computed_here(r) for r in (result if isinstance(result, list) else [result])]
+        elif fut.status == "cancelled" and not self.cancelled and self._scheduler_lost(fut):
+            records = [self._done_on_disk(cid) or self._lost_record(cid) for cid in ids]
         elif fut.status == "cancelled":
             records = [self._done_on_disk(cid) or _cancelled(cid) for cid in ids]   # a batch stops between cases
         elif len(ids) > 1 and not self.cancelled:
@@ -471,6 +480,20 @@ class CohortRun:
         for record in records:
             self._keep(record)
         return records
+
+    def _scheduler_lost(self, fut=None) -> bool:
+        """Whether the client lost its scheduler (it stopped, or the network failed): Dask then
+        cancels every future (reason "scheduler-connection-lost") while it tries to reconnect."""
+        reason = getattr(getattr(getattr(fut, "_state", None), "exception", None), "reason", "")
+        status = getattr(self.client, "status", "running")
+        return reason == "scheduler-connection-lost" or status in ("connecting", "closing", "closed")
+
+    def _lost_record(self, case_id: str) -> dict:
+        """The record of a case not finished when the scheduler was lost (nobody cancelled it)."""
+        return {"case": case_id, "status": "failed", "run": "lost",
+                "error": (f"the Dask scheduler at {self._scheduler_address or 'its address'} was lost before the "
+                          "case finished (the scheduler stopped or the network failed); run again: a re-run "
+                          "skips the cases done")}
 
     def _computed_here(self, record: dict) -> dict:
         """A record the worker found done on disk ("skipped") but which this run wrote (its
@@ -601,7 +624,7 @@ class CohortRun:
         return {cid for k in unfinished for cid in cases[k]}
 
     def close(self) -> None:
-        if self.client is not None:
+        if self.client is not None and not self._scheduler_lost():   # else it waits for the reconnection
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
         if self.cluster is not None or (self._own_client and self.client is not None):
