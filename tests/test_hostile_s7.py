@@ -172,6 +172,12 @@ def test_no_dashboard_link_when_the_scheduler_serves_none(cohort, client, tmp_pa
     assert result.dashboard == "" and result.ok
 
 
+def test_run_cohort_prints_no_dead_dashboard_link(cohort, client, tmp_path, capsys):
+    folder, recipe = cohort
+    assert run_cohort(recipe, folder, tmp_path / "out", client, progress=True).ok
+    assert "Dask dashboard" not in capsys.readouterr().out
+
+
 def test_no_dashboard_link_for_a_local_cluster_without_one(cohort, tmp_path):
     folder, recipe = cohort
     run = CohortRun(recipe, folder, tmp_path / "out", workers=1, dashboard=False, batch=4).start()
@@ -240,6 +246,7 @@ def test_widget_stop_after_the_run_ended_keeps_the_summary(cohort, client, tmp_p
     assert w.wait(WAIT_S) and w.result is not None and w.result.ok
     summary = w.message.value
     assert "computed" in summary and w.stop_button.disabled
+    assert w.dashboard.value == ""            # the scheduler serves no dashboard: no dead link
     w.stop()
     assert w.message.value == summary and not w.run.cancelled
 
