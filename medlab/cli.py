@@ -231,17 +231,28 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     where = args.scheduler or f"a local cluster ({args.workers or 'one'} worker process(es){'' if args.workers else ' per core'})"
     print(f"on {where}; outputs in {args.out}", flush=True)
-    with _sigterm_as_interrupt() as received:
+    with _stop_signals() as received:
         try:
             result = run_cohort(recipe, cases, args.out, client=args.scheduler, workers=args.workers,
-                                threads=args.threads, rerun=args.rerun, dashboard=not args.no_dashboard)
+                                threads=args.threads, rerun=args.rerun, dashboard=not args.no_dashboard,
+                                on_update=_stop_if_signalled(received))
             print(result.summary())
         except KeyboardInterrupt:   # at start-up, or while writing the tables: nothing to summarise
-            if not received:
+            if not received or received[-1] != signal.SIGTERM:
                 raise               # Ctrl-C: main() says so and exits 130
             print("\nmedlab run: terminated; files are written whole or not at all: run it again", file=sys.stderr)
             return 128 + signal.SIGTERM
     return _run_exit_code(result, received)
+
+
+def _stop_if_signalled(received: list[int]) -> Callable:
+    """``on_update`` that stops the run once a signal came: Dask can swallow the
+    KeyboardInterrupt a signal raised (one raised inside its garbage-collection callback during
+    the cluster's start-up is only printed), and the run then went on to the end, exit 0."""
+    def on_update(record, run) -> None:
+        if received:
+            raise KeyboardInterrupt
+    return on_update
 
 
 def _run_exit_code(result, received: list[int]) -> int:
@@ -256,10 +267,11 @@ def _run_exit_code(result, received: list[int]) -> int:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _stop_signals():
     """SIGTERM (kill, Slurm at the time limit, docker stop) handled like Ctrl-C: cancel, let the
-    running cases settle, write the tables. Yields the list of SIGTERMs received. Python's default
-    for SIGTERM ends the process at once (no tables, hidden partial folders left behind)."""
+    running cases settle, write the tables. Yields the list of the signals received (SIGINT,
+    SIGTERM). Python's default for SIGTERM ends the process at once (no tables, hidden partial
+    folders left behind)."""
     received: list[int] = []
 
     def interrupt(signum, frame):
@@ -269,11 +281,13 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
         yield received
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}   # ignored (nohup, a background job): left so
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------- demo

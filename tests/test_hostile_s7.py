@@ -139,6 +139,20 @@ def test_medlab_run_exit_code_tells_done_failed_and_interrupted():
     assert _run_exit_code(result(["failed", "cancelled"], True), [signal.SIGTERM]) == 143
 
 
+def test_a_signal_whose_interrupt_dask_swallowed_still_stops_the_run(cohort, client, tmp_path):
+    """Ctrl-C during the local cluster's start-up could raise its KeyboardInterrupt inside Dask's
+    garbage-collection callback, which only prints it: the run went on to the end (exit 0). The
+    CLI now also stops at the next case once a signal came."""
+    from medlab.cli import _run_exit_code, _stop_if_signalled
+
+    folder, recipe = cohort
+    received = [signal.SIGINT]      # the handler ran; its KeyboardInterrupt was lost
+    result = run_cohort(recipe, folder, tmp_path / "out", client, progress=False, batch=1,
+                        on_update=_stop_if_signalled(received))
+    assert result.cancelled and result.counts["cancelled"] >= 1 and _run_exit_code(result, received) == 130
+    assert _stop_if_signalled([])({"case": "sub0"}, None) is None
+
+
 # ---------------------------------------------------------------------------- start() and the lock
 def test_a_start_that_fails_after_taking_the_folder_releases_it(cohort, client, tmp_path, monkeypatch):
     """start() failing after it took the output folder's lock (an unreachable scheduler) kept the
