@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cohort_factory import phantom_cohort
 
-import medlab
 from medlab.cohort import CASES_DIR, CohortRun, read_record, run_cohort
-from medlab.recipe import Recipe
 
 distributed = pytest.importorskip("distributed")
 
@@ -43,18 +42,7 @@ def client():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Four small phantom T1 images in a folder, and a three-stage recipe."""
-    from medlab.preprocess import gaussian_smooth
-    from medlab.segment import connected_components, otsu_threshold
-
-    root = tmp_path_factory.mktemp("race_cohort")
-    (root / "images").mkdir()
-    for i, cid in enumerate(IDS):
-        medlab.save(medlab.data.brain_mri(size=(20, 20, 10), seed=i, contrasts=("t1",)).t1,
-                    root / "images" / f"{cid}.nii.gz")
-    image = medlab.load(root / "images" / "sub0.nii.gz")
-    with Recipe.record(image) as recipe:
-        connected_components(otsu_threshold(gaussian_smooth(image, sigma=1.0)))
-    return root / "images", recipe
+    return phantom_cohort(tmp_path_factory.mktemp("race_cohort"), IDS, components=True)
 
 
 def _wait_for(check, what: str) -> None:

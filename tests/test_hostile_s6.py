@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from cohort_factory import phantom_cohort
 
 import medlab
 from medlab.cohort import CASES_DIR, read_record, run_cohort
-from medlab.recipe import Recipe
 
 distributed = pytest.importorskip("distributed")
 
@@ -24,18 +24,7 @@ def client():
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
     """Six small phantom T1 images in a folder, and a smoothing + Otsu recipe."""
-    from medlab.preprocess import gaussian_smooth
-    from medlab.segment import otsu_threshold
-
-    root = tmp_path_factory.mktemp("hostile_cohort")
-    (root / "images").mkdir()
-    for i in range(6):
-        medlab.save(medlab.data.brain_mri(size=(20, 20, 10), seed=i, contrasts=("t1",)).t1,
-                    root / "images" / f"sub{i}.nii.gz")
-    image = medlab.load(root / "images" / "sub0.nii.gz")
-    with Recipe.record(image) as recipe:
-        otsu_threshold(gaussian_smooth(image, sigma=1.0))
-    return root / "images", recipe
+    return phantom_cohort(tmp_path_factory.mktemp("hostile_cohort"), [f"sub{i}" for i in range(6)])
 
 
 def test_a_cancelled_run_accounts_for_every_case(small_cohort, client, tmp_path):

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cohort_factory import phantom_cohort
 
-import medlab
 from medlab.cohort import CASES_DIR, CohortRun, run_cohort
 from medlab.errors import ParameterError
-from medlab.recipe import Recipe
 
 distributed = pytest.importorskip("distributed")
 
@@ -38,20 +37,11 @@ def client():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """Four small phantom T1 images in a folder, and a smoothing + Otsu recipe."""
-    from medlab.preprocess import gaussian_smooth
-    from medlab.segment import otsu_threshold
-
+    """Four small phantom T1 images in a folder, and a smoothing + Otsu recipe (saved beside)."""
     root = tmp_path_factory.mktemp("hostile7_cohort")
-    (root / "images").mkdir()
-    for i, cid in enumerate(IDS):
-        medlab.save(medlab.data.brain_mri(size=(20, 20, 10), seed=i, contrasts=("t1",)).t1,
-                    root / "images" / f"{cid}.nii.gz")
-    image = medlab.load(root / "images" / "sub0.nii.gz")
-    with Recipe.record(image) as recipe:
-        otsu_threshold(gaussian_smooth(image, sigma=1.0))
+    folder, recipe = phantom_cohort(root, IDS)
     recipe.save(root / "recipe.json")
-    return root / "images", recipe
+    return folder, recipe
 
 
 def _wait_for(check, what: str) -> None:
