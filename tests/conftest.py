@@ -39,3 +39,13 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An in-process Dask cluster, one worker thread (tasks run one at a time, in order): the
+    scheduler API of a real cluster without process start-up, for the cohort tests."""
+    distributed = pytest.importorskip("distributed")
+    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    yield c
+    c.close()

@@ -42,14 +42,6 @@ distributed = pytest.importorskip("distributed")
 N = 4
 
 
-@pytest.fixture(scope="module")
-def client():
-    """An in-process Dask cluster (threads): the same scheduler API, no process start-up."""
-    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-    yield c
-    c.close()
-
-
 def _phantom(seed: int, size=(24, 24, 12)):
     return medlab.data.brain_mri(size=size, seed=seed, contrasts=("t1",))
 
@@ -510,39 +502,38 @@ def test_local_workers_keep_glibcs_allocator_thresholds(monkeypatch):
     """Dask's worker default MALLOC_TRIM_THRESHOLD_=65536 made every array of a case a fresh
     mapping, zero-filled page by page (135,000 page faults for 60 small cases, 3x the system
     CPU); local medlab workers get glibc's own converged thresholds instead."""
-    from medlab.cohort.engine import WORKER_MALLOC, local_cluster
+    from medlab.cohort.engine import WORKER_MALLOC
 
-    for name in WORKER_MALLOC:          # absent before (Dask copies them into os.environ: restored after)
-        monkeypatch.setenv(name, "0")
-        monkeypatch.delenv(name)
-    client, cluster = local_cluster(1, dashboard=False)
-    try:
-        seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
-    finally:
-        client.close()
-        cluster.close()
-    assert seen == {k: str(v) for k, v in WORKER_MALLOC.items()}
+    assert _allocator_environ_of_a_local_worker(monkeypatch) == {k: str(v) for k, v in WORKER_MALLOC.items()}
 
 
 def test_an_allocator_setting_the_user_configured_in_dask_wins(monkeypatch):
     import dask
 
+    from medlab.cohort.engine import WORKER_MALLOC
+
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": 1 << 20}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        seen = _allocator_environ_of_a_local_worker(monkeypatch)
+    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(1 << 20),          # the user's
+                    "MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"])}
+    assert all(k not in os.environ for k in WORKER_MALLOC)
+
+
+def _allocator_environ_of_a_local_worker(monkeypatch) -> dict:
+    """The glibc allocator variables a worker of :func:`local_cluster` sees, none being set in
+    this process before (Dask copies them into os.environ: local_cluster restores it after)."""
     from medlab.cohort.engine import WORKER_MALLOC, local_cluster
 
     for name in WORKER_MALLOC:
         monkeypatch.setenv(name, "0")
         monkeypatch.delenv(name)
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": 1 << 20}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        client, cluster = local_cluster(1, dashboard=False)
+    client, cluster = local_cluster(1, dashboard=False)
     try:
-        seen = next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
+        return next(iter(client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC}).values()))
     finally:
         client.close()
         cluster.close()
-    assert seen == {"MALLOC_TRIM_THRESHOLD_": str(1 << 20),          # the user's
-                    "MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"])}
-    assert all(k not in os.environ for k in WORKER_MALLOC)
 
 
 def _scheduler_address(sched_file: Path) -> str | None:

@@ -32,14 +32,6 @@ WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def client():
-    """An in-process Dask cluster with one worker thread: tasks run one at a time, in order."""
-    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Four small phantom T1 images in a folder, and a three-stage recipe."""
     return phantom_cohort(tmp_path_factory.mktemp("race_cohort"), IDS, components=True)

@@ -15,13 +15,6 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
     """Six small phantom T1 images in a folder, and a smoothing + Otsu recipe."""
     return phantom_cohort(tmp_path_factory.mktemp("hostile_cohort"), [f"sub{i}" for i in range(6)])

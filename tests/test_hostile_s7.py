@@ -29,13 +29,6 @@ WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Four small phantom T1 images in a folder, and a smoothing + Otsu recipe (saved beside)."""
     root = tmp_path_factory.mktemp("hostile7_cohort")
