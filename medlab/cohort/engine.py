@@ -96,7 +96,6 @@ def local_cluster(workers: int | None = None, *, dashboard: bool = True):
     finally:
         _restore_environ(saved)
     cluster.medlab_environ = saved
-    cluster.medlab_dashboard = bool(dashboard)   # Dask's dashboard_link names port 8787 even without one
     return Client(cluster), cluster
 
 
@@ -251,14 +250,10 @@ class CohortRun:
         ``client.dashboard_link`` cannot tell: a scheduler started without a dashboard still
         serves its HTTP routes (health, metrics) on 8787 and the link names /status there (a dead
         link, or another user's server)."""
-        if self.cluster is not None and not getattr(self.cluster, "medlab_dashboard", True):
-            return ""
         try:
             link = self.client.dashboard_link
         except Exception:  # noqa: BLE001 - no HTTP server at all
             return ""
-        if self.cluster is not None:
-            return link
         try:
             served = self.client.run_on_scheduler(_serves_dashboard)
         except Exception:  # noqa: BLE001 - a scheduler refusing to run functions: Dask's word then
